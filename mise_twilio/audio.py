@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 
-try:  # Python <= 3.12 ships audioop; 3.13+ gets it from audioop-lts under the same name.
+import warnings
+
+with warnings.catch_warnings():
+    # Python 3.11/3.12 ship audioop (deprecated, removed in 3.13); 3.13+ gets the same module
+    # from the audioop-lts package. Either way it is C and fast, which is why we use it.
+    warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
-except ModuleNotFoundError:  # pragma: no cover - exercised on 3.13 in the Docker image
-    import audioop  # type: ignore[no-redef]
 
 import numpy as np
 from numpy.typing import NDArray

@@ -1,0 +1,285 @@
+"""Outward records: what mise_twilio emits to sinks (schema_version 1).
+
+Every record is a JSON object with ``type``, ``schema_version``, a stable ``id`` (the same input
+always yields the same id, so any sink can deduplicate at-least-once delivery) and the call
+identifiers it belongs to. Times are ms on Twilio's stream clock (``media.timestamp``: ms since the
+stream started, https://www.twilio.com/docs/voice/media-streams/websocket-messages#media-message)
+plus UTC ISO 8601 wall-clock times where the edge supplied a clock.
+
+``mise-twilio schema`` prints the JSON Schema of ``Record`` (see ``json_schema()``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION: Literal[1] = 1
+
+Track = Literal["inbound", "outbound"]
+Speaker = Literal["caller", "agent"]
+EndReason = Literal["pause", "floor_taken", "max_duration", "stream_end"]
+StopReason = Literal["stop", "eof", "idle", "shutdown", "max_duration", "rejected"]
+
+SPEAKER_BY_TRACK: dict[str, Speaker] = {"inbound": "caller", "outbound": "agent"}
+"""Twilio's ``inbound`` track is the audio Twilio receives from the caller; ``outbound`` is what
+Twilio plays to the caller (the agent, prompts, a dialed party). [TWIML]"""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class _RecordBase(_Model):
+    type: str = Field(description="Record type; subclasses narrow it to a literal.")
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: str = Field(description="Stable id: the same input always gives the same id.")
+    call_sid: str | None = Field(default=None, description="Twilio CallSid (CA + 32 hex).")
+    stream_sid: str | None = Field(default=None, description="Twilio StreamSid (MZ + 32 hex).")
+    account_sid: str | None = Field(default=None, description="Twilio AccountSid (AC + 32 hex).")
+
+
+# ---------------------------------------------------------------------------------------------
+# turn
+
+
+class Energy(_Model):
+    """Frame levels over the turn's speech frames (20 ms frames, dBFS: 0 = RMS 32768)."""
+
+    mean_dbfs: float
+    p95_dbfs: float
+    peak_dbfs: float
+    dynamic_range_db: float = Field(description="p95 minus p10 of frame levels, dB.")
+
+
+class Pitch(_Model):
+    """F0 statistics over voiced frames (YIN, de Cheveigné & Kawahara 2002)."""
+
+    median_hz: float | None
+    iqr_semitones: float | None
+    voiced_ratio: float = Field(ge=0.0, le=1.0)
+    slope_semitones_per_s: float | None
+
+
+class TurnRecord(_RecordBase):
+    """One speaker turn: consecutive speech segments of one track (DESIGN.md §3)."""
+
+    type: Literal["turn"] = "turn"
+    track: Track
+    speaker: Speaker
+    index: int = Field(ge=0, description="Per call, in order of start_ms (ties: inbound first).")
+    start_ms: int = Field(description="Stream clock ms of the first speech frame.")
+    end_ms: int = Field(description="Stream clock ms where the last speech frame ends.")
+    duration_ms: int = Field(ge=0)
+    speech_ms: int = Field(ge=0, description="Sum of segment durations (pauses excluded).")
+    segments: list[tuple[int, int]] = Field(description="[start_ms, end_ms] speech spans.")
+    started_at: datetime | None = Field(default=None, description="UTC; null without a clock.")
+    ended_at: datetime | None = None
+    end_reason: EndReason
+    gap_before_ms: int | None = Field(
+        default=None,
+        description="start_ms minus the end of the other speaker's last speech before this turn "
+        "(negative: started in overlap). Null when the other track is absent or silent so far.",
+    )
+    overlap_ms: int | None = Field(default=None, description="Time both speakers spoke, ms.")
+    barge_in: bool | None = None
+    interrupted: bool | None = None
+    backchannel: bool | None = None
+    lost_ms: int = Field(default=0, ge=0, description="Audio Twilio never sent in this span, ms.")
+    energy: Energy | None = None
+    pitch: Pitch | None = None
+    speech_rate_hz: float | None = Field(default=None, description="Syllable nuclei per second.")
+    custom_parameters: dict[str, str] = Field(default_factory=dict)
+    audio: str | None = Field(default=None, description="WAV path, or base64 WAV, when enabled.")
+
+
+# ---------------------------------------------------------------------------------------------
+# stream events
+
+
+class MediaFormat(_Model):
+    encoding: str
+    sample_rate_hz: int
+    channels: int
+
+
+class StreamStarted(_RecordBase):
+    """Twilio's ``start`` message, accepted."""
+
+    type: Literal["stream.started"] = "stream.started"
+    tracks: list[str]
+    media_format: MediaFormat
+    custom_parameters: dict[str, str] = Field(default_factory=dict)
+    protocol_version: str | None = Field(default=None, description="From ``connected.version``.")
+    received_at: datetime | None = None
+
+
+class LatencyStats(_Model):
+    """Agent response latency: agent turn start minus the caller turn end it answers, ms."""
+
+    count: int
+    p50_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+class CallSummary(_Model):
+    """Whole-stream statistics, computed from the emitted turns."""
+
+    duration_ms: int = Field(description="Stream clock span covered by media, ms.")
+    talk_ms: dict[str, int] = Field(description="Speech ms per speaker (sum of turn speech_ms).")
+    talk_ratio: dict[str, float] = Field(description="Speaker's share of all speech, 0..1.")
+    turn_counts: dict[str, int]
+    overlap_ms: int | None = None
+    silence_ms: int | None = Field(default=None, description="Time neither speaker spoke, ms.")
+    silence_incidents: int | None = Field(default=None, description="Mutual silences > 4 s.")
+    interruptions: dict[str, int] | None = Field(
+        default=None, description="Barge-ins by each speaker (backchannels excluded)."
+    )
+    response_latency: LatencyStats | None = None
+    lost_ms: dict[str, int] = Field(default_factory=dict, description="Per track.")
+    media_messages: dict[str, int] = Field(default_factory=dict, description="Per track.")
+    diagnostics: int = 0
+
+
+class StreamStopped(_RecordBase):
+    """The stream ended: Twilio's ``stop``, the socket closing, an idle timeout or shutdown."""
+
+    type: Literal["stream.stopped"] = "stream.stopped"
+    reason: StopReason
+    summary: CallSummary
+    last_call_status: str | None = Field(
+        default=None, description="Latest CallStatus from status callbacks, when known here."
+    )
+    stopped_at: datetime | None = None
+
+
+class DtmfEvent(_RecordBase):
+    """A keypress (bidirectional streams only; Twilio's ``dtmf.track`` is ``inbound_track``)."""
+
+    type: Literal["dtmf"] = "dtmf"
+    digit: str
+    track: str
+    sequence_number: int | None
+    at_ms: int | None = Field(description="Stream clock position of the inbound track, ms.")
+
+
+class MarkEvent(_RecordBase):
+    """Twilio's echo of a mark: the audio before it played, or a ``clear`` dropped it."""
+
+    type: Literal["mark"] = "mark"
+    name: str
+    sequence_number: int | None
+    at_ms: int | None
+    cleared: bool | None = Field(
+        default=None, description="True when the echo followed a clear (not played)."
+    )
+
+
+class Diagnostic(_RecordBase):
+    """Input that could not be used, and what was done about it. The call goes on."""
+
+    type: Literal["diagnostic"] = "diagnostic"
+    code: str = Field(description="Stable snake_case code, e.g. bad_json, wrong_stream_sid.")
+    message: str
+    sequence_number: int | None = None
+    count: int = Field(default=1, description="How many times this code occurred (suppression).")
+
+
+# ---------------------------------------------------------------------------------------------
+# call lifecycle (status callbacks)
+
+CallEventType = Literal[
+    "call.queued",
+    "call.initiated",
+    "call.ringing",
+    "call.answered",
+    "call.completed",
+    "call.busy",
+    "call.failed",
+    "call.no_answer",
+    "call.canceled",
+]
+
+
+class CallStatusEvent(_RecordBase):
+    """A call status callback (https://www.twilio.com/docs/voice/api/call-resource#statuscallback)."""
+
+    type: CallEventType
+    call_status: str = Field(description="Twilio's CallStatus as sent, e.g. in-progress.")
+    sequence_number: int | None
+    event_at: datetime | None = Field(description="Timestamp (RFC 2822 from Twilio) as UTC.")
+    direction: str | None = None
+    duration_s: int | None = Field(default=None, description="CallDuration, on completion.")
+    sip_response_code: int | None = None
+    from_: str | None = Field(default=None, alias="from", serialization_alias="from")
+    to: str | None = None
+    caller_name: str | None = None
+    forwarded_from: str | None = None
+    parent_call_sid: str | None = None
+    summary: CallSummary | None = Field(
+        default=None, description="The stream's summary, when the stream ended in this process."
+    )
+
+
+class StreamStatusEvent(_RecordBase):
+    """A stream status callback (StreamEvent stream-started | stream-stopped | stream-error)."""
+
+    type: Literal["stream.status"] = "stream.status"
+    stream_event: str
+    stream_name: str | None = None
+    stream_error: str | None = None
+    event_at: datetime | None = Field(description="Timestamp (ISO 8601 from Twilio) as UTC.")
+
+
+Record = Annotated[
+    TurnRecord
+    | StreamStarted
+    | StreamStopped
+    | DtmfEvent
+    | MarkEvent
+    | Diagnostic
+    | CallStatusEvent
+    | StreamStatusEvent,
+    Field(discriminator="type"),
+]
+"""Any record (a pydantic discriminated union on ``type``)."""
+
+RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
+
+AnyRecord = (
+    TurnRecord
+    | StreamStarted
+    | StreamStopped
+    | DtmfEvent
+    | MarkEvent
+    | Diagnostic
+    | CallStatusEvent
+    | StreamStatusEvent
+)
+
+
+def to_json(record: AnyRecord) -> str:
+    """One record as compact JSON (field aliases such as ``from``; nulls kept for a flat schema)."""
+    return record.model_dump_json(by_alias=True)
+
+
+def from_json(text: str | bytes) -> AnyRecord:
+    """Parse one record. Raises ``pydantic.ValidationError`` on anything not schema_version 1."""
+    return RECORD_ADAPTER.validate_json(text)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of every record type, as pydantic generates it."""
+    schema = RECORD_ADAPTER.json_schema(by_alias=True, mode="serialization")
+    schema["$id"] = "https://github.com/mise/mise_twilio/schema/records-v1.json"
+    schema["title"] = "mise_twilio record, schema_version 1"
+    return schema
+
+
+def json_schema_text() -> str:
+    """``json_schema()`` as indented JSON text."""
+    return json.dumps(json_schema(), indent=2, sort_keys=True)
