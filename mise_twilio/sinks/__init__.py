@@ -1,0 +1,64 @@
+"""Sinks: where records go. ``SinkHub`` fans records out to ``Sink`` implementations (JSONL
+file, HTTP, Redis Streams) with bounded queues, an on-disk spool and retries (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+from mise_twilio.config import Settings
+from mise_twilio.metrics import Metrics
+from mise_twilio.sinks.base import DeliveryError, Envelope, Sink
+from mise_twilio.sinks.http import HttpSink
+from mise_twilio.sinks.hub import DrainReport, SinkHub, SinkStats
+from mise_twilio.sinks.jsonl import JsonlSink
+from mise_twilio.sinks.redis import RedisStreamSink
+from mise_twilio.sinks.spool import Spool
+
+__all__ = [
+    "DeliveryError",
+    "DrainReport",
+    "Envelope",
+    "HttpSink",
+    "JsonlSink",
+    "RedisStreamSink",
+    "Sink",
+    "SinkHub",
+    "SinkStats",
+    "Spool",
+    "build_hub",
+    "build_sinks",
+]
+
+
+def build_sinks(settings: Settings) -> list[Sink]:
+    """The sinks ``settings`` enable, in this order: JSONL (``jsonl_enabled`` and a
+    ``jsonl_path`` other than ``off``; default ``DATA_DIR/events.jsonl``), HTTP (``http_url``,
+    ``http_token``), Redis Streams (``redis_url``, ``redis_stream``, ``redis_maxlen``).
+    May be empty."""
+    sinks: list[Sink] = []
+    jsonl_off = settings.jsonl_path is not None and str(settings.jsonl_path).lower() == "off"
+    if settings.jsonl_enabled and not jsonl_off:
+        sinks.append(JsonlSink(settings.resolved_jsonl_path))
+    if settings.http_url:
+        token = settings.http_token.get_secret_value() if settings.http_token else None
+        sinks.append(HttpSink(settings.http_url, bearer_token=token))
+    if settings.redis_url:
+        sinks.append(
+            RedisStreamSink(
+                settings.redis_url,
+                stream=settings.redis_stream,
+                maxlen_approx=settings.redis_maxlen,
+            )
+        )
+    return sinks
+
+
+def build_hub(settings: Settings, metrics: Metrics | None = None) -> SinkHub:
+    """A ``SinkHub`` over ``build_sinks(settings)`` with the queue, batch and spool settings.
+    Call ``await hub.start()`` before publishing; on shutdown ``await
+    hub.drain(settings.shutdown_deadline_s)`` then ``await hub.close()``."""
+    return SinkHub(
+        build_sinks(settings),
+        queue_max_records=settings.sink_queue_max,
+        batch_max_records=settings.sink_batch_max,
+        spool_dir=settings.resolved_spool_dir,
+        metrics=metrics,
+    )

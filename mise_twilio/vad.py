@@ -1,0 +1,235 @@
+"""Energy voice activity detection on 20 ms frames, with an adaptive noise floor.
+
+One ``EnergyVad`` per track, stepped once per frame with the frame's level in dBFS. Pure and
+cheap (a handful of float compares per frame: the per-message path). Method:
+
+- **Noise floor** by minimum statistics (Martin 2001, "Noise power spectral density estimation
+  based on optimal smoothing and minimum statistics", IEEE TSAP 9(5)), reduced to broadband
+  frame levels: frame power is first smoothed (first-order, ``floor_smoothing_ms``) so that one
+  freak quiet frame cannot drag the floor down, and the floor candidate is the minimum smoothed
+  level over the last ``floor_window_ms`` (kept as block minima, O(1) per frame). The floor
+  falls to a lower candidate at once; it rises only as low readings leave the window, so
+  speech, which always dips between phrases within a few seconds, does not lift it.
+  Digital silence (μ-law 0xFF/0x7F decodes to 0: level ``FLOOR_DBFS``) never updates it: it
+  says nothing about the line's noise.
+- **Hysteresis**: a frame is *loud* above ``floor + start_margin_db`` (and above the absolute
+  ``min_level_dbfs``), *active* above ``floor + stop_margin_db``. Speech starts after
+  ``min_speech_ms`` of consecutive loud frames; its start is moved back over the active frames
+  just before (at most ``pre_roll_ms``) so soft onsets are kept. Speech ends once
+  ``hangover_ms`` pass with no active frame; the segment ends after its last active frame.
+- **Cross-track dominance** (bleed): when the caller's voice leaks into the agent's track (echo,
+  crosstalk) it arrives 20-30 dB below the original. A frame whose level is more than
+  ``bleed_margin_db`` below the other track's level at the same instant is treated as not loud.
+  True double-talk keeps both tracks within a few dB, so it still counts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mise_twilio.audio import FLOOR_DBFS, FRAME_MS
+
+
+@dataclass(frozen=True, slots=True)
+class VadParams:
+    """Energy VAD and turn-cutting parameters (all durations in ms, levels in dB).
+
+    Defaults were tuned on the project's espeak-ng fixtures (``fixtures/``; speech at -20 to
+    -26 dBFS over -60 dBFS line noise, plus quiet-speaker, hum/click and bleed variants) and
+    checked on the real capture in ``../shared/real-captures``; see ``bench/vad_accuracy.py``
+    for frame F1 and boundary errors at these values.
+
+    - ``start_margin_db`` 9 / ``stop_margin_db`` 5: a 4 dB hysteresis band. Syllable troughs in
+      running speech stay above floor + 5 dB, so segments do not chatter inside words.
+    - ``min_level_dbfs`` -55: no speech below this, whatever the floor (PSTN idle noise is
+      about -65 to -55 dBFS; quiet talkers measured -42 dBFS).
+    - ``min_speech_ms`` 60: three loud frames. Clicks (5-10 ms) light one or two frames.
+    - ``hangover_ms`` 200: bridges stop consonants and short intra-word dips.
+    - ``pre_roll_ms`` 60: soft onsets (fricatives, breathy vowels) sit between the thresholds.
+    - ``post_roll_ms`` 40: word-final decays fall under the stop threshold before they are
+      inaudible; without it segment ends were 25 ms early (median) and up to 128 ms early.
+    - ``floor_window_ms`` 3000: a few seconds of speech always hold a dip to the floor
+      (Martin 2001 uses ~1.5 s; longer is safer against long phrases).
+    - ``floor_smoothing_ms`` 100: power smoothing before the minimum. Without it a single
+      quiet frame (a fade, the edge of digital silence) set the floor 20 dB under the line
+      noise and the noise then read as speech for seconds (seen on the fork fixture).
+    - ``initial_floor_dbfs`` -60: a typical PSTN noise floor, used until frames arrive; in the
+      first window the floor may jump up to ``warmup_max_rise_db`` (12) above it at once.
+    - ``bleed_margin_db`` 15: leaked speech measured 20-30 dB under its source; double-talk
+      within ~10 dB. 15 dB separates them (0 disables the check).
+    - ``turn_pause_ms`` 700: a speaker's own pause that ends the turn (within-turn pauses in
+      conversation rarely exceed 500-700 ms; Heldner & Edlund 2010, J. Phonetics 38(4)).
+    - ``floor_take_ms`` 1000: the other speaker holding this long takes the floor.
+    - ``interruption_min_ms`` 500, ``yield_window_ms`` 1000, ``backchannel_max_ms`` 1000:
+      DESIGN.md §3.
+    - ``max_turn_ms`` 120000: a turn this long is cut (``end_reason: max_duration``).
+    """
+
+    start_margin_db: float = 9.0
+    stop_margin_db: float = 5.0
+    min_level_dbfs: float = -55.0
+    min_speech_ms: int = 60
+    hangover_ms: int = 200
+    pre_roll_ms: int = 60
+    post_roll_ms: int = 40
+    floor_window_ms: int = 3000
+    floor_smoothing_ms: int = 100
+    initial_floor_dbfs: float = -60.0
+    warmup_max_rise_db: float = 12.0
+    bleed_margin_db: float = 15.0
+    turn_pause_ms: int = 700
+    floor_take_ms: int = 1000
+    interruption_min_ms: int = 500
+    yield_window_ms: int = 1000
+    backchannel_max_ms: int = 1000
+    max_turn_ms: int = 120_000
+
+    def __post_init__(self) -> None:
+        if self.stop_margin_db > self.start_margin_db:
+            raise ValueError("stop_margin_db must not exceed start_margin_db (hysteresis)")
+        for name in ("min_speech_ms", "hangover_ms", "floor_window_ms", "turn_pause_ms"):
+            if getattr(self, name) < FRAME_MS:
+                raise ValueError(f"{name} must be at least one {FRAME_MS} ms frame")
+
+
+_BLOCK_FRAMES = 25  # 500 ms blocks for the running minimum
+
+
+class EnergyVad:
+    """Per-track VAD state machine; ``step()`` once per 20 ms frame, in frame order.
+
+    Frame indices are the caller's (any integer grid); ``step`` returns ``None`` or a transition:
+    ``("start", first_frame)`` when speech is confirmed (first_frame includes pre-roll), or
+    ``("end", end_frame)`` when it ended (``end_frame`` is exclusive: one past the last active
+    frame). ``flush()`` ends open speech at the stream's end.
+    """
+
+    __slots__ = (
+        "_block_min",
+        "_block_n",
+        "_blocks",
+        "_floor",
+        "_hang_frames",
+        "_last_active",
+        "_loud_run",
+        "_min_frames",
+        "_n_blocks",
+        "_p",
+        "_power",
+        "_alpha",
+        "_pre_frames",
+        "_post_frames",
+        "_recent_active_from",
+        "in_speech",
+    )
+
+    def __init__(self, params: VadParams) -> None:
+        self._p = params
+        self._floor = params.initial_floor_dbfs
+        self._min_frames = max(1, params.min_speech_ms // FRAME_MS)
+        self._hang_frames = max(1, params.hangover_ms // FRAME_MS)
+        self._pre_frames = max(0, params.pre_roll_ms // FRAME_MS)
+        # The tail kept after the last active frame; never beyond the hangover (the frames it
+        # covers must already have been seen when the end is reported).
+        self._post_frames = min(self._hang_frames, max(0, params.post_roll_ms // FRAME_MS))
+        self._n_blocks = max(1, params.floor_window_ms // (FRAME_MS * _BLOCK_FRAMES))
+        self._alpha = min(1.0, FRAME_MS / max(FRAME_MS, params.floor_smoothing_ms))
+        self._power = 0.0
+        self._blocks: list[float] = []
+        self._block_min = float("inf")
+        self._block_n = 0
+        self._loud_run = 0
+        self._recent_active_from: int | None = None  # start of the current run of active frames
+        self._last_active = -1
+        self.in_speech = False
+
+    @property
+    def floor_dbfs(self) -> float:
+        """Current noise-floor estimate, dBFS."""
+        return self._floor
+
+    def step(
+        self, frame: int, level_dbfs: float, other_level_dbfs: float | None = None
+    ) -> tuple[str, int] | None:
+        """Advance one frame. ``other_level_dbfs`` is the other track's level at the same frame."""
+        p = self._p
+        if level_dbfs > FLOOR_DBFS:
+            self._update_floor(level_dbfs)
+        floor = self._floor
+        active = level_dbfs > floor + p.stop_margin_db and level_dbfs > p.min_level_dbfs - 6.0
+        loud = active and level_dbfs > floor + p.start_margin_db and level_dbfs > p.min_level_dbfs
+        if (
+            loud
+            and other_level_dbfs is not None
+            and p.bleed_margin_db > 0
+            and level_dbfs < other_level_dbfs - p.bleed_margin_db
+        ):
+            loud = False
+            active = False
+        if active:
+            if self._recent_active_from is None:
+                self._recent_active_from = frame
+            self._last_active = frame
+        else:
+            self._recent_active_from = None
+
+        if self.in_speech:
+            if frame - self._last_active >= self._hang_frames:
+                self.in_speech = False
+                self._loud_run = 0
+                return ("end", self._last_active + 1 + self._post_frames)
+            return None
+
+        self._loud_run = self._loud_run + 1 if loud else 0
+        if self._loud_run >= self._min_frames:
+            self.in_speech = True
+            self._loud_run = 0
+            run_start = frame - self._min_frames + 1
+            active_from = self._recent_active_from if self._recent_active_from is not None else frame
+            start = max(min(run_start, active_from), run_start - self._pre_frames)
+            return ("start", start)
+        return None
+
+    def flush(self) -> tuple[str, int] | None:
+        """End open speech (stream end); returns ``("end", end_frame)`` or ``None``."""
+        if not self.in_speech:
+            return None
+        self.in_speech = False
+        self._loud_run = 0
+        return ("end", self._last_active + 1)  # at the stream's end there is no tail to keep
+
+    def reset_speech(self) -> tuple[str, int] | None:
+        """A discontinuity: end open speech, forget runs, keep the noise floor."""
+        ended = self.flush()
+        self._recent_active_from = None
+        self._loud_run = 0
+        return ended
+
+    def _update_floor(self, frame_dbfs: float) -> None:
+        power = 10.0 ** (frame_dbfs / 10.0)
+        if self._power <= 0.0:
+            self._power = power
+        else:
+            self._power += self._alpha * (power - self._power)
+        level_dbfs = 10.0 * math.log10(self._power)
+        if level_dbfs < self._block_min:
+            self._block_min = level_dbfs
+        self._block_n += 1
+        if self._block_n >= _BLOCK_FRAMES:
+            self._blocks.append(self._block_min)
+            if len(self._blocks) > self._n_blocks:
+                del self._blocks[0]
+            self._block_min = float("inf")
+            self._block_n = 0
+        candidate = min(self._block_min, min(self._blocks)) if self._blocks else self._block_min
+        if candidate < self._floor or len(self._blocks) >= self._n_blocks:
+            # Falls at once; once a whole window has been seen the floor *is* the window's
+            # minimum, so a freak low reading is forgotten after floor_window_ms.
+            self._floor = candidate
+        elif not self.in_speech:
+            # Warm-up (less than one window seen): a noisy line must not read as speech for
+            # seconds, so jump to the candidate, but no higher than initial + warm-up cap, so
+            # a call that opens with speech still detects it.
+            cap = self._p.initial_floor_dbfs + self._p.warmup_max_rise_db
+            self._floor = max(self._floor, min(candidate, cap))
