@@ -9,7 +9,6 @@ per-turn work only.
 from __future__ import annotations
 
 import math
-
 import warnings
 
 with warnings.catch_warnings():

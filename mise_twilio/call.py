@@ -355,7 +355,9 @@ class CallSession:
     def _on_media(self, message: MediaMessage) -> None:
         seq = message.sequence_number
         if self.state != "streaming":
-            raise ProtocolError("media_before_start", "media before start ignored", sequence_number=seq)
+            raise ProtocolError(
+                "media_before_start", "media before start ignored", sequence_number=seq
+            )
         self._check_stream_or_raise(message.stream_sid, seq)
         if not self._media_ok:
             return
@@ -415,7 +417,9 @@ class CallSession:
 
     def _add_track(self, track: str, seq: int | None) -> _TrackPipe:
         if track not in TRACKS:
-            raise ProtocolError("unknown_track", f"media on unknown track {track!r}", sequence_number=seq)
+            raise ProtocolError(
+                "unknown_track", f"media on unknown track {track!r}", sequence_number=seq
+            )
         if track not in self.tracks:
             self._diag("unlisted_track", f"media on {track!r}, not listed in start.tracks", seq)
             self.tracks.append(track)
@@ -473,7 +477,9 @@ class CallSession:
             if not any_frame:
                 if final:
                     return
-                nxt = min((p.timeline.frames[0][0] for p in pipes if p.timeline.frames), default=None)
+                nxt = min(
+                    (p.timeline.frames[0][0] for p in pipes if p.timeline.frames), default=None
+                )
                 if nxt is None:
                     return
             self._step(k)
@@ -494,7 +500,9 @@ class CallSession:
                     continue
                 if idx < k:
                     p.lost_frames_total += 1
-                    self._diag("late_media", f"{p.track} audio arrived after its time; dropped", None)
+                    self._diag(
+                        "late_media", f"{p.track} audio arrived after its time; dropped", None
+                    )
                     continue
                 pcm = audio.ulaw_to_pcm16(ulaw)
                 level = audio.rms_dbfs(pcm)
@@ -642,13 +650,16 @@ class CallSession:
         union = _union([seg for segs in self._segments_ms.values() for seg in segs])
         silence_ms = max(0, span_ms - sum(e - s for s, e in union))
         incidents = sum(
-            1 for (_, e1), (s2, _) in zip(union, union[1:], strict=False)
+            1
+            for (_, e1), (s2, _) in zip(union, union[1:], strict=False)
             if s2 - e1 > _SILENCE_INCIDENT_MS
         )
         return CallSummary(
             duration_ms=span_ms,
             talk_ms=talk,
-            talk_ratio={s: (round(v / total_talk, 4) if total_talk else 0.0) for s, v in talk.items()},
+            talk_ratio={
+                s: (round(v / total_talk, 4) if total_talk else 0.0) for s, v in talk.items()
+            },
             turn_counts=counts,
             overlap_ms=(
                 sum(t.overlap_ms or 0 for t in stats if t.speaker == "caller") if cross else None
@@ -661,8 +672,11 @@ class CallSession:
                 else None
             ),
             response_latency=_latency(stats) if cross else None,
-            lost_ms={p.track: p.timeline.lost_samples // audio.SAMPLES_PER_MS
-                     + p.lost_frames_total * audio.FRAME_MS for p in self._pipe_list},
+            lost_ms={
+                p.track: p.timeline.lost_samples // audio.SAMPLES_PER_MS
+                + p.lost_frames_total * audio.FRAME_MS
+                for p in self._pipe_list
+            },
             media_messages={p.track: p.media_messages for p in self._pipe_list},
             diagnostics=sum(self._diag_counts.values()),
         )

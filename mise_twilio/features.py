@@ -52,6 +52,8 @@ SUPPORTED_SAMPLE_RATES_HZ: tuple[int, ...] = (SAMPLE_RATE_HZ, 16000)
 """Rates ``measure_turn`` accepts: Twilio's 8 kHz, and 16 kHz for wide-band sources."""
 PITCH_HOP_MS = FRAME_MS // 2
 """Pitch and intensity frames advance by 10 ms (two per 20 ms level frame)."""
+_YIN_CHUNK_FRAMES = 64
+"""Pitch frames per YIN batch: keeps the FFT work arrays cache-sized (~0.3 MB)."""
 
 _S = TypeVar("_S", bound=np.generic)
 _FULL_SCALE_POWER = FULL_SCALE_RMS * FULL_SCALE_RMS
@@ -344,62 +346,98 @@ def _f0_track(
     m = rows.shape[0]
     if m == 0:
         return f0
-    run = run[rows]
-
-    # Frames zero-padded to nfft in one buffer: numpy's own padding path is slower.
-    frames = np.zeros((m, nfft), dtype=np.float32)
-    frames[:, :size] = _strided_frames(padded, size, hop, n_pitch)[rows]
-    spec = np.fft.rfft(frames, axis=1)
-    power = np.zeros((m, nfft + 1), dtype=np.complex64)  # spectrum of a 2*nfft-point signal
-    np.multiply(spec, spec.conj(), out=power[:, : spec.shape[1]])
-    n_half = 2 * n_int - 1  # lags 0, 0.5, ..., tau_max + 1
-    acf2 = np.fft.irfft(power, axis=1)[:, :n_half]  # half the autocorrelation at half-lags
-
-    # Energies of the overlapping parts: head(t) = sum_{i < size-t} x_i^2, tail(t) =
-    # sum_{i >= t} x_i^2, exact at integer lags, linearly interpolated between them.
-    head = run[:, size - n_int + 1 :][:, ::-1] - run[:, :1]
-    tail = run[:, size:] - run[:, :n_int]
-    d = np.empty((m, n_half), dtype=np.float32)
-    d[:, 0::2] = head + tail
-    d[:, 1::2] = 0.5 * (d[:, 0:-1:2] + d[:, 2::2])
-
-    # Difference function (YIN step 2) per pair, and its cumulative mean normalisation
-    # (step 3) over the searched lags only; the tiny offset maps 0/0 (silence) to 1.
-    lo, hi = 2 * tau_min, 2 * tau_max
-    d -= 4.0 * acf2
-    np.maximum(d, 0.0, out=d)
-    d /= (size - 0.5 * np.arange(n_half)).astype(np.float32)
-    running = np.cumsum(d[:, 1 : hi + 1], axis=1)[:, lo - 1 :]
-    tiny = np.float32(1e-30)
-    dn = d[:, lo : hi + 1] * np.arange(lo, hi + 1, dtype=np.float32)
-    dn += tiny
-    dn /= running + tiny
-
-    # Absolute threshold (step 4): the first dip under the threshold, followed down to its
-    # local minimum; the global minimum when there is none.
-    below = dn < params.yin_threshold
-    found = below.any(axis=1)
-    first = np.argmax(below, axis=1)
-    at_min = np.ones_like(below)
-    at_min[:, :-1] = dn[:, 1:] >= dn[:, :-1]
-    at_min &= np.arange(dn.shape[1])[None, :] >= first[:, None]
-    j = np.where(found, np.argmax(at_min, axis=1), np.argmin(dn, axis=1))
-    r = np.arange(m)
-    aperiodicity = dn[r, j]
-    k = j + lo
-
-    # Parabolic interpolation (step 5) of the difference function around the chosen lag.
-    d_l, d_c, d_r = (d[r, k + i].astype(np.float64) for i in (-1, 0, 1))
-    curv = d_l - 2.0 * d_c + d_r
-    shift = np.zeros(m)
-    np.divide(d_l - d_r, 2.0 * curv, out=shift, where=curv > 0.0)
-    period = 0.5 * (k + np.clip(shift, -0.5, 0.5))  # samples
+    period = np.empty(m)
+    aperiodicity = np.empty(m, dtype=np.float32)
+    yin = _Yin(size, tau_min, tau_max, nfft, min(m, _YIN_CHUNK_FRAMES), params.yin_threshold)
+    all_frames = _strided_frames(padded, size, hop, n_pitch)
+    for c in range(0, m, _YIN_CHUNK_FRAMES):
+        chunk = rows[c : c + _YIN_CHUNK_FRAMES]
+        period[c : c + chunk.shape[0]], aperiodicity[c : c + chunk.shape[0]] = yin(
+            all_frames[chunk], run[chunk]
+        )
 
     ok = aperiodicity < params.voicing_threshold
     f0[rows[ok]] = sample_rate_hz / period[ok]
     min_run = math.ceil(params.min_voiced_run_ms * sample_rate_hz / (1000.0 * hop))
     _drop_short_runs(f0, min_run)
     return _smooth_track(f0, params.f0_min_hz, params.f0_max_hz)
+
+
+class _Yin:
+    """YIN on a batch of frames, with FFT buffers reused across batches.
+
+    Call with ``frames`` of shape ``(b, size)`` (float32 samples) and ``run`` of shape
+    ``(b, size + 1)`` (int64 running sums of squares of the same frames, ``run[:, 0]`` being
+    the sum before the frame), ``b <= capacity``; returns the period in samples (float64) and
+    the aperiodicity d' at that period (float32), both of shape ``(b,)``.
+    """
+
+    def __init__(
+        self, size: int, tau_min: int, tau_max: int, nfft: int, capacity: int, threshold: float
+    ) -> None:
+        self.size = size
+        self.n_int = tau_max + 2  # integer lags 0..tau_max+1: every candidate has a right side
+        self.n_half = 2 * self.n_int - 1  # lags 0, 0.5, ..., tau_max + 1
+        self.lo, self.hi = 2 * tau_min, 2 * tau_max  # searched half-lag indices
+        self.threshold = threshold
+        # Frames zero-padded to nfft, and power spectra zero-padded to a 2*nfft-point signal's.
+        self.frames = np.zeros((capacity, nfft), dtype=np.float32)
+        self.power = np.zeros((capacity, nfft + 1), dtype=np.complex64)
+        self.pairs = (size - 0.5 * np.arange(self.n_half)).astype(np.float32)
+        self.lag_index = np.arange(self.lo, self.hi + 1, dtype=np.float32)
+
+    def __call__(
+        self, frames: NDArray[np.float32], run: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+        b = frames.shape[0]
+        size, n_int, n_half, lo, hi = self.size, self.n_int, self.n_half, self.lo, self.hi
+        buf = self.frames[:b]
+        buf[:, :size] = frames
+        spec = np.fft.rfft(buf, axis=1)
+        power = self.power[:b]
+        np.multiply(spec, spec.conj(), out=power[:, : spec.shape[1]])
+        acf2 = np.fft.irfft(power, axis=1)[:, :n_half]  # half the autocorrelation, half-lags
+
+        # Energies of the overlapping parts: head(t) = sum_{i < size-t} x_i^2, tail(t) =
+        # sum_{i >= t} x_i^2, exact at integer lags, linearly interpolated between them.
+        head = run[:, size - n_int + 1 :][:, ::-1] - run[:, :1]
+        tail = run[:, size:] - run[:, :n_int]
+        d = np.empty((b, n_half), dtype=np.float32)
+        d[:, 0::2] = head + tail
+        d[:, 1::2] = 0.5 * (d[:, 0:-1:2] + d[:, 2::2])
+
+        # Difference function (YIN step 2) per pair, and its cumulative mean normalisation
+        # (step 3) over the searched lags only; the tiny offset maps 0/0 (silence) to 1.
+        d -= 4.0 * acf2
+        np.maximum(d, 0.0, out=d)
+        d /= self.pairs
+        running = np.cumsum(d[:, 1 : hi + 1], axis=1)[:, lo - 1 :]
+        tiny = np.float32(1e-30)
+        dn = d[:, lo : hi + 1] * self.lag_index
+        dn += tiny
+        running += tiny
+        dn /= running
+
+        # Absolute threshold (step 4): the first dip under the threshold, followed down to
+        # its local minimum; the global minimum when there is none.
+        below = dn < self.threshold
+        found = below.any(axis=1)
+        first = np.argmax(below, axis=1)
+        at_min = np.ones_like(below)
+        np.greater_equal(dn[:, 1:], dn[:, :-1], out=at_min[:, :-1])
+        at_min &= np.arange(dn.shape[1])[None, :] >= first[:, None]
+        j = np.where(found, np.argmax(at_min, axis=1), np.argmin(dn, axis=1))
+        r = np.arange(b)
+        aperiodicity = dn[r, j]
+        k = j + lo
+
+        # Parabolic interpolation (step 5) of the difference function around the chosen lag.
+        d_l, d_c, d_r = (d[r, k + i].astype(np.float64) for i in (-1, 0, 1))
+        curv = d_l - 2.0 * d_c + d_r
+        shift = np.zeros(b)
+        np.divide(d_l - d_r, 2.0 * curv, out=shift, where=curv > 0.0)
+        period = 0.5 * (k + np.clip(shift, -0.5, 0.5))
+        return period, aperiodicity
 
 
 def _int_square(x: NDArray[np.int16]) -> NDArray[np.int64]:

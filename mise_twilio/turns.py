@@ -213,8 +213,7 @@ class TurnTracker:
             return False
         last_seg_start = turn.segments[-1][0] if turn.segments else turn.start
         return (
-            other.turn.start > last_seg_start
-            and other.turn.speech_since(now) >= self._floor_take
+            other.turn.start > last_seg_start and other.turn.speech_since(now) >= self._floor_take
         )
 
     def _close(self, state: _TrackState, now: int, reason: str) -> Turn:

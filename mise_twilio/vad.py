@@ -106,6 +106,7 @@ class EnergyVad:
     """
 
     __slots__ = (
+        "_alpha",
         "_block_min",
         "_block_n",
         "_blocks",
@@ -116,10 +117,9 @@ class EnergyVad:
         "_min_frames",
         "_n_blocks",
         "_p",
-        "_power",
-        "_alpha",
-        "_pre_frames",
         "_post_frames",
+        "_power",
+        "_pre_frames",
         "_recent_active_from",
         "in_speech",
     )
@@ -186,7 +186,9 @@ class EnergyVad:
             self.in_speech = True
             self._loud_run = 0
             run_start = frame - self._min_frames + 1
-            active_from = self._recent_active_from if self._recent_active_from is not None else frame
+            active_from = (
+                self._recent_active_from if self._recent_active_from is not None else frame
+            )
             start = max(min(run_start, active_from), run_start - self._pre_frames)
             return ("start", start)
         return None

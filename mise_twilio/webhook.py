@@ -45,6 +45,7 @@ MAX_FORM_FIELDS = 200
 
 _FORM_TYPE = "application/x-www-form-urlencoded"
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_SID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Publish = Callable[[StatusEvent], None]
 OnStatus = Callable[[StatusEvent], None]
@@ -115,6 +116,14 @@ async def _read_pairs(request: Request, max_body_bytes: int) -> list[tuple[str, 
     except UnicodeDecodeError:
         raise WebhookError("form data is not valid UTF-8") from None
     return decode_form(text)
+
+
+def _call_sid_for_log(pairs: Sequence[tuple[str, str]]) -> str | None:
+    """The request's CallSid when it looks like a SID (it is unauthenticated until checked)."""
+    for name, value in pairs:
+        if name == "CallSid":
+            return value if _SID_SHAPE.fullmatch(value) else None
+    return None
 
 
 def _log_dropped(dropped: list[Dropped]) -> None:
@@ -188,6 +197,7 @@ def make_webhook_endpoint(
             log.warning("webhook_rejected", status_code=exc.status_code, reason=exc.message)
             return PlainTextResponse(exc.message, status_code=exc.status_code)
 
+        log = log.bind(call_sid=_call_sid_for_log(pairs))
         if signature is not None:
             header = request.headers.get(SIGNATURE_HEADER)
             query = request.scope.get("query_string", b"").decode("latin-1")
@@ -210,8 +220,6 @@ def make_webhook_endpoint(
 
         try:
             params: Mapping[str, str] = _as_params(pairs)
-            call_sid = params.get("CallSid") or None
-            log = log.bind(call_sid=call_sid)
             event = parse_status_callback(params, pii=pii)
         except WebhookError as exc:
             log.warning("webhook_rejected", status_code=exc.status_code, reason=exc.message)

@@ -149,7 +149,7 @@ CallRecordsFactory = Callable[..., list[AnyRecord]]
 
 
 def synthetic_call(n_turns: int, call_index: int = 0) -> list[AnyRecord]:
-    """The records of one synthetic two-party call with ``n_turns`` turns (+6 events)."""
+    """The records of one synthetic two-party call with ``n_turns`` turns (+5 events)."""
     call_sid = f"CA{call_index:032x}"
     stream_sid = f"MZ{call_index:032x}"
     account_sid = "AC" + "1" * 32
@@ -239,7 +239,9 @@ def synthetic_call(n_turns: int, call_index: int = 0) -> list[AnyRecord]:
         silence_ms=pos_ms // 3,
         silence_incidents=0,
         interruptions={"caller": 2, "agent": 1},
-        response_latency=LatencyStats(count=n_turns // 2, p50_ms=420.0, p95_ms=910.0, max_ms=1500.0),
+        response_latency=LatencyStats(
+            count=n_turns // 2, p50_ms=420.0, p95_ms=910.0, max_ms=1500.0
+        ),
         lost_ms={"inbound": 40, "outbound": 0},
         media_messages={"inbound": pos_ms // 20, "outbound": pos_ms // 20},
         diagnostics=1,

@@ -18,13 +18,12 @@ price of occasional millisecond stalls of the loop when records arrive faster th
 takes them. If the disk itself fails (full, read-only), the buffer is kept in memory and
 retried: the only way left not to drop.
 
-Order: per sink, records are delivered in publish order. The queue only receives records while
-the spool is empty, so the queue is always older than the spool and is delivered first; a
-failing queue batch moves to the front of the (then empty) spool. Exceptions: a queue batch
-that fails while newer records are already on disk is retried from memory ahead of them, and if
-the process then shuts down before it is delivered it is spooled after them; the spool left by
-a previous process is replayed before anything new. Records carry stable ids, so receivers can
-deduplicate and re-sort.
+Order: per sink, records are delivered in publish order, also across restarts. The queue only
+receives records while the spool is empty. The moment a lane starts spilling (queue full, a
+failed delivery, shutdown), the batch in flight and the whole queue move to the spool ahead of
+the new record; if that in-flight batch then succeeds, its copy at the head of the spool is
+committed without re-delivery. The spool left by a previous process is replayed before anything
+new. Records carry stable ids, so receivers can deduplicate (and re-sort if they must).
 
 Delivery is at-least-once: an envelope leaves the spool only after ``deliver`` returned. A
 retryable ``SinkError`` backs off exponentially with full jitter (``backoff_initial_s`` doubling
@@ -112,7 +111,6 @@ class DrainReport:
 
 
 class _Source(enum.Enum):
-    HELD = "held"
     QUEUE = "queue"
     SPOOL = "spool"
 
@@ -130,7 +128,9 @@ class _Lane:
         self.flushing_records = 0  # taken from the buffer, being written right now
         self.spilling = False  # new records go to the spool (it is not empty)
         self.failing = False
-        self.held: list[Envelope] | None = None  # a queue batch in flight or awaiting retry
+        self.held: list[Envelope] | None = None  # the queue batch in flight
+        self.held_spooled = False  # ... and a copy of it heads the spool (spilling started)
+        self.spool_skip = 0  # records at the spool's head already delivered (from held)
         self.retry_n: int | None = None  # retry exactly this many spool records (same batch)
         self.handled: set[int] = set()  # positions of the current batch already done
         self.attempt = 0
@@ -329,14 +329,20 @@ class SinkHub:
                 lane.queue.append(envelope)
                 lane.kick.set()
 
-    def _spill(self, lane: _Lane, envelopes: Sequence[Envelope], *, front: bool = False) -> None:
-        """Divert ``envelopes`` to the lane's spool buffer (``front``: ahead of it)."""
-        lane.spilling = True
+    def _spill(self, lane: _Lane, envelopes: Sequence[Envelope]) -> None:
+        """Divert ``envelopes`` to the lane's spool buffer. When the lane was not spilling yet,
+        the batch in flight and the queue (all older) go first, so the spool is in order."""
+        if not lane.spilling:
+            lane.spilling = True
+            older: list[Envelope] = []
+            if lane.held is not None and not lane.held_spooled:
+                older.extend(lane.held)
+                lane.held_spooled = True
+            older.extend(lane.queue)
+            lane.queue.clear()
+            envelopes = [*older, *envelopes]
         size = sum(len(e.json) + _ENVELOPE_OVERHEAD_BYTES for e in envelopes)
-        if front:
-            lane.buffer.extendleft(reversed(envelopes))
-        else:
-            lane.buffer.extend(envelopes)
+        lane.buffer.extend(envelopes)
         lane.buffer_bytes += size
         lane.spooled += len(envelopes)
         if self._metrics is not None:
@@ -437,17 +443,13 @@ class SinkHub:
         except SinkError as exc:
             self._count_failure(lane, exc)
             lane.failing = True
-            if source is _Source.QUEUE and not lane.spilling:
-                # The spool is empty: this batch and the queue behind it go to its front, in
-                # order, and the retry reads exactly this batch back.
+            if source is _Source.QUEUE:
+                if not lane.held_spooled:
+                    self._spill(lane, ())  # the batch and the queue behind it, in order
                 lane.held = None
-                rest = list(lane.queue)
-                lane.queue.clear()
-                lane.retry_n = len(batch)
-                self._spill(lane, [*batch, *rest], front=True)
-            elif source is _Source.SPOOL:
-                lane.retry_n = len(batch)
-            # else: stays in lane.held, retried ahead of the (newer) spool.
+                lane.held_spooled = False
+            # The retry reads exactly this batch back from the head of the spool.
+            lane.retry_n = len(batch)
             log.warning(
                 "sink_delivery_failed",
                 sink=lane.name,
@@ -468,18 +470,20 @@ class SinkHub:
             await self._io(lane, lane.spool.commit, len(batch))
             lane.retry_n = None
         else:
+            if lane.held_spooled:
+                lane.spool_skip += len(batch)
             lane.held = None
+            lane.held_spooled = False
         return False
 
     async def _next_batch(self, lane: _Lane) -> tuple[list[Envelope] | None, _Source | None]:
         while True:
-            if lane.held is not None:
-                return lane.held, _Source.HELD
             if lane.queue:
                 n = min(self.batch_max_records, len(lane.queue))
                 batch = [lane.queue.popleft() for _ in range(n)]
-                # Held while in flight, so a drain that cancels the delivery still spools it.
+                # Held while in flight: spilling or a drain that cancels the delivery spools it.
                 lane.held = batch
+                lane.held_spooled = False
                 return batch, _Source.QUEUE
             if lane.buffer or lane.flushing_records:
                 await self._flush(lane)
@@ -488,6 +492,13 @@ class SinkHub:
                     await self._sleep_unless_draining(self.backoff_max_s)
                     if self._draining:
                         return None, None
+                continue
+            if lane.spool_skip and not lane.spool.is_empty:
+                skipped = await self._io(lane, lane.spool.peek, lane.spool_skip)
+                await self._io(lane, lane.spool.commit, len(skipped))
+                lane.spool_skip -= len(skipped)
+                if not skipped:
+                    lane.spool_skip = 0
                 continue
             if not lane.spool.is_empty:
                 batch = await self._io(
@@ -498,6 +509,7 @@ class SinkHub:
                 continue  # only torn lines were left; peek stepped over them
             # Nothing anywhere: new records may use the queue again.
             lane.spilling = False
+            lane.spool_skip = 0
             if self._draining:
                 return None, None
             lane.kick.clear()
@@ -616,20 +628,15 @@ class SinkHub:
             return True
 
     async def _persist(self, lane: _Lane) -> int:
-        """Move the held batch, the queue and the spool buffer to disk, in that order."""
+        """Move the batch in flight, the queue and the spool buffer to disk, in that order.
+        (When the lane is spilling the first two are already in the buffer.)"""
         items: list[Envelope] = []
-        if lane.held is not None:
-            remaining = [e for i, e in enumerate(lane.held) if i not in lane.handled]
-            if remaining and not lane.spool.is_empty:
-                log.warning(
-                    "sink_spool_reordered",
-                    sink=lane.name,
-                    records=len(remaining),
-                    detail="a retried batch is spooled after newer records",
-                )
-            items.extend(remaining)
-            lane.held = None
-            lane.handled.clear()
+        if lane.held is not None and not lane.held_spooled:
+            items.extend(e for i, e in enumerate(lane.held) if i not in lane.handled)
+        lane.held = None
+        lane.held_spooled = False
+        lane.handled.clear()
+        lane.retry_n = None
         if lane.queue:
             items.extend(lane.queue)
             lane.queue.clear()

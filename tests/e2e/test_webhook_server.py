@@ -242,6 +242,7 @@ async def test_forged_or_missing_signature_is_403_and_no_event(harness: Harness)
     assert len(warnings) == 5
     assert warnings[1]["reason"] == "missing X-Twilio-Signature"
     assert all(w["level"] == "warning" for w in warnings)
+    assert all(w["call_sid"] == CALL_SID for w in warnings)
 
 
 async def test_get_callback_signed_over_the_full_url(harness: Harness) -> None:

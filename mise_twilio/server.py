@@ -1,0 +1,378 @@
+"""The ASGI edge: one port for the media stream, status webhooks, health and metrics.
+
+Routes (Starlette, served by uvicorn with ``ws="websockets-sansio"``):
+
+- ``WS  /v1/stream/twilio``   Twilio Media Streams (``<Start><Stream>`` fork or ``<Connect>``)
+- ``POST|GET /v1/webhook/twilio``  call and stream status callbacks (``webhook.py``)
+- ``GET /healthz``  the process is up;  ``GET /readyz``  every sink answers
+- ``GET /metrics``  Prometheus text format
+
+Each WebSocket is one ``CallSession`` (sans-I/O); this module only pumps frames into it and
+records out of it, so nothing one call does can reach another call's state. Wall-clock time
+enters here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from mise_twilio import __version__
+from mise_twilio.call import CallSession, SessionParams
+from mise_twilio.config import Settings
+from mise_twilio.metrics import Metrics
+from mise_twilio.pii import PiiPolicy
+from mise_twilio.records import (
+    AnyRecord,
+    CallStatusEvent,
+    CallSummary,
+    Diagnostic,
+    StreamStopped,
+    TurnRecord,
+)
+from mise_twilio.signature import TwilioSignature
+from mise_twilio.sinks import SinkHub, build_hub
+from mise_twilio.status import CallLifecycle
+from mise_twilio.webhook import make_webhook_endpoint, run_lifecycle_poller
+
+STREAM_PATH = "/v1/stream/twilio"
+WEBHOOK_PATH = "/v1/webhook/twilio"
+WS_HARD_MAX_BYTES = 1024 * 1024
+"""The socket-level frame cap. Frames between ``max_message_bytes`` and this become a
+diagnostic in the session (the call goes on); only beyond it does the protocol close (1009)."""
+_COMPLETED_HOLD_S = 5.0
+_SUMMARY_CACHE = 10_000
+
+log = structlog.get_logger("mise_twilio.server")
+
+
+def session_params(settings: Settings) -> SessionParams:
+    """``SessionParams`` from settings (the api_key check lives in the session)."""
+    return SessionParams(
+        max_message_bytes=settings.max_message_bytes,
+        expected_api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        keep_turn_audio=settings.turn_audio != "none",
+    )
+
+
+@dataclass
+class _Joins:
+    """Joins stream summaries and call status callbacks that reach this process (bounded)."""
+
+    summaries: OrderedDict[str, CallSummary] = field(default_factory=OrderedDict)
+    held_completed: dict[str, CallStatusEvent] = field(default_factory=dict)
+
+    def remember(self, call_sid: str, summary: CallSummary) -> None:
+        self.summaries[call_sid] = summary
+        self.summaries.move_to_end(call_sid)
+        while len(self.summaries) > _SUMMARY_CACHE:
+            self.summaries.popitem(last=False)
+
+
+class Bridge:
+    """Process-wide state shared by the routes: settings, sinks, metrics, open sessions."""
+
+    def __init__(
+        self, settings: Settings, *, hub: SinkHub | None = None, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.hub = hub or build_hub(settings, self.metrics)
+        self.params = session_params(settings)
+        token = settings.twilio_auth_token
+        self.signature: TwilioSignature | None = None
+        if token is not None:
+            if not settings.public_url:
+                raise ValueError("MISE_TWILIO_AUTH_TOKEN needs MISE_PUBLIC_URL to check signatures")
+            self.signature = TwilioSignature(token.get_secret_value(), settings.public_url)
+        pii_key = settings.pii_key.get_secret_value().encode() if settings.pii_key else None
+        self.pii = PiiPolicy(pii_key, keep=settings.keep_pii)
+        self.lifecycle = CallLifecycle()
+        self.sessions: dict[int, CallSession] = {}
+        self.joins = _Joins()
+        self.shutting_down = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- records out ----------------------------------------------------------------------
+
+    def publish(self, record: AnyRecord) -> None:
+        """Hand one record to the sinks (never blocks), counting it in the metrics."""
+        if isinstance(record, TurnRecord):
+            self.metrics.turns_total.labels(speaker=record.speaker).inc()
+        elif isinstance(record, Diagnostic):
+            self.metrics.diagnostics_total.labels(code=record.code).inc()
+        self.hub.publish(record)
+
+    def publish_status(self, record: AnyRecord) -> None:
+        """Status-callback events: join ``call.completed`` with this process's stream summary."""
+        call_sid = record.call_sid
+        if isinstance(record, CallStatusEvent) and call_sid and record.type == "call.completed":
+            summary = self.joins.summaries.get(call_sid)
+            if summary is not None:
+                record = record.model_copy(update={"summary": summary})
+            elif self._stream_open(call_sid):
+                # The stream is still open here: hold the event until it stops (bounded).
+                self.joins.held_completed[call_sid] = record
+                asyncio.get_running_loop().call_later(
+                    _COMPLETED_HOLD_S, self._release_completed, call_sid
+                )
+                self._close_after_grace(call_sid)
+                return
+        self.publish(record)
+
+    def _release_completed(self, call_sid: str) -> None:
+        held = self.joins.held_completed.pop(call_sid, None)
+        if held is not None:
+            summary = self.joins.summaries.get(call_sid)
+            self.publish(held.model_copy(update={"summary": summary}) if summary else held)
+
+    def _stream_open(self, call_sid: str) -> bool:
+        return any(s.call_sid == call_sid for s in self.sessions.values())
+
+    def _close_after_grace(self, call_sid: str) -> None:
+        # Twilio sends ``stop`` before the call ends; a tunnel may swallow both it and the
+        # socket close (twilio-protocol.md §7), so a completed call ends its open stream soon.
+        def close() -> None:
+            for session in list(self.sessions.values()):
+                if session.call_sid == call_sid and session.state != "closed":
+                    session.close("stop", at=time.time())
+                    self.flush_session(session)
+
+        asyncio.get_running_loop().call_later(2.0, close)
+
+    def flush_session(self, session: CallSession) -> None:
+        """Publish what the session produced; on ``stream.stopped`` record the join."""
+        for record in session.take_events():
+            call_sid = record.call_sid
+            if isinstance(record, StreamStopped) and call_sid:
+                self.joins.remember(call_sid, record.summary)
+                if record.last_call_status is None:
+                    status = self.lifecycle.last_status(call_sid)
+                    if status is not None:
+                        record = record.model_copy(update={"last_call_status": status})
+                self.publish(record)
+                self._release_completed(call_sid)
+                continue
+            self.publish(record)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def startup(self) -> None:
+        await self.hub.start()
+        self.spawn(run_lifecycle_poller(self.lifecycle, self.publish_status))
+        if self.signature is None:
+            log.warning(
+                "open_server",
+                detail="MISE_TWILIO_AUTH_TOKEN is not set: X-Twilio-Signature is NOT checked; "
+                "anyone who can reach this port can stream audio and post callbacks",
+            )
+        if self.pii.ephemeral_key and not self.pii.keep:
+            log.warning(
+                "ephemeral_pii_key",
+                detail="MISE_PII_KEY is not set: phone-number hashes change on every restart",
+            )
+        if self.settings.api_key is None:
+            log.info(
+                "no_api_key", detail="MISE_API_KEY not set: customParameters.api_key unchecked"
+            )
+        log.info("sinks", sinks=self.hub.sink_names, version=__version__)
+
+    async def shutdown(self) -> None:
+        """SIGTERM: close every open stream (turns end as ``stream_end``), drain the sinks."""
+        self.shutting_down = True
+        for session in list(self.sessions.values()):
+            session.close("shutdown", at=time.time())
+            self.flush_session(session)
+        for call_sid in list(self.joins.held_completed):
+            self._release_completed(call_sid)
+        for task in list(self._tasks):
+            task.cancel()
+        for event in self.lifecycle.flush(time.monotonic()):
+            self.publish_status(event)
+        report = await self.hub.drain(self.settings.shutdown_deadline_s)
+        log.info("drained", report={k: str(v) for k, v in report.items()})
+        await self.hub.close()
+
+    # -- the stream -----------------------------------------------------------------------
+
+    async def stream(self, ws: WebSocket) -> None:
+        path = ws.url.path
+        if self.shutting_down:
+            await ws.close(code=1013)  # try again later: another replica takes it
+            return
+        if self.signature is not None and not self.signature.check_websocket(
+            path, ws.headers.get("x-twilio-signature")
+        ):
+            self.metrics.webhook_requests_total.labels(outcome="ws_forbidden").inc()
+            log.warning("stream_forbidden", reason="bad or missing X-Twilio-Signature", path=path)
+            await ws.close(code=1008)  # before accept: the handshake is refused with 403
+            return
+        await ws.accept()
+        session = CallSession(self.params)
+        key = id(session)
+        self.sessions[key] = session
+        self.metrics.active_streams.inc()
+        slog = log
+        last_message = time.monotonic()
+        idle_s = self.settings.idle_timeout_s
+
+        async def watchdog() -> None:
+            # One timer per stream, not one per message: ``wait_for`` on every receive would
+            # cost more than the message itself.
+            while session.state != "closed":
+                await asyncio.sleep(min(1.0, idle_s / 4))
+                if time.monotonic() - last_message > idle_s and session.state != "closed":
+                    session.close("idle", at=time.time())
+                    with contextlib.suppress(Exception):
+                        await ws.close(code=1000)
+
+        guard = asyncio.get_running_loop().create_task(watchdog())
+        histogram = self.metrics.message_processing_seconds
+        messages = self.metrics.messages_total
+        started_at = time.monotonic()
+        try:
+            while session.state != "closed":
+                try:
+                    frame = await ws.receive()
+                except (WebSocketDisconnect, RuntimeError):
+                    session.receive_eof(at=time.time())
+                    break
+                if frame["type"] == "websocket.disconnect":
+                    session.receive_eof(at=time.time())
+                    break
+                last_message = time.monotonic()
+                text = frame.get("text")
+                if text is None:
+                    # Twilio only sends text frames; a binary one is tried as UTF-8 JSON.
+                    text = frame.get("bytes") or b""
+                t0 = time.perf_counter()
+                before = session.state
+                session.receive_text(text, received_at=time.time())
+                histogram.observe(time.perf_counter() - t0)
+                if session.rejected:
+                    slog.warning("stream_rejected", reason=session.rejected)
+                    await ws.close(code=1008)
+                    break
+                if before == "awaiting_start" and session.state == "streaming":
+                    slog = log.bind(call_sid=session.call_sid, stream_sid=session.stream_sid)
+                    slog.info("stream_started", tracks=session.tracks)
+                self.flush_session(session)
+                if last_message - started_at > self.settings.max_call_s:
+                    session.close("max_duration", at=time.time())
+        except Exception:
+            # A bug must end only this call, with what it had so far delivered.
+            slog.exception("stream_failed")
+            session.close("eof", at=time.time())
+        finally:
+            guard.cancel()
+            for event, count in session.messages.items():
+                messages.labels(event=event).inc(count)
+            self.flush_session(session)
+            self.sessions.pop(key, None)
+            self.metrics.active_streams.dec()
+            if session.state == "closed" and not session.rejected:
+                slog.info(
+                    "stream_stopped",
+                    reason=session.stop_reason,
+                    turns=sum(session.summary.turn_counts.values()) if session.summary else 0,
+                )
+            with contextlib.suppress(Exception):
+                await ws.close(code=1000)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    hub: SinkHub | None = None,
+    metrics: Metrics | None = None,
+) -> Starlette:
+    """The ASGI app. ``hub``/``metrics`` may be injected (tests); otherwise built from settings.
+
+    ``app.state.bridge`` is the ``Bridge``. Raises ``ValueError`` when an auth token is set
+    without ``public_url``.
+    """
+    settings = settings or Settings()
+    bridge = Bridge(settings, hub=hub, metrics=metrics)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def readyz(_: Request) -> Response:
+        ready = await bridge.hub.ready()
+        ok = all(ready.values()) and not bridge.shutting_down
+        return JSONResponse({"ready": ok, "sinks": ready}, status_code=200 if ok else 503)
+
+    async def metrics_endpoint(_: Request) -> Response:
+        body, content_type = bridge.metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def not_found(_: Request) -> Response:
+        return PlainTextResponse("not found", status_code=404)
+
+    webhook = make_webhook_endpoint(
+        signature=bridge.signature,
+        lifecycle=bridge.lifecycle,
+        pii=bridge.pii,
+        publish=bridge.publish_status,
+        max_body_bytes=settings.max_webhook_bytes,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await bridge.startup()
+        try:
+            yield
+        finally:
+            await bridge.shutdown()
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute(STREAM_PATH, bridge.stream),
+            WebSocketRoute(STREAM_PATH + "/", bridge.stream),
+            Route(WEBHOOK_PATH, webhook, methods=["GET", "POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route("/", not_found),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.bridge = bridge
+    return app
+
+
+def uvicorn_config(app: Starlette, settings: Settings) -> Any:
+    """A ``uvicorn.Config`` for ``app``: websockets' sans-I/O protocol, our own logging."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=WS_HARD_MAX_BYTES,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.shutdown_deadline_s) + 1,
+    )
