@@ -330,7 +330,7 @@ def _f0_track(
     nfft = _fft_size(size + n_int - 1)  # no negative lag wraps onto lags <= tau_max + 1
     left = size // 2 - hop // 2
     total = (n_pitch - 1) * hop + size
-    padded = np.zeros(total, dtype=np.float32)  # float32 halves FFT and array cost
+    padded = np.zeros(total, dtype=np.int16)
     take = min(pcm.shape[0], total - left)
     padded[left : left + take] = pcm[:take]
 
@@ -366,7 +366,7 @@ def _f0_track(
 class _Yin:
     """YIN on a batch of frames, with FFT buffers reused across batches.
 
-    Call with ``frames`` of shape ``(b, size)`` (float32 samples) and ``run`` of shape
+    Call with ``frames`` of shape ``(b, size)`` (int16 samples) and ``run`` of shape
     ``(b, size + 1)`` (int64 running sums of squares of the same frames, ``run[:, 0]`` being
     the sum before the frame), ``b <= capacity``; returns the period in samples (float64) and
     the aperiodicity d' at that period (float32), both of shape ``(b,)``.
@@ -381,13 +381,14 @@ class _Yin:
         self.lo, self.hi = 2 * tau_min, 2 * tau_max  # searched half-lag indices
         self.threshold = threshold
         # Frames zero-padded to nfft, and power spectra zero-padded to a 2*nfft-point signal's.
-        self.frames = np.zeros((capacity, nfft), dtype=np.float32)
+        # (numpy's float64 rfft and complex64 irfft are its fastest pair at these sizes.)
+        self.frames = np.zeros((capacity, nfft), dtype=np.float64)
         self.power = np.zeros((capacity, nfft + 1), dtype=np.complex64)
         self.pairs = (size - 0.5 * np.arange(self.n_half)).astype(np.float32)
         self.lag_index = np.arange(self.lo, self.hi + 1, dtype=np.float32)
 
     def __call__(
-        self, frames: NDArray[np.float32], run: NDArray[np.int64]
+        self, frames: NDArray[np.int16], run: NDArray[np.int64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
         b = frames.shape[0]
         size, n_int, n_half, lo, hi = self.size, self.n_int, self.n_half, self.lo, self.hi
@@ -395,7 +396,9 @@ class _Yin:
         buf[:, :size] = frames
         spec = np.fft.rfft(buf, axis=1)
         power = self.power[:b]
-        np.multiply(spec, spec.conj(), out=power[:, : spec.shape[1]])
+        power_re = power.real[:, : spec.shape[1]]
+        np.square(spec.real, out=power_re)
+        power_re += spec.imag**2
         acf2 = np.fft.irfft(power, axis=1)[:, :n_half]  # half the autocorrelation, half-lags
 
         # Energies of the overlapping parts: head(t) = sum_{i < size-t} x_i^2, tail(t) =
@@ -420,12 +423,11 @@ class _Yin:
 
         # Absolute threshold (step 4): the first dip under the threshold, followed down to
         # its local minimum; the global minimum when there is none.
-        below = dn < self.threshold
-        found = below.any(axis=1)
-        first = np.argmax(below, axis=1)
-        at_min = np.ones_like(below)
-        np.greater_equal(dn[:, 1:], dn[:, :-1], out=at_min[:, :-1])
-        at_min &= np.arange(dn.shape[1])[None, :] >= first[:, None]
+        # Every lag from the first under the threshold down to that dip's minimum is under
+        # it, and none before is, so the wanted lag is the first local minimum under it.
+        at_min = dn < self.threshold
+        found = at_min.any(axis=1)
+        at_min[:, :-1] &= dn[:, 1:] >= dn[:, :-1]
         j = np.where(found, np.argmax(at_min, axis=1), np.argmin(dn, axis=1))
         r = np.arange(b)
         aperiodicity = dn[r, j]
@@ -464,11 +466,10 @@ def _drop_short_runs(f0: NDArray[np.float64], min_len: int) -> None:
     """Set voiced (non-NaN) runs of ``f0`` shorter than ``min_len`` frames to NaN, in place."""
     if min_len <= 1:
         return
-    voiced = ~np.isnan(f0)
-    edges = np.diff(voiced.astype(np.int8), prepend=0, append=0)
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+    voiced = np.zeros(f0.shape[0] + 2, dtype=np.bool_)
+    voiced[1:-1] = ~np.isnan(f0)
+    edges = np.flatnonzero(voiced[1:] != voiced[:-1]).tolist()  # run starts and ends, alternating
+    for s, e in zip(edges[0::2], edges[1::2], strict=True):
         if e - s < min_len:
             f0[s:e] = np.nan
 
@@ -508,8 +509,8 @@ def _smooth_track(f0: NDArray[np.float64], lo_hz: float, hi_hz: float) -> NDArra
     if np.count_nonzero(voiced) < 3:
         return f0
     st = 12.0 * np.log2(f0)  # NaN stays NaN
-    steps = np.abs(np.diff(st))
-    if np.any(steps[~np.isnan(steps)] > 6.0):
+    steps = np.abs(st[1:] - st[:-1])
+    if np.any(steps > 6.0):  # NaN compares False
         around = np.stack([_shifted(st, b) for b in (2, 1, -1, -2)], axis=1)
         delta = st - _nan_median_rows(around)
         lo_st, hi_st = 12.0 * math.log2(lo_hz), 12.0 * math.log2(hi_hz)

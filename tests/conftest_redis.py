@@ -5,9 +5,10 @@ Register from ``tests/conftest.py`` with ``pytest_plugins = ["conftest_redis"]``
 Fixtures:
 
 - ``redis_server`` → ``RedisServer``: a ``redis-server`` on a free loopback port in a temporary
-  directory, no persistence (``--save '' --appendonly no``). ``url`` is ``redis://127.0.0.1:N/0``;
-  ``stop()`` and ``start()`` take it down and bring it back on the same port (outage tests);
-  it is killed at teardown. Skips the test when ``redis-server`` is not installed.
+  directory, no background persistence (``--save '' --appendonly no``). ``url`` is
+  ``redis://127.0.0.1:N/0``; ``stop()`` (data kept via ``SHUTDOWN SAVE``) or ``kill()`` (data
+  lost) and ``start()`` take it down and bring it back on the same port (outage tests); it is
+  killed at teardown. Skips the test when ``redis-server`` is not installed.
 - ``make_call_records`` → ``(n_turns, call_index=0) -> list[AnyRecord]``: the records of one
   synthetic call (stream.started, alternating caller/agent turns, a dtmf, a diagnostic,
   stream.stopped, call.completed), built from ``mise_twilio.records`` models.
@@ -116,7 +117,27 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer PING within {REDIS_START_TIMEOUT_S} s")
 
     def stop(self) -> None:
-        """Kill the server (an outage: no graceful shutdown, data is not saved)."""
+        """Take the server down, keeping its data: ``SHUTDOWN SAVE`` writes ``dump.rdb`` in
+        ``directory`` (even with ``--save ''``) and ``start()`` loads it again — a restart of a
+        persistent Redis, so records delivered before the outage are still there after it."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    s.sendall(b"SHUTDOWN SAVE\r\n")
+                    s.recv(64)  # the connection closes when the server exits
+            except OSError:
+                pass
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server: a crash, unsaved data is lost."""
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -139,7 +160,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()
 
 
 # ---------------------------------------------------------------------------------------------

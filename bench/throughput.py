@@ -1,0 +1,162 @@
+"""Throughput: offline replay speed (× real time) and server CPU µs per media message.
+
+    .venv/bin/python bench/throughput.py [--calls 20] [--rounds 3]
+
+1. Offline: every fixture through ``CallSession`` in this process; CPU time (process_time)
+   against the audio duration → × real time, and µs per message. Also split out the parse
+   cost alone (``messages.parse_message``) so the session's own share is visible.
+2. Server: ``mise-twilio serve`` in a subprocess (JSONL sink to a temp dir); N concurrent
+   calls replayed into it as fast as possible; the server's CPU (utime+stime from
+   /proc/PID/stat) ÷ media messages it received. Prints ratios, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mise_twilio.messages import parse_message  # noqa: E402
+from mise_twilio.replay import (  # noqa: E402
+    media_timestamp_ms,
+    read_fixture,
+    replay_offline,
+    replay_websocket,
+)
+
+FIXTURES = sorted((ROOT / "fixtures").glob("*.jsonl"))
+
+
+def media_count(lines: list[str]) -> int:
+    return sum('"event":"media"' in line for line in lines)
+
+
+def audio_seconds(lines: list[str]) -> float:
+    stamps = [ts for line in lines if (ts := media_timestamp_ms(line)) is not None]
+    return (max(stamps) - min(stamps) + 20) / 1000 if stamps else 0.0
+
+
+def offline(rounds: int) -> dict[str, float]:
+    total_cpu = total_audio = total_msgs = parse_cpu = 0.0
+    for path in FIXTURES:
+        lines = read_fixture(path)
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.process_time()
+            replay_offline(lines)
+            best = min(best, time.process_time() - t0)
+        t0 = time.process_time()
+        for line in lines:
+            try:
+                parse_message(line)
+            except Exception:  # noqa: BLE001 - garbage lines are part of the fixtures
+                pass
+        parse_cpu += time.process_time() - t0
+        total_cpu += best
+        total_audio += audio_seconds(lines)
+        total_msgs += len(lines)
+        print(
+            f"  {path.stem:<18} {audio_seconds(lines):6.1f} s audio  {best * 1000:7.1f} ms CPU  "
+            f"{audio_seconds(lines) / best:7.0f}× real time  {best / len(lines) * 1e6:5.1f} µs/msg"
+        )
+    return {
+        "x_realtime": total_audio / total_cpu,
+        "us_per_message": total_cpu / total_msgs * 1e6,
+        "parse_us_per_message": parse_cpu / total_msgs * 1e6,
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_call(lines: list[str], n: int) -> list[str]:
+    start = json.loads(next(line for line in lines if '"event":"start"' in line))
+    sid, call = start["streamSid"], start["start"]["callSid"]
+    return [line.replace(sid, sid[:-4] + f"{n:04d}").replace(call, call[:-4] + f"{n:04d}")
+            for line in lines]
+
+
+async def server(calls: int) -> dict[str, float]:
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as data:
+        env = dict(os.environ, MISE_PORT=str(port), MISE_DATA_DIR=data, MISE_LOG_LEVEL="warning")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mise_twilio.cli", "serve"], env=env, stderr=subprocess.DEVNULL
+        )
+        try:
+            for _ in range(200):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=0.2)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            fork = read_fixture(ROOT / "fixtures" / "fork_two_track.jsonl")
+            payloads = [_as_call(fork, i) for i in range(calls)]
+            url = f"ws://127.0.0.1:{port}/v1/stream/twilio"
+            await replay_websocket(_as_call(fork, 9999), url, speed=0)  # warm-up
+            time.sleep(0.5)
+            cpu0, wall0 = _cpu_seconds(proc.pid), time.perf_counter()
+            await asyncio.gather(*(replay_websocket(p, url, speed=0) for p in payloads))
+            time.sleep(1.0)  # let the server finish the last frames
+            cpu = _cpu_seconds(proc.pid) - cpu0
+            wall = time.perf_counter() - wall0 - 1.0
+            messages = sum(media_count(p) for p in payloads)
+            audio = sum(audio_seconds(p) for p in payloads)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return {
+        "calls": calls,
+        "media_messages": messages,
+        "server_cpu_s": cpu,
+        "server_us_per_media_message": cpu / messages * 1e6,
+        "server_x_realtime_per_core": audio / cpu,
+        "concurrent_calls_per_core_at_100_msgs_per_s": 1e6 / (cpu / messages * 1e6) / 100,
+        "wall_s": wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print("offline (CallSession, features on):")
+    off = offline(args.rounds)
+    print(
+        f"  overall: {off['x_realtime']:.0f}× real time, {off['us_per_message']:.1f} µs/message "
+        f"(of which JSON parse + validation {off['parse_us_per_message']:.1f} µs)"
+    )
+    print(f"server ({args.calls} concurrent two-track calls, mise-twilio serve subprocess):")
+    srv = asyncio.run(server(args.calls))
+    print(
+        f"  {srv['media_messages']} media messages, server CPU {srv['server_cpu_s']:.2f} s → "
+        f"{srv['server_us_per_media_message']:.1f} µs CPU per media message "
+        f"(WebSocket + session + sinks); {srv['server_x_realtime_per_core']:.0f}× real time "
+        f"per core ≈ {srv['concurrent_calls_per_core_at_100_msgs_per_s']:.0f} single-track "
+        f"calls per core at 100 msg/s"
+    )
+
+
+if __name__ == "__main__":
+    main()

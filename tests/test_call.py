@@ -1,0 +1,161 @@
+"""call.py: CallSession on the committed fixtures, against their ground truth."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from support import FIXTURE_NAMES, expected, fixture_lines
+
+from mise_twilio.call import CallSession, SessionParams
+from mise_twilio.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
+from mise_twilio.replay import replay_offline
+
+BOUNDARY_TOLERANCE_MS = 100
+# Crosstalk fixtures are the analytics issue's bleed-robust VAD work; their own-speaker turns
+# are checked there.
+SINGLE_SPEAKER_TRUTH = [n for n in FIXTURE_NAMES if n != "bleed_two_track"]
+
+
+def turns_of(records: list[AnyRecord]) -> list[TurnRecord]:
+    return [r for r in records if isinstance(r, TurnRecord)]
+
+
+def match(turns: list[TurnRecord], truth: dict[str, Any]) -> TurnRecord:
+    found = [
+        t
+        for t in turns
+        if t.track == truth["track"] and t.start_ms < truth["end_ms"] and truth["start_ms"] < t.end_ms
+    ]
+    assert len(found) == 1, f"{truth} matched {len(found)} turns"
+    return found[0]
+
+
+@pytest.mark.parametrize("name", SINGLE_SPEAKER_TRUTH)
+def test_turns_match_ground_truth_within_100ms(
+    name: str, offline_records: dict[str, list[AnyRecord]]
+) -> None:
+    truth = expected(name)
+    turns = turns_of(offline_records[name])
+    assert len(turns) == len(truth["turns"])
+    for t in truth["turns"]:
+        got = match(turns, t)
+        assert abs(got.start_ms - t["start_ms"]) <= BOUNDARY_TOLERANCE_MS, (got, t)
+        assert abs(got.end_ms - t["end_ms"]) <= BOUNDARY_TOLERANCE_MS, (got, t)
+        assert got.speaker == ("caller" if t["track"] == "inbound" else "agent")
+
+
+def test_lost_frames_show_up_in_lost_ms(offline_records: dict[str, list[AnyRecord]]) -> None:
+    truth = expected("lossy_3pct")
+    records = offline_records["lossy_3pct"]
+    stopped = [r for r in records if isinstance(r, StreamStopped)][0]
+    assert stopped.summary.lost_ms == truth["lost_ms"]
+    assert sum(t.lost_ms for t in turns_of(records)) > 0
+    # and a clean call reports none
+    clean = [r for r in offline_records["fork_two_track"] if isinstance(r, StreamStopped)][0]
+    assert set(clean.summary.lost_ms.values()) == {0}
+
+
+def test_garbage_lines_give_diagnostics_and_leave_turns_unchanged(
+    offline_records: dict[str, list[AnyRecord]],
+) -> None:
+    def shape(records: list[AnyRecord]) -> list[tuple[Any, ...]]:
+        return [(t.track, t.start_ms, t.end_ms, t.segments, t.energy) for t in turns_of(records)]
+
+    garbage, clean = offline_records["garbage_lines"], offline_records["connect_inbound"]
+    assert shape(garbage) == shape(clean)
+    codes = [r.code for r in garbage if isinstance(r, Diagnostic)]
+    truth = expected("garbage_lines")["garbage_lines"]
+    assert len(codes) >= len(truth)
+    assert {"bad_json", "unknown_event", "bad_payload", "wrong_stream_sid", "duplicate_start",
+            "bad_message", "message_too_large"} <= set(codes)
+    assert not [r for r in clean if isinstance(r, Diagnostic)]
+
+
+def test_connect_call_has_dtmf_and_mark_and_no_cross_track_fields(
+    offline_records: dict[str, list[AnyRecord]],
+) -> None:
+    records = offline_records["connect_inbound"]
+    types = [r.type for r in records]
+    assert types[0] == "stream.started" and types[-1] == "stream.stopped"
+    assert "dtmf" in types and "mark" in types
+    for t in turns_of(records):
+        assert t.speaker == "caller"
+        assert t.gap_before_ms is None and t.barge_in is None and t.overlap_ms is None
+    started = records[0]
+    assert "api_key" not in started.custom_parameters  # type: ignore[union-attr]
+
+
+def test_summary_talk_time_is_the_sum_of_turn_speech(
+    offline_records: dict[str, list[AnyRecord]],
+) -> None:
+    for name, records in offline_records.items():
+        stopped = [r for r in records if isinstance(r, StreamStopped)][0]
+        for speaker, talk in stopped.summary.talk_ms.items():
+            assert talk == sum(t.speech_ms for t in turns_of(records) if t.speaker == speaker), name
+        assert sum(stopped.summary.turn_counts.values()) == len(turns_of(records))
+
+
+def test_turn_ids_are_stable_and_indexes_follow_start(
+    offline_records: dict[str, list[AnyRecord]],
+) -> None:
+    again = replay_offline(fixture_lines("fork_two_track"))
+    assert [r.id for r in again] == [r.id for r in offline_records["fork_two_track"]]
+    turns = sorted(turns_of(again), key=lambda t: t.index)
+    assert [t.start_ms for t in turns] == sorted(t.start_ms for t in turns)
+
+
+def _lines_with(name: str, edit: Any) -> list[str]:
+    lines = fixture_lines(name)
+    return [edit(json.loads(line)) if '"start"' in line[:30] else line for line in lines]
+
+
+def test_api_key_mismatch_rejects_and_emits_nothing() -> None:
+    lines = fixture_lines("connect_inbound")
+    session = CallSession(SessionParams(expected_api_key="something-else"))
+    for line in lines:
+        session.receive_text(line)
+    session.receive_eof()
+    assert session.rejected == "api_key"
+    assert session.take_events() == []
+    ok = replay_offline(lines, SessionParams(expected_api_key="test-key"))
+    assert turns_of(ok)
+
+
+def test_media_before_start_and_missing_connected_are_tolerated() -> None:
+    lines = fixture_lines("connect_inbound")
+    media = [line for line in lines if '"event":"media"' in line]
+    session = CallSession()
+    session.receive_text(media[0])  # before start: a diagnostic, not a crash
+    for line in lines[1:]:  # no "connected"
+        session.receive_text(line)
+    records = session.take_events()
+    assert [r.code for r in records if isinstance(r, Diagnostic)] == ["media_before_start"]
+    assert len(turns_of(records)) == 3
+
+
+def test_eof_without_stop_closes_open_turns_as_stream_end() -> None:
+    lines = fixture_lines("connect_inbound")
+    cut = [line for line in lines if '"event":"media"' in line][400]
+    session = CallSession()
+    for line in lines[: lines.index(cut)]:
+        session.receive_text(line)
+    session.receive_eof()
+    records = session.take_events()
+    assert turns_of(records)[-1].end_reason == "stream_end"
+    assert isinstance(records[-1], StreamStopped) and records[-1].reason == "eof"
+    session.receive_text(lines[-1])  # after close: ignored
+    assert session.take_events() == []
+
+
+def test_one_bad_message_never_ends_the_call() -> None:
+    lines = fixture_lines("connect_inbound")
+    poisoned: list[str] = []
+    for i, line in enumerate(lines):
+        poisoned.append(line)
+        if i % 50 == 10:
+            poisoned += ["\x00\xff", "{", "null", '{"event":"media"}', "[]" * 1000]
+    clean = turns_of(replay_offline(lines))
+    dirty = turns_of(replay_offline(poisoned))
+    assert [(t.start_ms, t.end_ms) for t in dirty] == [(t.start_ms, t.end_ms) for t in clean]

@@ -1,0 +1,81 @@
+"""The mise-twilio command line, run as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import FIXTURES, REAL_CAPTURE
+
+from mise_twilio.records import TurnRecord, from_json
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mise_twilio.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(not REAL_CAPTURE.exists(), reason=f"real capture not present: {REAL_CAPTURE}")
+def test_real_capture_gives_caller_turns_over_the_speech_only() -> None:
+    """jremi hello-world: speech spans ~1.3-2.5 s (levels -46..-12 dBFS); a one-frame click at
+    0.4 s and line noise at -74 dBFS elsewhere; digital silence after 6.3 s."""
+    result = cli("replay", str(REAL_CAPTURE), "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    records = [from_json(line) for line in result.stdout.splitlines()]
+    turns = [r for r in records if isinstance(r, TurnRecord)]
+    assert 1 <= len(turns) <= 2
+    assert all(t.speaker == "caller" for t in turns)
+    first, last = turns[0], turns[-1]
+    assert 1200 <= first.start_ms <= 1360  # the onset at 1.30 s (-45.6 dBFS)
+    assert 2400 <= last.end_ms <= 2700  # the decay under -50 dBFS by 2.5 s
+    assert all(t.end_ms <= 3000 for t in turns)  # nothing in the silence after
+
+
+def test_replay_table_and_jsonl_agree() -> None:
+    path = str(FIXTURES / "fork_two_track.jsonl")
+    table = cli("replay", path)
+    jsonl = cli("replay", path, "--format", "jsonl")
+    assert table.returncode == jsonl.returncode == 0
+    turns = [json.loads(line) for line in jsonl.stdout.splitlines() if '"type":"turn"' in line]
+    rows = [line for line in table.stdout.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    assert len(rows) == len(turns) == 10
+    assert "barge" in table.stdout.splitlines()[0]
+
+
+def test_twiml_fork_and_connect() -> None:
+    fork = cli("twiml", "--url", "wss://ingest.example.com/v1/stream/twilio", "--api-key", "k1",
+               "--status-callback", "https://ingest.example.com/v1/webhook/twilio")
+    assert fork.returncode == 0
+    assert '<Start><Stream statusCallback="https://ingest.example.com/v1/webhook/twilio"' in fork.stdout
+    assert 'track="both_tracks"' in fork.stdout
+    assert '<Parameter name="api_key" value="k1"' in fork.stdout
+    connect = cli("twiml", "--url", "wss://ingest.example.com/v1/stream/twilio", "--mode", "connect")
+    assert "<Connect><Stream" in connect.stdout and "both_tracks" not in connect.stdout
+    bad = cli("twiml", "--url", "wss://x/v1/stream/twilio?api_key=1")
+    assert bad.returncode == 2 and "query" in bad.stderr
+
+
+def test_schema_is_json_schema_of_every_record_type() -> None:
+    result = cli("schema")
+    schema = json.loads(result.stdout)
+    text = json.dumps(schema)
+    for record_type in ("turn", "stream.started", "stream.stopped", "dtmf", "mark", "diagnostic",
+                        "call.completed", "stream.status"):
+        assert f'"{record_type}"' in text
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = cli("demo", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "barge" in result.stdout
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert sum('"type":"turn"' in line for line in lines) == 10
+    assert str(tmp_path / "events.jsonl") in result.stdout
