@@ -396,9 +396,9 @@ class _Yin:
         buf[:, :size] = frames
         spec = np.fft.rfft(buf, axis=1)
         power = self.power[:b]
-        power_re = power.real[:, : spec.shape[1]]
-        np.square(spec.real, out=power_re)
-        power_re += spec.imag**2
+        bins = power[:, : spec.shape[1]]
+        bins[...] = spec
+        bins *= bins.conj()  # |X|^2, imaginary part 0
         acf2 = np.fft.irfft(power, axis=1)[:, :n_half]  # half the autocorrelation, half-lags
 
         # Energies of the overlapping parts: head(t) = sum_{i < size-t} x_i^2, tail(t) =
