@@ -51,13 +51,13 @@ def harmonic_complex(
     ``f0_end_hz`` (linear in semitones), plus 0.3 % smoothed random jitter.
     """
     rng = np.random.default_rng(seed)
-    n = int(round(duration_s * SAMPLE_RATE_HZ))
+    n = round(duration_s * SAMPLE_RATE_HZ)
     t = np.arange(n) / SAMPLE_RATE_HZ
     if f0_end_hz is None:
         f = f0_hz * (1.0 + vibrato * np.sin(2.0 * np.pi * 5.0 * t))
     else:
         f = f0_hz * (f0_end_hz / f0_hz) ** (t / duration_s)
-    jitter = np.convolve(rng.standard_normal(n), np.ones(80) / math.sqrt(80.0), mode="same")
+    jitter = np.convolve(rng.standard_normal(n), np.ones(80) / math.sqrt(80.0))[40 : 40 + n]
     f = f * (1.0 + 0.003 * jitter)
     phase = 2.0 * np.pi * np.cumsum(f) / SAMPLE_RATE_HZ
     x = np.zeros(n)

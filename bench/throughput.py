@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import contextlib
+
 from mise_twilio.messages import parse_message  # noqa: E402
 from mise_twilio.replay import (  # noqa: E402
     media_timestamp_ms,
@@ -58,10 +60,8 @@ def offline(rounds: int) -> dict[str, float]:
             best = min(best, time.process_time() - t0)
         t0 = time.process_time()
         for line in lines:
-            try:
+            with contextlib.suppress(Exception):
                 parse_message(line)
-            except Exception:  # noqa: BLE001 - garbage lines are part of the fixtures
-                pass
         parse_cpu += time.process_time() - t0
         total_cpu += best
         total_audio += audio_seconds(lines)
@@ -92,11 +92,17 @@ def _free_port() -> int:
 def _as_call(lines: list[str], n: int) -> list[str]:
     start = json.loads(next(line for line in lines if '"event":"start"' in line))
     sid, call = start["streamSid"], start["start"]["callSid"]
-    return [line.replace(sid, sid[:-4] + f"{n:04d}").replace(call, call[:-4] + f"{n:04d}")
-            for line in lines]
+    return [
+        line.replace(sid, sid[:-4] + f"{n:04d}").replace(call, call[:-4] + f"{n:04d}")
+        for line in lines
+    ]
 
 
-async def server(calls: int) -> dict[str, float]:
+async def _replay_all(url: str, payloads: list[list[str]]) -> None:
+    await asyncio.gather(*(replay_websocket(p, url, speed=0) for p in payloads))
+
+
+def server(calls: int) -> dict[str, float]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as data:
         env = dict(os.environ, MISE_PORT=str(port), MISE_DATA_DIR=data, MISE_LOG_LEVEL="warning")
@@ -113,10 +119,10 @@ async def server(calls: int) -> dict[str, float]:
             fork = read_fixture(ROOT / "fixtures" / "fork_two_track.jsonl")
             payloads = [_as_call(fork, i) for i in range(calls)]
             url = f"ws://127.0.0.1:{port}/v1/stream/twilio"
-            await replay_websocket(_as_call(fork, 9999), url, speed=0)  # warm-up
+            asyncio.run(_replay_all(url, [_as_call(fork, 9999)]))  # warm-up
             time.sleep(0.5)
             cpu0, wall0 = _cpu_seconds(proc.pid), time.perf_counter()
-            await asyncio.gather(*(replay_websocket(p, url, speed=0) for p in payloads))
+            asyncio.run(_replay_all(url, payloads))
             time.sleep(1.0)  # let the server finish the last frames
             cpu = _cpu_seconds(proc.pid) - cpu0
             wall = time.perf_counter() - wall0 - 1.0
@@ -148,7 +154,7 @@ def main() -> None:
         f"(of which JSON parse + validation {off['parse_us_per_message']:.1f} µs)"
     )
     print(f"server ({args.calls} concurrent two-track calls, mise-twilio serve subprocess):")
-    srv = asyncio.run(server(args.calls))
+    srv = server(args.calls)
     print(
         f"  {srv['media_messages']} media messages, server CPU {srv['server_cpu_s']:.2f} s → "
         f"{srv['server_us_per_media_message']:.1f} µs CPU per media message "

@@ -43,13 +43,13 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _fixture_audio as fa  # noqa: E402
+import _fixture_audio as fa
 
-from mise_twilio import audio as mt_audio  # noqa: E402
-from mise_twilio.call import SessionParams  # noqa: E402
-from mise_twilio.records import TurnRecord  # noqa: E402
-from mise_twilio.replay import replay_offline  # noqa: E402
-from mise_twilio.vad import EnergyVad, VadParams  # noqa: E402
+from mise_twilio import audio as mt_audio
+from mise_twilio.call import SessionParams
+from mise_twilio.records import TurnRecord
+from mise_twilio.replay import replay_offline
+from mise_twilio.vad import EnergyVad, VadParams
 
 try:
     import webrtcvad  # type: ignore[import-untyped]
@@ -211,11 +211,16 @@ def vad_step_us(case: Case, params: VadParams) -> float:
     for _ in range(TIMING_REPS):
         if len(tracks) == 2:
             a, b = levels[tracks[0]], levels[tracks[1]]
+            # the session passes the other track's loudest level over the last bleed_lag_ms
+            # (when the installed VadParams has it); precompute that reference too
+            lag = getattr(params, "bleed_lag_ms", 0) // fa.FRAME_MS
+            ra = [max(a[max(0, k - lag) : k + 1]) for k in range(n)]
+            rb = [max(b[max(0, k - lag) : k + 1]) for k in range(n)]
             va, vb = EnergyVad(params), EnergyVad(params)
             t0 = time.process_time()
             for k in range(n):
-                va.step(k, a[k], b[k])
-                vb.step(k, b[k], a[k])
+                va.step(k, a[k], rb[k])
+                vb.step(k, b[k], ra[k])
         else:
             a = levels[tracks[0]]
             va = EnergyVad(params)
@@ -622,7 +627,7 @@ def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
     # per fixture (mise): frame F1 / onset F1 per track
     pf = res["per_fixture"]
     keys = sorted({(fx, t) for (_, fx, t, _) in pf}, key=lambda k: ([*MAIN_FIXTURES, BLEED_FIXTURE].index(k[0]), k[1]))
-    header = ["fixture/track"] + conds
+    header = ["fixture/track", *conds]
     rows = []
     per_fixture_json: dict[str, Any] = {}
     for fx, t in keys:
@@ -671,12 +676,13 @@ SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("defaults", {}),
     ("warmup_rise 20", {"warmup_max_rise_db": 20.0}),
     ("warmup_rise 30", {"warmup_max_rise_db": 30.0}),
-    ("margins 8/4", {"start_margin_db": 8.0, "stop_margin_db": 4.0}),
-    ("margins 7/4", {"start_margin_db": 7.0, "stop_margin_db": 4.0}),
-    ("margins 6/3", {"start_margin_db": 6.0, "stop_margin_db": 3.0}),
-    ("margins 9/3", {"start_margin_db": 9.0, "stop_margin_db": 3.0}),
+    ("margins 10/5", {"start_margin_db": 10.0}),
     ("margins 10/6", {"start_margin_db": 10.0, "stop_margin_db": 6.0}),
+    ("margins 9/4", {"stop_margin_db": 4.0}),
+    ("margins 8/4", {"start_margin_db": 8.0, "stop_margin_db": 4.0}),
+    ("margins 6/3", {"start_margin_db": 6.0, "stop_margin_db": 3.0}),
     ("hangover 140", {"hangover_ms": 140}),
+    ("hangover 240", {"hangover_ms": 240}),
     ("hangover 300", {"hangover_ms": 300}),
     ("post_roll 80", {"post_roll_ms": 80}),
     ("pre_roll 120", {"pre_roll_ms": 120}),
@@ -684,9 +690,16 @@ SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("min_speech 100", {"min_speech_ms": 100}),
     ("floor_window 1500", {"floor_window_ms": 1500}),
     ("floor_window 5000", {"floor_window_ms": 5000}),
-    ("bleed_margin 10", {"bleed_margin_db": 10.0}),
+    ("floor_smoothing 60", {"floor_smoothing_ms": 60}),
     ("bleed_margin 12", {"bleed_margin_db": 12.0}),
-    ("min_level -50", {"min_level_dbfs": -50.0}),
+    ("bleed_margin 20", {"bleed_margin_db": 20.0}),
+    ("bleed_lag 20", {"bleed_lag_ms": 20}),
+    ("bleed_lag 100", {"bleed_lag_ms": 100}),
+    ("w30 + 10/5", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0}),
+    ("w30 + 9/4", {"warmup_max_rise_db": 30.0, "stop_margin_db": 4.0}),
+    ("w30 + 10/6 + hang 240", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0, "stop_margin_db": 6.0, "hangover_ms": 240}),
+    ("w30 + 10/5 + hang 240", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0, "hangover_ms": 240}),
+    ("w30 + 10/5 + bleed 20", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0, "bleed_margin_db": 20.0}),
 ]
 
 
@@ -695,7 +708,10 @@ def sweep(cases: list[Case], base: VadParams, variants: list[tuple[str, dict[str
     out = []
     header = ["variant"] + [f"{c} F1/on" for c in conds] + ["mean F1", "mean on", "end|med|", "tags"]
     rows = []
+    known = {f.name for f in dataclasses.fields(VadParams)}
     for name, over in variants:
+        if not set(over) <= known:  # a field this version of VadParams does not have
+            continue
         params = dataclasses.replace(base, **over)
         res = evaluate(cases, params, timing=False, with_webrtc=False)
         row = [name]
@@ -776,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"webrtcvad {'available' if webrtcvad is not None else 'NOT installed (pip install .[bench])'}"
     )
     changed = {k: v for k, v in dataclasses.asdict(params).items() if v != getattr(VadParams(), k)}
-    print(f"VadParams: {'defaults' if not changed else changed}")
+    print(f"VadParams: {changed if changed else 'defaults'}")
     res = evaluate(cases, params)
     out = report(res, conds)
     out["vad_params"] = dataclasses.asdict(params)

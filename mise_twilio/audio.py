@@ -43,7 +43,7 @@ def ulaw_to_pcm16(payload: bytes) -> bytes:
 
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:
-    """Encode 16-bit linear PCM bytes to μ-law (1 byte per sample), via ``audioop.lin2ulaw``."""
+    """Encode 16-bit linear PCM bytes to μ-law (1 byte per sample) with ``audioop.lin2ulaw``."""
     return audioop.lin2ulaw(pcm, SAMPLE_WIDTH_BYTES)
 
 

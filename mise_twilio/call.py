@@ -17,8 +17,9 @@ back. A closed turn is measured once (``features.measure_turn``, numpy) and beco
 from __future__ import annotations
 
 import hmac
+import itertools
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -105,6 +106,7 @@ class _TrackPipe:
         "lost_frames_total",
         "media_messages",
         "pcm",
+        "recent_levels",
         "timeline",
         "track",
         "vad",
@@ -117,6 +119,10 @@ class _TrackPipe:
         self.pcm = bytearray()  # decoded 16-bit PCM from frame ``buf_start`` on
         self.lost = array("H")  # lost samples per buffered frame
         self.buf_start: int | None = None
+        # this track's last few frame levels: the other track's bleed reference (VadParams)
+        self.recent_levels: deque[float] = deque(
+            [audio.FLOOR_DBFS], maxlen=max(1, params.vad.bleed_lag_ms // audio.FRAME_MS + 1)
+        )
         self.media_messages = 0
         self.lost_frames_total = 0
 
@@ -511,13 +517,14 @@ class CallSession:
                 p.buf_start = k
             p.pcm += pcm
             p.lost.append(lost)
+            p.recent_levels.append(level)
             levels.append(level)
         turns = self._turns
         assert turns is not None
         closed: list[Turn] = []
         two = len(pipes) == 2
         for i, p in enumerate(pipes):
-            other = levels[1 - i] if two else None
+            other = max(pipes[1 - i].recent_levels) if two else None
             transition = p.vad.step(k, levels[i], other)
             if transition is not None:
                 kind, frame = transition
@@ -651,7 +658,7 @@ class CallSession:
         silence_ms = max(0, span_ms - sum(e - s for s, e in union))
         incidents = sum(
             1
-            for (_, e1), (s2, _) in zip(union, union[1:], strict=False)
+            for (_, e1), (s2, _) in itertools.pairwise(union)
             if s2 - e1 > _SILENCE_INCIDENT_MS
         )
         return CallSummary(

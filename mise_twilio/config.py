@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Every knob of a running server. Env names are the field names upper-cased, ``MISE_`` first."""
+    """Every knob of a running server; env names are ``MISE_`` + the field name upper-cased."""
 
     model_config = SettingsConfigDict(env_prefix="MISE_", extra="ignore")
 

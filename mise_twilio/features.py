@@ -77,6 +77,12 @@ class FeatureParams:
       single high threshold would pick formant-driven dips at short lags (octave-up errors).
     * ``yin_window_ms``: YIN integration window. The analysis frame is this plus the longest
       lag (1 / ``f0_min_hz``), about 47 ms with the defaults.
+    * ``guide_range_semitones``: a frame whose d' never dips under ``yin_threshold`` but is
+      under ``voicing_threshold`` takes its best dip within this many semitones of the median
+      F0 of the turn's confident frames (those that did dip under ``yin_threshold``), when
+      there are at least ``min_voiced_frames`` of them; its global minimum otherwise. Without
+      this, low voices through the telephone band often lock onto a formant lag near
+      ``f0_max_hz`` in weakly periodic frames.
     * ``voicing_floor_dbfs``: pitch frames whose level (over the integration window) is below
       this are unvoiced.
     * ``voicing_range_db``: pitch frames more than this many dB below the turn's loudest pitch
@@ -105,6 +111,7 @@ class FeatureParams:
     min_voiced_run_ms: float = 30.0
     min_voiced_frames: int = 3
     min_slope_span_ms: float = 100.0
+    guide_range_semitones: float = 10.0
     intensity_smoothing_ms: float = 50.0
     nucleus_floor_db: float = 25.0
     nucleus_min_dip_db: float = 2.0
@@ -124,6 +131,7 @@ class FeatureParams:
             "voicing_range_db",
             "min_voiced_run_ms",
             "min_slope_span_ms",
+            "guide_range_semitones",
             "nucleus_floor_db",
             "nucleus_min_dip_db",
         ):
@@ -283,10 +291,11 @@ def _energy(power: NDArray[np.float64]) -> EnergyFeatures:
         return EnergyFeatures(FLOOR_DBFS, FLOOR_DBFS, FLOOR_DBFS, 0.0)
     levels = _power_db(power)
     p10, p95 = _quantiles(levels, (0.10, 0.95))
+    peak = float(levels.max())
     return EnergyFeatures(
-        mean_dbfs=float(levels.mean()),
+        mean_dbfs=min(float(levels.mean()), peak),  # rounding could put it above
         p95_dbfs=p95,
-        peak_dbfs=float(levels.max()),
+        peak_dbfs=peak,
         dynamic_range_db=p95 - p10,
     )
 
@@ -346,42 +355,73 @@ def _f0_track(
     m = rows.shape[0]
     if m == 0:
         return f0
+    # First pass: YIN per frame. Frames with a dip under yin_threshold are confident; frames
+    # that only reach the voicing threshold at their global minimum keep their d' rows for
+    # the second pass.
     period = np.empty(m)
     aperiodicity = np.empty(m, dtype=np.float32)
-    yin = _Yin(size, tau_min, tau_max, nfft, min(m, _YIN_CHUNK_FRAMES), params.yin_threshold)
+    confident = np.empty(m, dtype=np.bool_)
+    weak_at: list[NDArray[np.intp]] = []
+    weak_d: list[NDArray[np.float32]] = []
+    weak_dn: list[NDArray[np.float32]] = []
+    yin = _Yin(size, tau_min, tau_max, nfft, min(m, _YIN_CHUNK_FRAMES))
     all_frames = _strided_frames(padded, size, hop, n_pitch)
     for c in range(0, m, _YIN_CHUNK_FRAMES):
         chunk = rows[c : c + _YIN_CHUNK_FRAMES]
-        period[c : c + chunk.shape[0]], aperiodicity[c : c + chunk.shape[0]] = yin(
-            all_frames[chunk], run[chunk]
-        )
+        part = slice(c, c + chunk.shape[0])
+        d, dn = yin(all_frames[chunk], run[chunk])
+        j, found = _first_dip(dn, params.yin_threshold)
+        ap = dn[np.arange(dn.shape[0]), j]
+        period[part] = _refine(d, j + yin.lo)
+        aperiodicity[part] = ap
+        confident[part] = found
+        weak = np.flatnonzero(~found & (ap < params.voicing_threshold))
+        if weak.shape[0]:
+            weak_at.append(weak + c)
+            weak_d.append(d[weak])
+            weak_dn.append(dn[weak])
 
-    ok = aperiodicity < params.voicing_threshold
-    f0[rows[ok]] = sample_rate_hz / period[ok]
+    # Second pass: a weak frame's global minimum is often a formant's ringing (a lag near
+    # 1/F1) or an octave off, not the period; re-pick its best dip within
+    # ±guide_range_semitones of the turn's median F0 over confident frames.
+    voiced = aperiodicity < params.voicing_threshold
+    if weak_at and np.count_nonzero(confident) >= params.min_voiced_frames:
+        ref_lag = 2.0 * float(np.median(period[confident]))  # on the half-lag grid
+        ratio = 2.0 ** (params.guide_range_semitones / 12.0)
+        half_lags = np.arange(yin.lo, yin.hi + 1)
+        outside = (half_lags < ref_lag / ratio) | (half_lags > ref_lag * ratio)
+        at = np.concatenate(weak_at)
+        dn = np.concatenate(weak_dn)
+        dn[:, outside] = np.inf
+        j = np.argmin(dn, axis=1)
+        ap = dn[np.arange(dn.shape[0]), j]
+        period[at] = _refine(np.concatenate(weak_d), j + yin.lo)
+        voiced[at] = ap < params.voicing_threshold
+
+    f0[rows[voiced]] = sample_rate_hz / period[voiced]
     min_run = math.ceil(params.min_voiced_run_ms * sample_rate_hz / (1000.0 * hop))
     _drop_short_runs(f0, min_run)
     return _smooth_track(f0, params.f0_min_hz, params.f0_max_hz)
 
 
 class _Yin:
-    """YIN on a batch of frames, with FFT buffers reused across batches.
+    """YIN steps 2-3 on a batch of frames, with FFT buffers reused across batches.
 
     Call with ``frames`` of shape ``(b, size)`` (int16 samples) and ``run`` of shape
     ``(b, size + 1)`` (int64 running sums of squares of the same frames, ``run[:, 0]`` being
-    the sum before the frame), ``b <= capacity``; returns the period in samples (float64) and
-    the aperiodicity d' at that period (float32), both of shape ``(b,)``.
+    the sum before the frame), ``b <= capacity``. Returns float32 arrays: the difference
+    function per pair ``d`` of shape ``(b, 2*tau_max + 3)`` on the half-lag grid (column ``i``
+    is lag ``i/2``), and d' of shape ``(b, hi - lo + 1)`` over the searched half-lags
+    ``lo..hi`` (``lo = 2*tau_min``, ``hi = 2*tau_max``).
     """
 
-    def __init__(
-        self, size: int, tau_min: int, tau_max: int, nfft: int, capacity: int, threshold: float
-    ) -> None:
+    def __init__(self, size: int, tau_min: int, tau_max: int, nfft: int, capacity: int) -> None:
         self.size = size
         self.n_int = tau_max + 2  # integer lags 0..tau_max+1: every candidate has a right side
         self.n_half = 2 * self.n_int - 1  # lags 0, 0.5, ..., tau_max + 1
-        self.lo, self.hi = 2 * tau_min, 2 * tau_max  # searched half-lag indices
-        self.threshold = threshold
-        # Frames zero-padded to nfft, and power spectra zero-padded to a 2*nfft-point signal's.
-        # (numpy's float64 rfft and complex64 irfft are its fastest pair at these sizes.)
+        self.lo, self.hi = 2 * tau_min, 2 * tau_max
+        # Frames zero-padded to nfft, and power spectra zero-padded to a 2*nfft-point signal's
+        # (numpy's float64 rfft and complex64 irfft are its fastest pair at these sizes).
         self.frames = np.zeros((capacity, nfft), dtype=np.float64)
         self.power = np.zeros((capacity, nfft + 1), dtype=np.complex64)
         self.pairs = (size - 0.5 * np.arange(self.n_half)).astype(np.float32)
@@ -389,7 +429,7 @@ class _Yin:
 
     def __call__(
         self, frames: NDArray[np.int16], run: NDArray[np.int64]
-    ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         b = frames.shape[0]
         size, n_int, n_half, lo, hi = self.size, self.n_int, self.n_half, self.lo, self.hi
         buf = self.frames[:b]
@@ -420,26 +460,36 @@ class _Yin:
         dn += tiny
         running += tiny
         dn /= running
+        return d, dn
 
-        # Absolute threshold (step 4): the first dip under the threshold, followed down to
-        # its local minimum; the global minimum when there is none.
-        # Every lag from the first under the threshold down to that dip's minimum is under
-        # it, and none before is, so the wanted lag is the first local minimum under it.
-        at_min = dn < self.threshold
-        found = at_min.any(axis=1)
-        at_min[:, :-1] &= dn[:, 1:] >= dn[:, :-1]
-        j = np.where(found, np.argmax(at_min, axis=1), np.argmin(dn, axis=1))
-        r = np.arange(b)
-        aperiodicity = dn[r, j]
-        k = j + lo
 
-        # Parabolic interpolation (step 5) of the difference function around the chosen lag.
-        d_l, d_c, d_r = (d[r, k + i].astype(np.float64) for i in (-1, 0, 1))
-        curv = d_l - 2.0 * d_c + d_r
-        shift = np.zeros(b)
-        np.divide(d_l - d_r, 2.0 * curv, out=shift, where=curv > 0.0)
-        period = 0.5 * (k + np.clip(shift, -0.5, 0.5))
-        return period, aperiodicity
+def _first_dip(
+    dn: NDArray[np.float32], threshold: float
+) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """YIN step 4 per row of ``dn`` (shape ``(b, lags)``): column of the first dip under
+    ``threshold``, followed down to its local minimum, or of the global minimum when there is
+    none; and whether there was one. Both of shape ``(b,)``.
+    """
+    # Every lag from the first under the threshold down to that dip's minimum is under it,
+    # and none before is, so the wanted lag is the first local minimum under it.
+    at_min = dn < threshold
+    found: NDArray[np.bool_] = np.any(at_min, axis=1)
+    at_min[:, :-1] &= dn[:, 1:] >= dn[:, :-1]
+    j: NDArray[np.intp] = np.where(found, np.argmax(at_min, axis=1), np.argmin(dn, axis=1))
+    return j, found
+
+
+def _refine(d: NDArray[np.float32], k: NDArray[np.intp]) -> NDArray[np.float64]:
+    """YIN step 5: parabolic interpolation of ``d`` (half-lag grid, shape ``(b, n)``) around
+    column ``k[i]`` of row ``i``; the period in samples, shape ``(b,)``.
+    """
+    r = np.arange(d.shape[0])
+    d_l, d_c, d_r = (d[r, k + i].astype(np.float64) for i in (-1, 0, 1))
+    curv = d_l - 2.0 * d_c + d_r
+    shift = np.zeros(d.shape[0])
+    np.divide(d_l - d_r, 2.0 * curv, out=shift, where=curv > 0.0)
+    period = 0.5 * (k + np.clip(shift, -0.5, 0.5))
+    return period.astype(np.float64, copy=False)
 
 
 def _int_square(x: NDArray[np.int16]) -> NDArray[np.int64]:
@@ -569,7 +619,9 @@ def _count_nuclei(
         return 0
     taps = max(3, round(params.intensity_smoothing_ms / (1000.0 * hop_s)) | 1)
     kernel = np.hanning(taps + 2)[1:-1]
-    env = _power_db(np.convolve(block_power, kernel / kernel.sum(), mode="same"))
+    smooth = np.convolve(block_power, kernel / kernel.sum())[taps // 2 : taps // 2 + n]
+    env = _power_db(smooth)
+    env[~in_speech] = FLOOR_DBFS  # pauses inside the turn separate nuclei and hold none
     (loud,) = _quantiles(env[in_speech], (0.99,))
     floor = loud - params.nucleus_floor_db
 

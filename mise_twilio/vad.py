@@ -58,6 +58,10 @@ class VadParams:
       first window the floor may jump up to ``warmup_max_rise_db`` (12) above it at once.
     - ``bleed_margin_db`` 15: leaked speech measured 20-30 dB under its source; double-talk
       within ~10 dB. 15 dB separates them (0 disables the check).
+    - ``bleed_lag_ms`` 60: the leak arrives up to this late (echo path, jitter buffers), so the
+      other track's loudest frame over the last 60 ms is the reference. Comparing same-frame
+      levels let the delayed tail of each agent syllable through and a 0.5 s backchannel grew
+      to 1.5 s on the bleed fixture.
     - ``turn_pause_ms`` 700: a speaker's own pause that ends the turn (within-turn pauses in
       conversation rarely exceed 500-700 ms; Heldner & Edlund 2010, J. Phonetics 38(4)).
     - ``floor_take_ms`` 1000: the other speaker holding this long takes the floor.
@@ -78,6 +82,7 @@ class VadParams:
     initial_floor_dbfs: float = -60.0
     warmup_max_rise_db: float = 12.0
     bleed_margin_db: float = 15.0
+    bleed_lag_ms: int = 60
     turn_pause_ms: int = 700
     floor_take_ms: int = 1000
     interruption_min_ms: int = 500
@@ -152,7 +157,11 @@ class EnergyVad:
     def step(
         self, frame: int, level_dbfs: float, other_level_dbfs: float | None = None
     ) -> tuple[str, int] | None:
-        """Advance one frame. ``other_level_dbfs`` is the other track's level at the same frame."""
+        """Advance one frame (``level_dbfs``: this frame's RMS level).
+
+        ``other_level_dbfs``: the other track's loudest level over the last ``bleed_lag_ms``
+        (the caller keeps that short history), or ``None`` with one track.
+        """
         p = self._p
         if level_dbfs > FLOOR_DBFS:
             self._update_floor(level_dbfs)
@@ -160,11 +169,13 @@ class EnergyVad:
         active = level_dbfs > floor + p.stop_margin_db and level_dbfs > p.min_level_dbfs - 6.0
         loud = active and level_dbfs > floor + p.start_margin_db and level_dbfs > p.min_level_dbfs
         if (
-            loud
+            active
             and other_level_dbfs is not None
             and p.bleed_margin_db > 0
             and level_dbfs < other_level_dbfs - p.bleed_margin_db
         ):
+            # Far below the other track: its leak, not this speaker. Neither starts nor
+            # sustains speech (sustaining is how leaks stretched real turns).
             loud = False
             active = False
         if active:

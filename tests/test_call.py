@@ -26,7 +26,9 @@ def match(turns: list[TurnRecord], truth: dict[str, Any]) -> TurnRecord:
     found = [
         t
         for t in turns
-        if t.track == truth["track"] and t.start_ms < truth["end_ms"] and truth["start_ms"] < t.end_ms
+        if t.track == truth["track"]
+        and t.start_ms < truth["end_ms"]
+        and truth["start_ms"] < t.end_ms
     ]
     assert len(found) == 1, f"{truth} matched {len(found)} turns"
     return found[0]
@@ -49,11 +51,11 @@ def test_turns_match_ground_truth_within_100ms(
 def test_lost_frames_show_up_in_lost_ms(offline_records: dict[str, list[AnyRecord]]) -> None:
     truth = expected("lossy_3pct")
     records = offline_records["lossy_3pct"]
-    stopped = [r for r in records if isinstance(r, StreamStopped)][0]
+    stopped = next(r for r in records if isinstance(r, StreamStopped))
     assert stopped.summary.lost_ms == truth["lost_ms"]
     assert sum(t.lost_ms for t in turns_of(records)) > 0
     # and a clean call reports none
-    clean = [r for r in offline_records["fork_two_track"] if isinstance(r, StreamStopped)][0]
+    clean = next(r for r in offline_records["fork_two_track"] if isinstance(r, StreamStopped))
     assert set(clean.summary.lost_ms.values()) == {0}
 
 
@@ -68,8 +70,15 @@ def test_garbage_lines_give_diagnostics_and_leave_turns_unchanged(
     codes = [r.code for r in garbage if isinstance(r, Diagnostic)]
     truth = expected("garbage_lines")["garbage_lines"]
     assert len(codes) >= len(truth)
-    assert {"bad_json", "unknown_event", "bad_payload", "wrong_stream_sid", "duplicate_start",
-            "bad_message", "message_too_large"} <= set(codes)
+    assert {
+        "bad_json",
+        "unknown_event",
+        "bad_payload",
+        "wrong_stream_sid",
+        "duplicate_start",
+        "bad_message",
+        "message_too_large",
+    } <= set(codes)
     assert not [r for r in clean if isinstance(r, Diagnostic)]
 
 
@@ -91,7 +100,7 @@ def test_summary_talk_time_is_the_sum_of_turn_speech(
     offline_records: dict[str, list[AnyRecord]],
 ) -> None:
     for name, records in offline_records.items():
-        stopped = [r for r in records if isinstance(r, StreamStopped)][0]
+        stopped = next(r for r in records if isinstance(r, StreamStopped))
         for speaker, talk in stopped.summary.talk_ms.items():
             assert talk == sum(t.speech_ms for t in turns_of(records) if t.speaker == speaker), name
         assert sum(stopped.summary.turn_counts.values()) == len(turns_of(records))

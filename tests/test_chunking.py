@@ -17,7 +17,9 @@ from mise_twilio.replay import replay_offline
 def rechunk(lines: list[str], seed: int, max_bytes: int) -> list[str]:
     """Re-cut each track's contiguous audio runs into 1..max_bytes payloads, stamped with the
     whole-ms timestamp of their first sample (as Twilio stamps), interleaved by timestamp."""
-    head = [line for line in lines if '"event":"media"' not in line and '"event":"stop"' not in line]
+    head = [
+        line for line in lines if '"event":"media"' not in line and '"event":"stop"' not in line
+    ]
     stop = [line for line in lines if '"event":"stop"' in line]
     runs: dict[str, list[tuple[int, bytearray]]] = {}
     sid = ""
@@ -72,7 +74,9 @@ def turns(lines: list[str]) -> list[dict[str, object]]:
 
 CONNECT = fixture_lines("connect_inbound")
 # The first 7 s (one whole turn and its pause): short enough for 1-byte payloads.
-CONNECT_7S = CONNECT[:2] + [line for line in CONNECT if '"event":"media"' in line][:350] + CONNECT[-1:]
+CONNECT_7S = (
+    CONNECT[:2] + [line for line in CONNECT if '"event":"media"' in line][:350] + CONNECT[-1:]
+)
 LOSSY = fixture_lines("lossy_3pct")
 REFERENCE = {"connect": turns(CONNECT), "connect_7s": turns(CONNECT_7S), "lossy": turns(LOSSY)}
 

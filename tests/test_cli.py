@@ -45,19 +45,33 @@ def test_replay_table_and_jsonl_agree() -> None:
     jsonl = cli("replay", path, "--format", "jsonl")
     assert table.returncode == jsonl.returncode == 0
     turns = [json.loads(line) for line in jsonl.stdout.splitlines() if '"type":"turn"' in line]
-    rows = [line for line in table.stdout.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    rows = [
+        line for line in table.stdout.splitlines() if line.split()[:1] and line.split()[0].isdigit()
+    ]
     assert len(rows) == len(turns) == 10
     assert "barge" in table.stdout.splitlines()[0]
 
 
 def test_twiml_fork_and_connect() -> None:
-    fork = cli("twiml", "--url", "wss://ingest.example.com/v1/stream/twilio", "--api-key", "k1",
-               "--status-callback", "https://ingest.example.com/v1/webhook/twilio")
+    fork = cli(
+        "twiml",
+        "--url",
+        "wss://ingest.example.com/v1/stream/twilio",
+        "--api-key",
+        "k1",
+        "--status-callback",
+        "https://ingest.example.com/v1/webhook/twilio",
+    )
     assert fork.returncode == 0
-    assert '<Start><Stream statusCallback="https://ingest.example.com/v1/webhook/twilio"' in fork.stdout
+    assert (
+        '<Start><Stream statusCallback="https://ingest.example.com/v1/webhook/twilio"'
+        in fork.stdout
+    )
     assert 'track="both_tracks"' in fork.stdout
     assert '<Parameter name="api_key" value="k1"' in fork.stdout
-    connect = cli("twiml", "--url", "wss://ingest.example.com/v1/stream/twilio", "--mode", "connect")
+    connect = cli(
+        "twiml", "--url", "wss://ingest.example.com/v1/stream/twilio", "--mode", "connect"
+    )
     assert "<Connect><Stream" in connect.stdout and "both_tracks" not in connect.stdout
     bad = cli("twiml", "--url", "wss://x/v1/stream/twilio?api_key=1")
     assert bad.returncode == 2 and "query" in bad.stderr
@@ -67,8 +81,16 @@ def test_schema_is_json_schema_of_every_record_type() -> None:
     result = cli("schema")
     schema = json.loads(result.stdout)
     text = json.dumps(schema)
-    for record_type in ("turn", "stream.started", "stream.stopped", "dtmf", "mark", "diagnostic",
-                        "call.completed", "stream.status"):
+    for record_type in (
+        "turn",
+        "stream.started",
+        "stream.stopped",
+        "dtmf",
+        "mark",
+        "diagnostic",
+        "call.completed",
+        "stream.status",
+    ):
         assert f'"{record_type}"' in text
 
 

@@ -43,6 +43,19 @@ def test_line_round_trip_keeps_record_text_byte_for_byte() -> None:
     assert json.loads(line)["record"]["y"] == 1.5
 
 
+def test_decode_accepts_other_key_orders_and_rejects_broken_lines() -> None:
+    line = b'{"type":"turn","record":{"id":"x","type":"turn"},"id":"x"}\n'
+    assert decode_line(line) == Envelope(id="x", type="turn", json='{"id":"x","type":"turn"}')
+    for bad in (
+        b'{"id":"x","type":"turn","record":{"id":"x"\n',
+        b'{"id":"x","type":"turn"}\n',
+        b"\x00\x00\x00\n",
+        b"[1,2]\n",
+    ):
+        with pytest.raises(ValueError):
+            decode_line(bad)
+
+
 def test_append_peek_commit_deletes_delivered_segment(tmp_path: Path) -> None:
     spool = opened(tmp_path)
     assert spool.is_empty and spool.peek(10) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -107,7 +109,7 @@ def test_properties_ordered_disjoint_symmetric(
     turns = play({"inbound": inbound, "outbound": outbound}, end=2000)
     for track, segs in (("inbound", inbound), ("outbound", outbound)):
         mine = by_track(turns, track)
-        for a, b in zip(mine, mine[1:], strict=False):
+        for a, b in itertools.pairwise(mine):
             assert a.end_frame <= b.start_frame  # within a track: ordered, no overlap
         # every speech frame lands in exactly one turn
         assert sum(t.speech_frames for t in mine) == sum(e - s for s, e in segs)

@@ -359,10 +359,12 @@ class SinkHub:
         lane.buffer.clear()
         lane.buffer_bytes = 0
         try:
-            lane.io.submit(lane.spool.append, items).result()
+            # No fsync here: the flusher fsyncs it next, off the loop.
+            lane.io.submit(lane.spool.append, items, sync=False).result()
         except OSError as exc:
             self._restore_buffer(lane, items)
             log.error("spool_write_failed", sink=lane.name, error=str(exc), records=len(items))
+        lane.flush_needed.set()
 
     def _restore_buffer(self, lane: _Lane, items: list[Envelope]) -> None:
         lane.buffer.extendleft(reversed(items))
@@ -611,6 +613,12 @@ class SinkHub:
         """Write the spool buffer to disk (one append, one fsync). False on a disk error."""
         async with lane.flush_lock:
             if not lane.buffer:
+                if lane.spool.dirty:
+                    try:
+                        await self._io(lane, lane.spool.sync)
+                    except OSError as exc:
+                        log.error("spool_sync_failed", sink=lane.name, error=str(exc))
+                        return False
                 return True
             items = list(lane.buffer)
             lane.buffer.clear()

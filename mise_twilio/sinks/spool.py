@@ -54,13 +54,22 @@ def encode_line(envelope: Envelope) -> bytes:
     return (head + envelope.json + "}\n").encode()
 
 
+_DECODER = json.JSONDecoder()
+
+
 def decode_line(line: bytes) -> Envelope:
     """The envelope stored in one spool line (with or without its newline).
 
-    Raises ``ValueError`` (``json.JSONDecodeError`` is one) when the line is not a complete
-    spool entry.
+    Lines in ``encode_line``'s exact shape are split without parsing the record (replay runs on
+    a worker thread, and parsing every record would hold the GIL against the event loop); the
+    record's braces are checked, its inside is the receiver's to validate. Other lines are
+    parsed in full. Raises ``ValueError`` (``json.JSONDecodeError`` is one) when the line is
+    not a complete spool entry.
     """
     text = line.decode()
+    fast = _decode_fast(text)
+    if fast is not None:
+        return fast
     obj = json.loads(text)
     if not isinstance(obj, dict):
         raise ValueError("spool line is not an object")
@@ -75,6 +84,26 @@ def decode_line(line: bytes) -> Envelope:
     else:
         raw = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
     return Envelope(id=record_id, type=record_type, json=raw)
+
+
+def _decode_fast(text: str) -> Envelope | None:
+    if not text.startswith('{"id":"'):
+        return None
+    try:
+        record_id, end = _DECODER.raw_decode(text, 6)
+        if text[end : end + 8] != ',"type":':
+            return None
+        record_type, end = _DECODER.raw_decode(text, end + 8)
+    except ValueError:
+        return None
+    if not isinstance(record_id, str) or not isinstance(record_type, str):
+        return None
+    if text[end : end + 10] != ',"record":':
+        return None
+    body = text[end + 10 :].rstrip("\n")
+    if len(body) < 3 or body[0] != "{" or body[-2:] != "}}":
+        return None
+    return Envelope(id=record_id, type=record_type, json=body[:-1])
 
 
 def _segment_name(seq: int) -> str:
@@ -109,6 +138,7 @@ class Spool:
         self._next_seq = 1
         self._pending_bytes = 0
         self._peeked_ends: list[tuple[int, int]] = []
+        self._dirty = False
         self.skipped_lines = 0
         """Torn or corrupt lines skipped since ``open()``."""
 
@@ -157,18 +187,23 @@ class Spool:
                 )
 
     def close(self) -> None:
-        """Close the open segment (everything appended is already fsynced). Idempotent."""
+        """fsync and close the open segment. Idempotent."""
         with self._lock:
             if self._writer is not None:
+                if self._dirty and self.fsync:
+                    os.fsync(self._writer.fileno())
                 self._writer.close()
                 self._writer = None
+            self._dirty = False
             self._active = None
 
     # ---------------------------------------------------------------------------------------
     # writing
 
-    def append(self, envelopes: Sequence[Envelope]) -> int:
-        """Append ``envelopes`` in order, then flush and fsync once. Returns bytes written."""
+    def append(self, envelopes: Sequence[Envelope], *, sync: bool = True) -> int:
+        """Append ``envelopes`` in order, then flush and (``sync``) fsync once. Returns bytes
+        written. With ``sync=False`` the data reaches the OS (it survives SIGKILL, not a power
+        cut) and the next ``append`` or ``sync()`` fsyncs it."""
         if not envelopes:
             return 0
         data = b"".join(encode_line(e) for e in envelopes)
@@ -176,12 +211,27 @@ class Spool:
             writer = self._writer_for_append()
             writer.write(data)
             writer.flush()
-            if self.fsync:
+            if self.fsync and sync:
                 os.fsync(writer.fileno())
+                self._dirty = False
+            else:
+                self._dirty = True
             assert self._active is not None
             self._sizes[self._active] += len(data)
             self._pending_bytes += len(data)
         return len(data)
+
+    def sync(self) -> None:
+        """fsync data written by ``append(sync=False)``; a no-op when there is none."""
+        with self._lock:
+            if self._dirty and self._writer is not None and self.fsync:
+                os.fsync(self._writer.fileno())
+            self._dirty = False
+
+    @property
+    def dirty(self) -> bool:
+        """Appended data not fsynced yet."""
+        return self._dirty
 
     def _writer_for_append(self) -> BinaryIO:
         if (
@@ -191,6 +241,9 @@ class Spool:
         ):
             return self._writer
         if self._writer is not None:
+            if self._dirty and self.fsync:
+                os.fsync(self._writer.fileno())
+                self._dirty = False
             self._writer.close()
         seq = self._next_seq
         self._next_seq += 1

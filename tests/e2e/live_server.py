@@ -44,7 +44,7 @@ async def serve(settings: Settings) -> AsyncIterator[LiveServer]:
     server = uvicorn.Server(uvicorn_config(app, settings))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 - uvicorn exposes only this flag
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)

@@ -71,8 +71,10 @@ async def test_twenty_concurrent_replays_all_get_their_records(
     server_settings: Callable[..., Settings], offline_records: dict[str, list[AnyRecord]]
 ) -> None:
     names = ["fork_two_track", "connect_inbound", "lossy_3pct", "garbage_lines", "quiet_caller"]
-    calls = [(names[i % len(names)], _as_other_call(fixture_lines(names[i % len(names)]), i))
-             for i in range(20)]
+    calls = [
+        (names[i % len(names)], _as_other_call(fixture_lines(names[i % len(names)]), i))
+        for i in range(20)
+    ]
     async with serve(server_settings()) as live:
         results = await asyncio.gather(
             *(replay_websocket(lines, live.ws_url, speed=0) for _, lines in calls)
