@@ -21,11 +21,17 @@ from mise_twilio.audio import SAMPLE_RATE_HZ, pcm16_to_ulaw, ulaw_to_pcm16
 from mise_twilio.features import measure_turn
 
 F0S_HZ = (80.0, 100.0, 120.0, 150.0, 200.0, 250.0, 300.0, 350.0)
-CONDITIONS: tuple[tuple[str, float | None], ...] = (("clean", None), ("20 dB", 20.0), ("10 dB", 10.0))
+CONDITIONS: tuple[tuple[str, float | None], ...] = (
+    ("clean", None),
+    ("20 dB", 20.0),
+    ("10 dB", 10.0),
+)
 SEEDS = range(8)
 
 
-def telephone_band(x: NDArray[np.float64], lo_hz: float = 300.0, hi_hz: float = 3400.0) -> NDArray[np.float64]:
+def telephone_band(
+    x: NDArray[np.float64], lo_hz: float = 300.0, hi_hz: float = 3400.0
+) -> NDArray[np.float64]:
     """Zero-phase FFT band-pass with 200 Hz raised-cosine skirts centred on ``lo_hz``/``hi_hz``."""
     n = x.shape[0]
     nfft = 1 << max(n - 1, 1).bit_length()

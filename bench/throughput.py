@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -24,18 +25,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import contextlib
-
-from mise_twilio.messages import parse_message  # noqa: E402
-from mise_twilio.replay import (  # noqa: E402
+from mise_twilio.messages import parse_message
+from mise_twilio.replay import (
     media_timestamp_ms,
     read_fixture,
     replay_offline,
     replay_websocket,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FIXTURES = sorted((ROOT / "fixtures").glob("*.jsonl"))
 

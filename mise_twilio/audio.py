@@ -38,7 +38,7 @@ FLOOR_DBFS = -100.0
 
 
 def ulaw_to_pcm16(payload: bytes) -> bytes:
-    """Decode μ-law bytes to 16-bit linear PCM (2 bytes per input byte), via ``audioop.ulaw2lin``."""
+    """Decode μ-law bytes to 16-bit linear PCM (2 bytes per byte) with ``audioop.ulaw2lin``."""
     return audioop.ulaw2lin(payload, SAMPLE_WIDTH_BYTES)
 
 

@@ -86,12 +86,13 @@ def test_dtmf_mark_stop_doc_examples() -> None:
     assert isinstance(dtmf, DtmfMessage) and dtmf.dtmf.digit == "1"
     assert dtmf.dtmf.track == "inbound_track"
     mark = parse_message(
-        '{ "event": "mark", "sequenceNumber": "4", "streamSid": "MZX", "mark": { "name": "my label" } }'
+        '{ "event": "mark", "sequenceNumber": "4", "streamSid": "MZX",'
+        ' "mark": { "name": "my label" } }'
     )
     assert isinstance(mark, MarkMessage) and mark.mark.name == "my label"
     stop = parse_message(
-        '{ "event": "stop", "sequenceNumber": "5", "stop": { "accountSid": "ACX", "callSid": "CAX" },'
-        ' "streamSid": "MZX" }'
+        '{ "event": "stop", "sequenceNumber": "5",'
+        ' "stop": { "accountSid": "ACX", "callSid": "CAX" }, "streamSid": "MZX" }'
     )
     assert isinstance(stop, StopMessage) and stop.stop.call_sid == "CAX"
 
