@@ -178,7 +178,17 @@ def load_fixture(name: str) -> FixtureAudio:
     events += [gen.Event("mark", d["at_ms"], d["name"]) for d in expected.get("marks") or []]
     sids = {k: expected[k] for k in ("stream_sid", "call_sid", "account_sid")}
     return FixtureAudio(
-        name, expected, lines, tracks, first_ts, n_frames, audio, order, lost, sids, custom,
+        name,
+        expected,
+        lines,
+        tracks,
+        first_ts,
+        n_frames,
+        audio,
+        order,
+        lost,
+        sids,
+        custom,
         events,
     )
 
@@ -233,8 +243,8 @@ def add_at_snr(
     noise = noise_unit * (level / 10.0 ** (snr_db / 20.0))
     keep = fx.span_mask(track, fx.digital_silence(track)) | ~fx.sent_sample_mask(track)
     noise[keep] = 0.0
-    y = np.clip(np.round(x + noise), -32768, 32767)
-    return y.astype(np.int16)
+    y: NDArray[np.int16] = np.clip(np.round(x + noise), -32768, 32767).astype(np.int16)
+    return y
 
 
 def choose_drops(

@@ -52,7 +52,7 @@ from mise_twilio.replay import replay_offline
 from mise_twilio.vad import EnergyVad, VadParams
 
 try:
-    import webrtcvad  # type: ignore[import-untyped]
+    import webrtcvad
 except ImportError:  # the optional ``bench`` extra
     webrtcvad = None
 
@@ -91,7 +91,9 @@ def build_cases(selected: Sequence[str] = CONDITIONS) -> list[Case]:
     fixtures = {n: fa.load_fixture(n) for n in names}
     cases: list[Case] = []
 
-    def case(fx: fa.FixtureAudio, cond: str, audio: dict[str, Any], extra: dict[str, set[int]]) -> Case:
+    def case(
+        fx: fa.FixtureAudio, cond: str, audio: dict[str, Any], extra: dict[str, set[int]]
+    ) -> Case:
         lines = fx.encode(audio, extra)
         lost = {t: fx.lost[t] | extra.get(t, set()) for t in fx.tracks}
         pcm = {}
@@ -193,9 +195,7 @@ def frame_levels(case: Case) -> dict[str, list[float]]:
     out = {}
     for t, x in case.pcm.items():
         raw = x.tobytes()
-        lv = [
-            mt_audio.rms_dbfs(raw[i * 320 : (i + 1) * 320]) for i in range(case.fx.n_frames)
-        ]
+        lv = [mt_audio.rms_dbfs(raw[i * 320 : (i + 1) * 320]) for i in range(case.fx.n_frames)]
         for i in case.lost[t]:
             lv[i] = mt_audio.FLOOR_DBFS
         out[t] = lv
@@ -318,7 +318,10 @@ def ms_mask(first: int, n_ms: int, spans: Iterable[Span]) -> NDArray[np.bool_]:
 def match_onsets(truth: list[int], det: list[int], tol: int) -> list[tuple[int, int]]:
     """One-to-one (truth index, det index) pairs within ``tol`` ms, closest pairs first."""
     pairs = sorted(
-        (abs(d - t), i, j) for i, t in enumerate(truth) for j, d in enumerate(det) if abs(d - t) <= tol
+        (abs(d - t), i, j)
+        for i, t in enumerate(truth)
+        for j, d in enumerate(det)
+        if abs(d - t) <= tol
     )
     used_t: set[int] = set()
     used_d: set[int] = set()
@@ -390,7 +393,14 @@ class Score:
             }
 
         return {
-            "frame": {"tp": self.tp, "fp": self.fp, "fn": self.fn, "precision": fp_, "recall": fr, "f1": ff},
+            "frame": {
+                "tp": self.tp,
+                "fp": self.fp,
+                "fn": self.fn,
+                "precision": fp_,
+                "recall": fr,
+                "f1": ff,
+            },
             "onset": {
                 "true": self.n_true_turns,
                 "detected": self.n_det_turns,
@@ -399,7 +409,11 @@ class Score:
                 "recall": orr,
                 "f1": of,
             },
-            "boundary_ms": {"n": len(self.start_err), "start": stats(self.start_err), "end": stats(self.end_err)},
+            "boundary_ms": {
+                "n": len(self.start_err),
+                "start": stats(self.start_err),
+                "end": stats(self.end_err),
+            },
             "overlap": {
                 "truth_ms": self.ov_truth_ms,
                 "hit_ms": self.ov_hit_ms,
@@ -408,7 +422,9 @@ class Score:
             }
             if self.two_track
             else None,
-            "tags": {k: {"truth": v[0], "hit": v[1], "false_alarm": v[2]} for k, v in self.tags.items()},
+            "tags": {
+                k: {"truth": v[0], "hit": v[1], "false_alarm": v[2]} for k, v in self.tags.items()
+            },
         }
 
 
@@ -441,7 +457,9 @@ def score_case(case: Case, det: Detection, *, flags: bool) -> tuple[Score, dict[
     if len(fx.tracks) == 2:
         n_ms = n * fa.FRAME_MS
         a, b = fx.tracks
-        tov = ms_mask(first, n_ms, fx.truth_segments(a)) & ms_mask(first, n_ms, fx.truth_segments(b))
+        tov = ms_mask(first, n_ms, fx.truth_segments(a)) & ms_mask(
+            first, n_ms, fx.truth_segments(b)
+        )
         dov = ms_mask(first, n_ms, [s for d in det.turns.get(a, []) for s in d.segments]) & ms_mask(
             first, n_ms, [s for d in det.turns.get(b, []) for s in d.segments]
         )
@@ -461,9 +479,13 @@ def score_tags(sc: Score, truth_turns: list[dict[str, Any]], det_turns: list[Det
 
     for tt in truth_turns:
         best = max(
-            det_turns, key=lambda d: inter(tt["start_ms"], tt["end_ms"], d.start_ms, d.end_ms), default=None
+            det_turns,
+            key=lambda d: inter(tt["start_ms"], tt["end_ms"], d.start_ms, d.end_ms),
+            default=None,
         )
-        ok = best is not None and inter(tt["start_ms"], tt["end_ms"], best.start_ms, best.end_ms) > 0
+        ok = (
+            best is not None and inter(tt["start_ms"], tt["end_ms"], best.start_ms, best.end_ms) > 0
+        )
         for tag in TAGS:
             if tag in tt["tags"]:
                 sc.tags[tag][0] += 1
@@ -471,9 +493,14 @@ def score_tags(sc: Score, truth_turns: list[dict[str, Any]], det_turns: list[Det
                     sc.tags[tag][1] += 1
     for d in det_turns:
         best_t = max(
-            truth_turns, key=lambda x: inter(x["start_ms"], x["end_ms"], d.start_ms, d.end_ms), default=None
+            truth_turns,
+            key=lambda x: inter(x["start_ms"], x["end_ms"], d.start_ms, d.end_ms),
+            default=None,
         )
-        ok = best_t is not None and inter(best_t["start_ms"], best_t["end_ms"], d.start_ms, d.end_ms) > 0
+        ok = (
+            best_t is not None
+            and inter(best_t["start_ms"], best_t["end_ms"], d.start_ms, d.end_ms) > 0
+        )
         for tag in TAGS:
             if d.flags.get(tag) and not (ok and best_t is not None and tag in best_t["tags"]):
                 sc.tags[tag][2] += 1
@@ -488,7 +515,9 @@ def detectors() -> list[str]:
     return ["mise"] + ([f"webrtc{m}" for m in WEBRTC_MODES] if webrtcvad is not None else [])
 
 
-def evaluate(cases: list[Case], params: VadParams, *, timing: bool = True, with_webrtc: bool = True) -> dict[str, Any]:
+def evaluate(
+    cases: list[Case], params: VadParams, *, timing: bool = True, with_webrtc: bool = True
+) -> dict[str, Any]:
     """{condition: {detector: {"score": Score, "cpu": [...], "vad": [...]}}, "per_fixture": ...}"""
     dets = detectors() if with_webrtc else ["mise"]
     by_cond: dict[str, dict[str, dict[str, Any]]] = {}
@@ -496,9 +525,21 @@ def evaluate(cases: list[Case], params: VadParams, *, timing: bool = True, with_
     for case in cases:
         slot = by_cond.setdefault(case.condition, {})
         for name in dets:
-            det = run_mise(case, params, timing=timing) if name == "mise" else run_webrtc(case, int(name[-1]))
+            det = (
+                run_mise(case, params, timing=timing)
+                if name == "mise"
+                else run_webrtc(case, int(name[-1]))
+            )
             total, per_track = score_case(case, det, flags=name == "mise")
-            s = slot.setdefault(name, {"score": Score(), "cpu": [], "vad": [], "frames": 0})
+            s = slot.setdefault(
+                name, {"score": Score(), "cpu": [], "vad": [], "frames": 0, "raw": [0, 0, 0]}
+            )
+            if det.raw_frames is not None:  # webrtc's unsmoothed decisions, scored alike
+                for t, raw in det.raw_frames.items():
+                    tm = frame_mask(case.fx.first_ts, case.fx.n_frames, case.fx.truth_segments(t))
+                    s["raw"][0] += int(np.sum(tm & raw))
+                    s["raw"][1] += int(np.sum(~tm & raw))
+                    s["raw"][2] += int(np.sum(tm & ~raw))
             s["score"].add(total)
             frames = case.fx.n_frames * len(case.fx.tracks)
             s["cpu"].append(det.cpu_us_per_frame * frames)
@@ -519,27 +560,46 @@ def fmt(x: float | None, spec: str = ".3f") -> str:
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
     print(f"\n{title}")
-    print("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)))
+    print(
+        "  ".join(
+            h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)
+        )
+    )
     print("  ".join("-" * w for w in widths))
     for r in rows:
-        print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        print(
+            "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+        )
 
 
 def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
     conds = [c for c in conditions if c in res["conditions"]]
     dets = [d for d in detectors() if d in res["conditions"][conds[0]]]
     summ = {c: {d: res["conditions"][c][d]["score"].summary() for d in dets} for c in conds}
+    for c in conds:
+        for d in dets[1:]:
+            p_, r_, f_ = Score._prf(*res["conditions"][c][d]["raw"])
+            summ[c][d]["frame_raw"] = {"precision": p_, "recall": r_, "f1": f_}
 
     # frame-level
-    header = ["condition"] + [f"{d} {m}" for d in dets for m in ("P", "R", "F1")]
+    header = ["condition"] + [
+        f"{d} {m}" for d in dets for m in (("P", "R", "F1") + (("raw F1",) if d != "mise" else ()))
+    ]
     rows = []
     for c in conds:
         row = [c]
         for d in dets:
             f = summ[c][d]["frame"]
             row += [fmt(f["precision"]), fmt(f["recall"]), fmt(f["f1"])]
+            if d != "mise":
+                row.append(fmt(summ[c][d]["frame_raw"]["f1"]))
         rows.append(row)
-    print_table("Frame-level speech detection (20 ms frames, pooled over fixtures and tracks)", header, rows)
+    print_table(
+        "Frame-level speech detection (20 ms frames, pooled over fixtures and tracks; "
+        "raw = webrtcvad without smoothing)",
+        header,
+        rows,
+    )
 
     # onsets
     header = ["condition", "true"] + [f"{d} {m}" for d in dets for m in ("det", "P", "R", "F1")]
@@ -548,12 +608,21 @@ def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
         row = [c, str(summ[c][dets[0]]["onset"]["true"])]
         for d in dets:
             o = summ[c][d]["onset"]
-            row += [str(o["detected"]), fmt(o["precision"], ".2f"), fmt(o["recall"], ".2f"), fmt(o["f1"], ".3f")]
+            row += [
+                str(o["detected"]),
+                fmt(o["precision"], ".2f"),
+                fmt(o["recall"], ".2f"),
+                fmt(o["f1"], ".3f"),
+            ]
         rows.append(row)
-    print_table(f"Turn onsets (match within ±{ONSET_TOL_MS} ms, same track, one-to-one)", header, rows)
+    print_table(
+        f"Turn onsets (match within ±{ONSET_TOL_MS} ms, same track, one-to-one)", header, rows
+    )
 
     # boundary errors
-    header = ["condition"] + [f"{d} {m}" for d in dets for m in ("n", "start med/p90", "end med/p90", "bias s/e")]
+    header = ["condition"] + [
+        f"{d} {m}" for d in dets for m in ("n", "start med/p90", "end med/p90", "bias s/e")
+    ]
     rows = []
     for c in conds:
         row = [c]
@@ -568,19 +637,24 @@ def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
             ]
         rows.append(row)
     print_table(
-        "Turn boundary error over onset-matched turns, ms (|err| median/p90; bias = signed median, det - truth)",
+        "Turn boundary error over onset-matched turns, ms "
+        "(|err| median/p90; bias = signed median of det - truth, start/end)",
         header,
         rows,
     )
 
     # overlap & interruption flags
-    header = ["condition", "ovl truth ms"] + [f"ovl rec {d}" for d in dets] + [
-        "mise ovl det ms",
-        "barge_in",
-        "interrupted",
-        "backchannel",
-        "flag FA b/i/bc",
-    ]
+    header = (
+        ["condition", "ovl truth ms"]
+        + [f"ovl rec {d}" for d in dets]
+        + [
+            "mise ovl det ms",
+            "barge_in",
+            "interrupted",
+            "backchannel",
+            "flag FA b/i/bc",
+        ]
+    )
     rows = []
     for c in conds:
         ov0 = summ[c][dets[0]]["overlap"]
@@ -594,13 +668,16 @@ def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
         row.append("/".join(str(tg[k]["false_alarm"]) for k in TAGS))
         rows.append(row)
     print_table(
-        "Overlap recall (truth both-speaking ms also detected as both) and cross-track tags (mise; hit/truth)",
+        "Overlap recall (truth both-speaking ms also detected as both) "
+        "and cross-track tags (mise; hit/truth)",
         header,
         rows,
     )
 
     # CPU
-    header = ["condition", "frames", "mise pipeline", "mise VAD step"] + [f"{d} VAD" for d in dets[1:]]
+    header = ["condition", "frames", "mise pipeline", "mise VAD step"] + [
+        f"{d} VAD" for d in dets[1:]
+    ]
     rows = []
     cpu: dict[str, dict[str, float]] = {}
     for c in conds:
@@ -609,12 +686,19 @@ def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
         cpu[c] = {
             "frames": frames,
             "mise_pipeline_us": sum(slot["mise"]["cpu"]) / frames,
-            "mise_vad_step_us": sum(slot["mise"]["vad"]) / frames if slot["mise"]["vad"] else float("nan"),
+            "mise_vad_step_us": sum(slot["mise"]["vad"]) / frames
+            if slot["mise"]["vad"]
+            else float("nan"),
         }
         for d in dets[1:]:
             cpu[c][f"{d}_us"] = sum(slot[d]["cpu"]) / slot[d]["frames"]
         rows.append(
-            [c, str(frames), fmt(cpu[c]["mise_pipeline_us"], ".1f"), fmt(cpu[c]["mise_vad_step_us"], ".2f")]
+            [
+                c,
+                str(frames),
+                fmt(cpu[c]["mise_pipeline_us"], ".1f"),
+                fmt(cpu[c]["mise_vad_step_us"], ".2f"),
+            ]
             + [fmt(cpu[c][f"{d}_us"], ".1f") for d in dets[1:]]
         )
     print_table(
@@ -626,7 +710,10 @@ def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
 
     # per fixture (mise): frame F1 / onset F1 per track
     pf = res["per_fixture"]
-    keys = sorted({(fx, t) for (_, fx, t, _) in pf}, key=lambda k: ([*MAIN_FIXTURES, BLEED_FIXTURE].index(k[0]), k[1]))
+    keys = sorted(
+        {(fx, t) for (_, fx, t, _) in pf},
+        key=lambda k: ([*MAIN_FIXTURES, BLEED_FIXTURE].index(k[0]), k[1]),
+    )
     header = ["fixture/track", *conds]
     rows = []
     per_fixture_json: dict[str, Any] = {}
@@ -647,23 +734,26 @@ def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
     print_table("Per fixture and track (mise): frame F1 / onset F1", header, rows)
 
     # one-line summary
-    def mean_over(cs: Sequence[str], d: str, key: str) -> float:
-        vals = [summ[c][d][key]["f1"] for c in cs if c in summ]
-        return float(np.mean(vals)) if vals else float("nan")
+    def f1s(d: str, key: str) -> list[tuple[float, str]]:
+        return [(summ[c][d][key]["f1"], c) for c in conds]
 
     parts = []
     for d in dets:
+        fr, on = f1s(d, "frame"), f1s(d, "onset")
+        worst = min(fr)
         parts.append(
-            f"{d}: frame F1 clean {fmt(summ['clean'][d]['frame']['f1'], '.3f') if 'clean' in summ else '-'}"
-            f", mean {fmt(mean_over(conds, d, 'frame'), '.3f')}"
-            f", onset F1 mean {fmt(mean_over(conds, d, 'onset'), '.3f')}"
+            f"{d} frame F1 mean {np.mean([x for x, _ in fr]):.3f} "
+            f"(worst {worst[0]:.3f} {worst[1]}), onset F1 mean {np.mean([x for x, _ in on]):.3f}"
         )
-    c0 = conds[0]
+    frames = sum(cpu[c]["frames"] for c in conds)
+
+    def us(key: str) -> str:
+        return fmt(sum(cpu[c][key] * cpu[c]["frames"] for c in conds) / frames, ".1f")
+
     print(
-        f"\nSUMMARY  {' | '.join(parts)} | mise pipeline {fmt(cpu[c0]['mise_pipeline_us'], '.1f')} µs/frame, "
-        f"VAD step {fmt(cpu[c0]['mise_vad_step_us'], '.2f')} µs/frame"
-        + "".join(f", {d} {fmt(cpu[c0][f'{d}_us'], '.1f')} µs/frame" for d in dets[1:])
-        + f" ({c0})"
+        f"\nSUMMARY  {' | '.join(parts)} | µs/frame: mise pipeline {us('mise_pipeline_us')}, "
+        f"mise VAD step {us('mise_vad_step_us')}"
+        + "".join(f", {d} {us(f'{d}_us')}" for d in dets[1:])
     )
     return {"conditions": summ, "cpu_us_per_frame": cpu, "per_fixture": per_fixture_json}
 
@@ -697,16 +787,49 @@ SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("bleed_lag 100", {"bleed_lag_ms": 100}),
     ("w30 + 10/5", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0}),
     ("w30 + 9/4", {"warmup_max_rise_db": 30.0, "stop_margin_db": 4.0}),
-    ("w30 + 10/6 + hang 240", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0, "stop_margin_db": 6.0, "hangover_ms": 240}),
-    ("w30 + 10/5 + hang 240", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0, "hangover_ms": 240}),
-    ("w30 + 10/5 + bleed 20", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0, "bleed_margin_db": 20.0}),
+    (
+        "w30 + 10/6 + hang 240",
+        {
+            "warmup_max_rise_db": 30.0,
+            "start_margin_db": 10.0,
+            "stop_margin_db": 6.0,
+            "hangover_ms": 240,
+        },
+    ),
+    (
+        "w30 + 10/5 + hang 240",
+        {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0, "hangover_ms": 240},
+    ),
+    (
+        "w24 + 10/6 + hang 240",
+        {
+            "warmup_max_rise_db": 24.0,
+            "start_margin_db": 10.0,
+            "stop_margin_db": 6.0,
+            "hangover_ms": 240,
+        },
+    ),
+    (
+        "w24 + 10/6 + hang 240 + bleed 20",
+        {
+            "warmup_max_rise_db": 24.0,
+            "start_margin_db": 10.0,
+            "stop_margin_db": 6.0,
+            "hangover_ms": 240,
+            "bleed_margin_db": 20.0,
+        },
+    ),
 ]
 
 
-def sweep(cases: list[Case], base: VadParams, variants: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def sweep(
+    cases: list[Case], base: VadParams, variants: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
     conds = sorted({c.condition for c in cases}, key=CONDITIONS.index)
     out = []
-    header = ["variant"] + [f"{c} F1/on" for c in conds] + ["mean F1", "mean on", "end|med|", "tags"]
+    header = (
+        ["variant"] + [f"{c} F1/on" for c in conds] + ["mean F1", "mean on", "end|med|", "tags"]
+    )
     rows = []
     known = {f.name for f in dataclasses.fields(VadParams)}
     for name, over in variants:
@@ -730,10 +853,27 @@ def sweep(cases: list[Case], base: VadParams, variants: list[tuple[str, dict[str
             row.append(f"{f1:.3f}/{on:.2f}")
             per[c] = {"frame_f1": f1, "onset_f1": on}
         end_med = float(np.median(np.abs(ends))) if ends else float("nan")
-        row += [f"{np.mean(f1s):.3f}", f"{np.mean(ons):.3f}", f"{end_med:.0f}", f"{tag_hit}/{tag_n}"]
+        row += [
+            f"{np.mean(f1s):.3f}",
+            f"{np.mean(ons):.3f}",
+            f"{end_med:.0f}",
+            f"{tag_hit}/{tag_n}",
+        ]
         rows.append(row)
-        out.append({"variant": name, "overrides": over, "per_condition": per, "mean_frame_f1": float(np.mean(f1s)), "mean_onset_f1": float(np.mean(ons))})
-    print_table("VadParams sweep (mise; frame F1 / onset F1; tags = hits - false alarms over truth)", header, rows)
+        out.append(
+            {
+                "variant": name,
+                "overrides": over,
+                "per_condition": per,
+                "mean_frame_f1": float(np.mean(f1s)),
+                "mean_onset_f1": float(np.mean(ons)),
+            }
+        )
+    print_table(
+        "VadParams sweep (mise; frame F1 / onset F1; tags = hits - false alarms over truth)",
+        header,
+        rows,
+    )
     return out
 
 
@@ -749,7 +889,8 @@ def explain(cases: list[Case], params: VadParams, which: str) -> None:
         for t in case.fx.tracks:
             print(f"-- {t}")
             for tt in case.fx.truth_turns(t):
-                print(f"  truth {tt['start_ms']:6d}-{tt['end_ms']:6d} {tt['tags']} segs={tt['segments']}")
+                span = f"{tt['start_ms']:6d}-{tt['end_ms']:6d}"
+                print(f"  truth {span} {tt['tags']} segs={tt['segments']}")
             for d in det.turns.get(t, []):
                 fl = [k for k, v in d.flags.items() if v]
                 print(f"  mise  {d.start_ms:6d}-{d.end_ms:6d} {fl} segs={d.segments}")
@@ -775,10 +916,22 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="write every number to this JSON file")
-    ap.add_argument("--vad", action="append", default=[], metavar="NAME=VALUE", help="override a VadParams field")
+    ap.add_argument(
+        "--vad",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a VadParams field",
+    )
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
     ap.add_argument("--sweep", action="store_true", help="also try the built-in VadParams variants")
-    ap.add_argument("--explain", action="append", default=[], metavar="FIXTURE[:CONDITION]", help="print true vs detected turns")
+    ap.add_argument(
+        "--explain",
+        action="append",
+        default=[],
+        metavar="FIXTURE[:CONDITION]",
+        help="print true vs detected turns",
+    )
     args = ap.parse_args(argv)
     conds = [c for c in args.conditions.split(",") if c]
     for c in conds:
@@ -787,10 +940,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = VadParams(**parse_overrides(args.vad))
     t0 = time.perf_counter()
     cases = build_cases(conds)
-    print(
-        f"VAD accuracy bench: {len(cases)} cases ({', '.join(conds)}); "
-        f"webrtcvad {'available' if webrtcvad is not None else 'NOT installed (pip install .[bench])'}"
-    )
+    have = "available" if webrtcvad is not None else "NOT installed (pip install -e '.[bench]')"
+    print(f"VAD accuracy bench: {len(cases)} cases ({', '.join(conds)}); webrtcvad {have}")
     changed = {k: v for k, v in dataclasses.asdict(params).items() if v != getattr(VadParams(), k)}
     print(f"VadParams: {changed if changed else 'defaults'}")
     res = evaluate(cases, params)

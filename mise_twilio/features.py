@@ -14,12 +14,14 @@ Time grids used below (at 8 kHz):
 Methods:
 
 * Pitch: YIN, de Cheveigné & Kawahara (2002), "YIN, a fundamental frequency estimator for
-  speech and music", JASA 111(4), 1917-1930: difference function (computed for all frames at
-  once from an FFT cross-correlation and running energies), cumulative mean normalised
-  difference, absolute threshold, local-minimum descent and parabolic interpolation. A local
-  octave-jump fold and a 3-point median smooth the track afterwards (an F0 cannot halve or
-  double within 20 ms; telephone band-limiting removes the fundamental of low voices, which
-  is what provokes such jumps).
+  speech and music", JASA 111(4), 1917-1930: difference function (computed for batches of
+  frames from FFT autocorrelations and running energies, on a half-sample lag grid),
+  cumulative mean normalised difference, absolute threshold, local-minimum descent and
+  parabolic interpolation. Frames that never dip under the threshold are re-picked near the
+  turn's confident F0 (see ``FeatureParams.guide_range_semitones``). A local octave-jump fold
+  and a 3-point median smooth the track afterwards (an F0 cannot halve or double within
+  20 ms; telephone band-limiting removes the fundamental of low voices, which is what
+  provokes such jumps).
 * Speech rate: syllable nuclei after de Jong & Wempe (2009), "Praat script to detect syllable
   nuclei and measure speech rate automatically", Behavior Research Methods 41(2), 385-390:
   peaks of a smoothed intensity envelope that lie above a threshold relative to the turn's
@@ -86,7 +88,7 @@ class FeatureParams:
     * ``voicing_floor_dbfs``: pitch frames whose level (over the integration window) is below
       this are unvoiced.
     * ``voicing_range_db``: pitch frames more than this many dB below the turn's loudest pitch
-      frame are unvoiced.
+      frame inside speech are unvoiced.
     * ``min_voiced_run_ms``: voiced runs shorter than this are dropped as unvoiced.
     * ``min_voiced_frames``: fewer voiced pitch frames than this gives ``median_hz`` /
       ``iqr_semitones`` / ``slope_semitones_per_s`` of ``None``.
@@ -349,7 +351,8 @@ def _f0_track(
     sq[left + take + 1 :] = sq[left + take]
     run = _strided_frames(sq, size + 1, hop, n_pitch)
     level_db = _power_db((run[:, size] - run[:, 0]) / size)
-    gate = max(params.voicing_floor_dbfs, float(level_db.max()) - params.voicing_range_db)
+    loudest = float(level_db[in_speech].max()) if in_speech.any() else FLOOR_DBFS
+    gate = max(params.voicing_floor_dbfs, loudest - params.voicing_range_db)
     rows = np.flatnonzero(in_speech & (level_db >= gate))
     f0 = np.full(n_pitch, np.nan)
     m = rows.shape[0]

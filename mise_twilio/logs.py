@@ -9,6 +9,17 @@ from typing import Literal
 import structlog
 
 
+class _Stderr:
+    """``sys.stderr`` looked up on every write: test runners and daemons swap it after set-up,
+    and a logger holding the old object would write to a closed file."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", fmt: Literal["json", "console"] = "json") -> None:
     """Route structlog to stderr with ISO timestamps; ``level`` is a logging level name.
 
@@ -31,6 +42,6 @@ def configure_logging(level: str = "info", fmt: Literal["json", "console"] = "js
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

@@ -235,13 +235,17 @@ class Bridge:
 
         async def watchdog() -> None:
             # One timer per stream, not one per message: ``wait_for`` on every receive would
-            # cost more than the message itself.
-            while session.state != "closed":
+            # cost more than the message itself. It also hangs up on a session that was closed
+            # from outside the read loop (call.completed grace, shutdown): the read loop is
+            # blocked in receive() and would otherwise wait for the peer.
+            while True:
                 await asyncio.sleep(min(1.0, idle_s / 4))
-                if time.monotonic() - last_message > idle_s and session.state != "closed":
+                if session.state != "closed" and time.monotonic() - last_message > idle_s:
                     session.close("idle", at=time.time())
+                if session.state == "closed":
                     with contextlib.suppress(Exception):
                         await ws.close(code=1000)
+                    return
 
         guard = asyncio.get_running_loop().create_task(watchdog())
         histogram = self.metrics.message_processing_seconds

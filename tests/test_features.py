@@ -306,7 +306,9 @@ def test_silence_with_a_short_burst_of_voice() -> None:
 # --- speech rate ----------------------------------------------------------------------------
 
 
-def bursts(rate_hz: float, duration_s: float, f0: float = 140.0, duty: float = 0.6):
+def bursts(
+    rate_hz: float, duration_s: float, f0: float = 140.0, duty: float = 0.6
+) -> NDArray[np.int16]:
     """Harmonic complex gated into ``rate_hz`` syllable-like bursts (sin^2 envelope over
     ``duty`` of each period, silence in between)."""
     x = harmonic_complex(f0, duration_s, seed=5)

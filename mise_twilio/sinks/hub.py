@@ -14,9 +14,11 @@ and fsynced by the flusher on the lane's I/O thread, so the event loop never wai
 — until the buffer exceeds ``spool_buffer_max_bytes``: then ``publish`` writes it synchronously
 (without waiting for a new fsync, but after any flush already running). That is the trade-off:
 memory stays bounded by ``queue_max_records`` + ``spool_buffer_max_bytes`` per sink, at the
-price of occasional millisecond stalls of the loop when records arrive faster than the disk
-takes them. If the disk itself fails (full, read-only), the buffer is kept in memory and
-retried: the only way left not to drop.
+price of stalls of the loop (tens of ms; ``bench/sink_outage.py`` saw 84 ms unpaced at 50k
+records/s) when records arrive faster than the disk takes them. The spool thread also competes
+for the GIL, so a few publishes wait up to one switch interval (5 ms) while it runs. If the
+disk itself fails (full, read-only), the buffer is kept in memory and retried: the only way
+left not to drop.
 
 Order: per sink, records are delivered in publish order, also across restarts. The queue only
 receives records while the spool is empty. The moment a lane starts spilling (queue full, a
