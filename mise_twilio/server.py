@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -45,6 +46,7 @@ from mise_twilio.records import (
 from mise_twilio.signature import TwilioSignature
 from mise_twilio.sinks import SinkHub, build_hub
 from mise_twilio.status import CallLifecycle
+from mise_twilio.turn_audio import turn_audio_path, write_turn_wav
 from mise_twilio.webhook import make_webhook_endpoint, run_lifecycle_poller
 
 STREAM_PATH = "/v1/stream/twilio"
@@ -104,6 +106,7 @@ class Bridge:
         self.joins = _Joins()
         self.shutting_down = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._audio_writes: set[asyncio.Task[Any]] = set()
 
     # -- records out ----------------------------------------------------------------------
 
@@ -153,8 +156,15 @@ class Bridge:
         asyncio.get_running_loop().call_later(2.0, close)
 
     def flush_session(self, session: CallSession) -> None:
-        """Publish what the session produced; on ``stream.stopped`` record the join."""
-        for record in session.take_events():
+        """Publish what the session produced; on ``stream.stopped`` record the join.
+
+        With turn audio on, each turn record names its WAV file (``audio``), published now;
+        the file is written in a thread and appears (atomically) shortly after."""
+        events = session.take_events()
+        pcm_by_turn = dict(session.take_turn_audio()) if self.params.keep_turn_audio else {}
+        for record in events:
+            if isinstance(record, TurnRecord) and record.id in pcm_by_turn:
+                record = self._with_turn_audio(record, pcm_by_turn.pop(record.id))
             call_sid = record.call_sid
             if isinstance(record, StreamStopped) and call_sid:
                 self.joins.remember(call_sid, record.summary)
@@ -166,6 +176,27 @@ class Bridge:
                 self._release_completed(call_sid)
                 continue
             self.publish(record)
+
+    def _with_turn_audio(self, record: TurnRecord, pcm: bytes) -> TurnRecord:
+        path = turn_audio_path(self.settings.data_dir, record)
+        task = asyncio.get_running_loop().create_task(self._write_audio(path, pcm))
+        self._audio_writes.add(task)
+        task.add_done_callback(self._audio_writes.discard)
+        return record.model_copy(update={"audio": str(path)})
+
+    async def _write_audio(self, path: Path, pcm: bytes) -> None:
+        try:
+            await asyncio.to_thread(write_turn_wav, path, pcm)
+        except Exception:
+            log.exception("turn_audio_failed", path=str(path))
+
+    async def wait_for_audio(self, timeout_s: float) -> bool:
+        """Wait until every turn-audio file scheduled so far is written; ``False`` on timeout."""
+        pending = set(self._audio_writes)
+        if not pending:
+            return True
+        _, still = await asyncio.wait(pending, timeout=timeout_s)
+        return not still
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -206,11 +237,23 @@ class Bridge:
             task.cancel()
         for event in self.lifecycle.flush(time.monotonic()):
             self.publish_status(event)
-        report = await self.hub.drain(self.settings.shutdown_deadline_s)
+        deadline = time.monotonic() + self.settings.shutdown_deadline_s
+        if not await self.wait_for_audio(self.settings.shutdown_deadline_s / 2):
+            log.warning("turn_audio_unfinished", pending=len(self._audio_writes))
+        report = await self.hub.drain(max(0.1, deadline - time.monotonic()))
         log.info("drained", report={k: str(v) for k, v in report.items()})
         await self.hub.close()
 
     # -- the stream -----------------------------------------------------------------------
+
+    def _end_of_input(self, session: CallSession) -> None:
+        # uvicorn's shutdown hangs up every connection (close 1012) before the lifespan
+        # shutdown runs; ``ShutdownAwareWebSocket`` sets ``shutting_down`` first, so a stream
+        # cut that way ends as ``shutdown``, not as the peer's ``eof``.
+        if self.shutting_down:
+            session.close("shutdown", at=time.time())
+        else:
+            session.receive_eof(at=time.time())
 
     async def stream(self, ws: WebSocket) -> None:
         path = ws.url.path
@@ -233,6 +276,18 @@ class Bridge:
         last_message = time.monotonic()
         idle_s = self.settings.idle_timeout_s
 
+        counted: Counter[str] = Counter()
+
+        def count_messages() -> None:
+            # ``mise_messages_total`` from the session's own tally, by difference: once a
+            # second and at the end, so a long call shows up while it lasts at no per-message
+            # cost.
+            for event, count in session.messages.items():
+                delta = count - counted[event]
+                if delta:
+                    self.metrics.messages_total.labels(event=event).inc(delta)
+                    counted[event] = count
+
         async def watchdog() -> None:
             # One timer per stream, not one per message: ``wait_for`` on every receive would
             # cost more than the message itself. It also hangs up on a session that was closed
@@ -240,6 +295,7 @@ class Bridge:
             # blocked in receive() and would otherwise wait for the peer.
             while True:
                 await asyncio.sleep(min(1.0, idle_s / 4))
+                count_messages()
                 if session.state != "closed" and time.monotonic() - last_message > idle_s:
                     session.close("idle", at=time.time())
                 if session.state == "closed":
@@ -249,17 +305,16 @@ class Bridge:
 
         guard = asyncio.get_running_loop().create_task(watchdog())
         histogram = self.metrics.message_processing_seconds
-        messages = self.metrics.messages_total
         started_at = time.monotonic()
         try:
             while session.state != "closed":
                 try:
                     frame = await ws.receive()
                 except (WebSocketDisconnect, RuntimeError):
-                    session.receive_eof(at=time.time())
+                    self._end_of_input(session)
                     break
                 if frame["type"] == "websocket.disconnect":
-                    session.receive_eof(at=time.time())
+                    self._end_of_input(session)
                     break
                 last_message = time.monotonic()
                 text = frame.get("text")
@@ -286,8 +341,7 @@ class Bridge:
             session.close("eof", at=time.time())
         finally:
             guard.cancel()
-            for event, count in session.messages.items():
-                messages.labels(event=event).inc(count)
+            count_messages()
             self.flush_session(session)
             self.sessions.pop(key, None)
             self.metrics.active_streams.dec()
@@ -362,15 +416,34 @@ def create_app(
     return app
 
 
+def _shutdown_aware_ws_protocol(bridge: Bridge) -> type[Any]:
+    """uvicorn's websockets sans-I/O protocol, telling ``bridge`` when shutdown begins.
+
+    On SIGTERM uvicorn stops listening, calls ``shutdown()`` on every open connection (a
+    WebSocket gets close 1012 and its app sees ``websocket.disconnect``), waits for them up to
+    ``timeout_graceful_shutdown`` and only then runs the lifespan shutdown
+    (``Bridge.shutdown``). Marking the bridge as shutting down in the first step lets the read
+    loop end those streams with reason ``shutdown`` and refuse new ones, promptly."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    class ShutdownAwareWebSocket(WebSocketsSansIOProtocol):
+        def shutdown(self) -> None:
+            bridge.shutting_down = True
+            super().shutdown()
+
+    return ShutdownAwareWebSocket
+
+
 def uvicorn_config(app: Starlette, settings: Settings) -> Any:
     """A ``uvicorn.Config`` for ``app``: websockets' sans-I/O protocol, our own logging."""
     import uvicorn
 
+    bridge = getattr(app.state, "bridge", None)
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=_shutdown_aware_ws_protocol(bridge) if bridge is not None else "websockets-sansio",
         ws_max_size=WS_HARD_MAX_BYTES,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,

@@ -1,0 +1,85 @@
+"""Cross-track turn analytics against the fixtures' scripts (the analytics issue, item 1)."""
+
+from __future__ import annotations
+
+import pytest
+from support import expected
+
+from mise_twilio.records import AnyRecord, StreamStopped, TurnRecord
+
+GAP_TOLERANCE_MS = 60
+TWO_TRACK = ["fork_two_track", "lossy_3pct", "bleed_two_track"]
+
+
+def matched(records: list[AnyRecord], name: str) -> list[tuple[dict[str, object], TurnRecord]]:
+    turns = [r for r in records if isinstance(r, TurnRecord)]
+    pairs = []
+    for truth in expected(name)["turns"]:
+        found = [
+            t
+            for t in turns
+            if t.track == truth["track"]
+            and t.start_ms < truth["end_ms"]
+            and truth["start_ms"] < t.end_ms
+        ]
+        assert len(found) == 1, (name, truth)
+        pairs.append((truth, found[0]))
+    return pairs
+
+
+@pytest.mark.parametrize("name", TWO_TRACK)
+def test_flags_match_the_script(name: str, offline_records: dict[str, list[AnyRecord]]) -> None:
+    for truth, got in matched(offline_records[name], name):
+        tags = set(truth.get("tags") or [])  # type: ignore[call-overload]
+        assert got.barge_in is ("barge_in" in tags), (name, truth, got)
+        assert got.interrupted is ("interrupted" in tags), (name, truth, got)
+        assert got.backchannel is ("backchannel" in tags), (name, truth, got)
+
+
+@pytest.mark.parametrize("name", TWO_TRACK)
+def test_gap_before_matches_the_script_within_60ms(
+    name: str, offline_records: dict[str, list[AnyRecord]]
+) -> None:
+    checked = 0
+    for truth, got in matched(offline_records[name], name):
+        tags = set(truth.get("tags") or [])  # type: ignore[call-overload]
+        if truth.get("gap_before_ms") is None or "backchannel" in tags:
+            continue  # a backchannel's "gap" is to a turn that is still going
+        assert got.gap_before_ms is not None
+        assert abs(got.gap_before_ms - truth["gap_before_ms"]) <= GAP_TOLERANCE_MS, (truth, got)
+        checked += 1
+    assert checked >= 4
+
+
+def test_barge_in_is_an_interruption_and_a_backchannel_is_not(
+    offline_records: dict[str, list[AnyRecord]],
+) -> None:
+    records = offline_records["fork_two_track"]
+    summary = next(r for r in records if isinstance(r, StreamStopped)).summary
+    script = expected("fork_two_track")["turns"]
+    barge_ins = {
+        speaker: sum(
+            1
+            for t in script
+            if "barge_in" in (t.get("tags") or [])
+            and speaker == ("caller" if t["track"] == "inbound" else "agent")
+        )
+        for speaker in ("caller", "agent")
+    }
+    assert summary.interruptions == barge_ins
+    assert summary.overlap_ms is not None and summary.overlap_ms > 0
+    assert summary.response_latency is not None and summary.response_latency.count >= 3
+    # latency = agent start minus the caller turn end it answers: the script's agent gaps
+    agent_gaps = [
+        t["gap_before_ms"]
+        for t in script
+        if t["track"] == "outbound" and (t.get("gap_before_ms") or 0) > 0
+    ]
+    assert summary.response_latency.p50_ms is not None
+    assert abs(summary.response_latency.p50_ms - sorted(agent_gaps)[len(agent_gaps) // 2]) <= 100
+
+
+def test_bleed_does_not_open_turns(offline_records: dict[str, list[AnyRecord]]) -> None:
+    records = offline_records["bleed_two_track"]
+    turns = [r for r in records if isinstance(r, TurnRecord)]
+    assert len(turns) == len(expected("bleed_two_track")["turns"])
