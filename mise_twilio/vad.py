@@ -126,7 +126,6 @@ class EnergyVad:
     __slots__ = (
         "_after_silence",
         "_alpha",
-        "_speech_rise_per_frame",
         "_block_min",
         "_block_n",
         "_blocks",
@@ -141,6 +140,7 @@ class EnergyVad:
         "_power",
         "_pre_frames",
         "_recent_active_from",
+        "_speech_rise_per_frame",
         "in_speech",
     )
 
