@@ -657,9 +657,7 @@ class CallSession:
         union = _union([seg for segs in self._segments_ms.values() for seg in segs])
         silence_ms = max(0, span_ms - sum(e - s for s, e in union))
         incidents = sum(
-            1
-            for (_, e1), (s2, _) in itertools.pairwise(union)
-            if s2 - e1 > _SILENCE_INCIDENT_MS
+            1 for (_, e1), (s2, _) in itertools.pairwise(union) if s2 - e1 > _SILENCE_INCIDENT_MS
         )
         return CallSummary(
             duration_ms=span_ms,
