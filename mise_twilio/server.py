@@ -178,7 +178,7 @@ class Bridge:
             self.publish(record)
 
     def _with_turn_audio(self, record: TurnRecord, pcm: bytes) -> TurnRecord:
-        path = turn_audio_path(self.settings.data_dir, record)
+        path = turn_audio_path(self.settings.data_dir.absolute(), record)
         task = asyncio.get_running_loop().create_task(self._write_audio(path, pcm))
         self._audio_writes.add(task)
         task.add_done_callback(self._audio_writes.discard)
