@@ -36,7 +36,7 @@ TOKEN = "t0ken"
 class Receiver:
     """What the receiver saw; ``mode`` scripts its answers."""
 
-    mode: str = "outage"  # outage | rate_limit | ok | slow
+    mode: str = "outage"  # outage | rate_limit | ok | slow | bad_token
     started_at: float = field(default_factory=time.monotonic)
     requests: list[tuple[float, int, str, list[str]]] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
@@ -54,6 +54,8 @@ class Receiver:
             status = 503
         elif self.mode == "rate_limit" and not self.requests:
             status = 429
+        elif self.mode == "bad_token" and request.headers.get("authorization") != f"Bearer {TOKEN}":
+            status = 401
         elif self.mode == "slow":
             await asyncio.sleep(1)
         elif any(i.endswith("-poison") for i in ids):
@@ -65,6 +67,8 @@ class Receiver:
             return PlainTextResponse("warming up", status_code=503)
         if status == 400:
             return JSONResponse({"error": "record rejected: poison"}, status_code=400)
+        if status == 401:
+            return JSONResponse({"error": "bad token"}, status_code=401)
         self.acked.extend(ids)
         return JSONResponse({"accepted": len(ids)})
 
@@ -178,6 +182,33 @@ async def test_retry_after_is_honoured(receiver: Receiver, tmp_path: Path) -> No
     assert t_ok - t_429 >= 1.95, "waited the 2 s Retry-After despite a 50 ms backoff"
     assert key_ok == key_429
     assert receiver.auth == {""}, "no token configured: no Authorization header"
+
+
+async def test_a_wrong_token_keeps_records_in_the_spool_until_it_is_fixed(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """401 means the configuration is wrong, not the batch: nothing is dead-lettered, and once
+    the receiver accepts the token all records arrive."""
+    receiver.mode = "bad_token"
+    sink = HttpSink(receiver.url, bearer_token="wrong")
+    hub = make_hub(sink, tmp_path)
+    await hub.start()
+    for i in range(30):
+        hub.publish_envelope(Envelope(id=f"r-{i}", type="turn", json=f'{{"id":"r-{i}"}}'))
+    for _ in range(100):
+        if len(receiver.requests) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    assert receiver.requests and {status for _, status, _, _ in receiver.requests} == {401}
+    receiver.mode = "ok"  # the operator fixes the token on the receiving side
+    for _ in range(300):
+        if len(set(receiver.acked)) == 30:
+            break
+        await asyncio.sleep(0.02)
+    await hub.drain(2.0)
+    await hub.close()
+    assert set(receiver.acked) == {f"r-{i}" for i in range(30)}
+    assert not (tmp_path / "http" / "dead-letter.jsonl").exists()
 
 
 async def test_connect_refused_and_timeout_are_retryable(receiver: Receiver) -> None:
