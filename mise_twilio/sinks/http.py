@@ -18,11 +18,11 @@ without idempotency support can deduplicate on the records' ``id``.
 Responses: 2xx = delivered. Retryable (``SinkError.retryable``): connect errors, timeouts and
 other transport errors, 408, 425, 429 and 5xx, and also 401, 403, 404 and 407: those say *our*
 configuration is wrong (token, URL, proxy), not the batch, so the records wait in the spool
-until someone fixes it instead of being dead-lettered by the thousand; ``Retry-After`` (delta-seconds or HTTP-date) on
-429/503 becomes ``DeliveryError.retry_after_s``, which the hub waits at least. Any other status
-(3xx, 4xx) is not retryable: ``DeliveryError(retryable=False)`` with the status and the first
-``error_body_max_chars`` of the body; the hub then isolates the rejected records by bisection
-and dead-letters them.
+until someone fixes it instead of being dead-lettered by the thousand. ``Retry-After``
+(delta-seconds or HTTP-date) on 429/503 becomes ``DeliveryError.retry_after_s``, which the
+hub waits at least. Any other status (3xx, other 4xx) is not retryable:
+``DeliveryError(retryable=False)`` with the status and the first ``error_body_max_chars`` of
+the body; the hub then isolates the rejected records by bisection and dead-letters them.
 """
 
 from __future__ import annotations
