@@ -235,21 +235,6 @@ class StreamStatusEvent(_RecordBase):
     event_at: datetime | None = Field(description="Timestamp (ISO 8601 from Twilio) as UTC.")
 
 
-Record = Annotated[
-    TurnRecord
-    | StreamStarted
-    | StreamStopped
-    | DtmfEvent
-    | MarkEvent
-    | Diagnostic
-    | CallStatusEvent
-    | StreamStatusEvent,
-    Field(discriminator="type"),
-]
-"""Any record (a pydantic discriminated union on ``type``)."""
-
-RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
-
 AnyRecord = (
     TurnRecord
     | StreamStarted
@@ -260,6 +245,12 @@ AnyRecord = (
     | CallStatusEvent
     | StreamStatusEvent
 )
+"""Any record type (for annotations)."""
+
+Record = Annotated[AnyRecord, Field(discriminator="type")]
+"""Any record, as a pydantic discriminated union on ``type`` (for validation)."""
+
+RECORD_ADAPTER: TypeAdapter[AnyRecord] = TypeAdapter(Record)
 
 
 def to_json(record: AnyRecord) -> str:
