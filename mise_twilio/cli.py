@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import sys
 from collections.abc import Iterable, Sequence
@@ -60,6 +61,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"(stream: /v1/stream/twilio, webhooks: /v1/webhook/twilio)",
         file=sys.stderr,
     )
+    # uvicorn re-raises the signal that stopped it once its graceful shutdown is over; with
+    # SIGTERM's default action the process would then die "killed by SIGTERM" (143) after a
+    # clean drain. A no-op handler makes that re-raise harmless (uvicorn installs its own
+    # handlers on start, so this one only ever sees the re-raise), and the exit status is 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     return 0
 

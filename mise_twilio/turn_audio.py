@@ -6,7 +6,8 @@ sets ``TurnRecord.audio`` before the file exists and writes it off the event loo
 (``asyncio.to_thread(write_turn_wav, ...)``). Files appear atomically (written to a temporary
 name, then renamed), so a reader that sees the path never sees half a file.
 
-Layout: ``DATA_DIR/audio/<call_sid>/<turn index>-<speaker>.wav``.
+Layout: ``DATA_DIR/audio/<call_sid>/<stream_sid>/<turn index>-<speaker>.wav`` (a call can have
+several streams: a fork and a ``<Connect>``; turn indexes are per stream).
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ def _safe_component(value: str | None, fallback: str) -> str:
 
 
 def turn_audio_path(data_dir: Path, record: TurnRecord) -> Path:
-    """``data_dir/audio/<call_sid>/<index>-<speaker>.wav`` for ``record`` (nothing is created).
-
-    ``call_sid`` is reduced to ``[A-Za-z0-9_-]`` (the stream sid, then ``unknown``, when it is
-    missing)."""
-    call = _safe_component(record.call_sid, _safe_component(record.stream_sid, "unknown"))
-    return data_dir / "audio" / call / f"{record.index}-{record.speaker}.wav"
+    """``data_dir/audio/<call_sid>/<stream_sid>/<index>-<speaker>.wav`` for ``record`` (nothing
+    is created). The sids are reduced to ``[A-Za-z0-9_-]`` (``unknown`` when missing): they come
+    from the peer's ``start`` message."""
+    call = _safe_component(record.call_sid, "unknown")
+    stream = _safe_component(record.stream_sid, "unknown")
+    return data_dir / "audio" / call / stream / f"{record.index}-{record.speaker}.wav"
 
 
 def wav_bytes_16k(pcm_8k: bytes) -> bytes:

@@ -56,7 +56,7 @@ def test_wav_header_length_and_content(tmp_path: Path) -> None:
     params, samples = read_wav(path)
     assert (params.nchannels, params.sampwidth, params.framerate) == (1, 2, 16_000)
     assert params.comptype == "NONE"
-    assert params.nframes == 2 * len(pcm) // 2  # twice the 8 kHz sample count
+    assert params.nframes == 2 * (len(pcm) // 2)  # twice the 8 kHz sample count
     src = audio.pcm16_array(pcm)
     assert rms(samples) == pytest.approx(rms(src), rel=0.02)
     # Every other 16 kHz sample is (nearly) the 8 kHz input: soxr compensates its delay.
@@ -88,10 +88,18 @@ def test_fixture_turns_duration_and_rms(tmp_path: Path) -> None:
 def test_path_layout_and_unsafe_call_sid(tmp_path: Path) -> None:
     record, _ = session_turns("fork_two_track")[0]
     path = turn_audio_path(tmp_path, record)
-    assert path == tmp_path / "audio" / str(record.call_sid) / f"0-{record.speaker}.wav"
-    evil = record.model_copy(update={"call_sid": "../../etc/x", "index": 7, "speaker": "agent"})
+    assert path == (
+        tmp_path
+        / "audio"
+        / str(record.call_sid)
+        / str(record.stream_sid)
+        / f"0-{record.speaker}.wav"
+    )
+    evil = record.model_copy(
+        update={"call_sid": "../../etc/x", "stream_sid": "../..", "index": 7, "speaker": "agent"}
+    )
     path = turn_audio_path(tmp_path, evil)
-    assert path.parent.parent == tmp_path / "audio"
+    assert path.parent.parent.parent == tmp_path / "audio"
     assert path.name == "7-agent.wav" and ".." not in path.parts
     anonymous = record.model_copy(update={"call_sid": None, "stream_sid": None})
-    assert turn_audio_path(tmp_path, anonymous).parent.name == "unknown"
+    assert turn_audio_path(tmp_path, anonymous).parent.parts[-2:] == ("unknown", "unknown")

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from conftest_redis import RedisServer
@@ -181,7 +182,8 @@ async def test_turn_audio_wav_per_turn_named_by_the_record(
     assert sorted(Path(t["audio"]) for t in turns) == files  # one file per turn, no other
     for turn in turns:
         path = Path(turn["audio"])
-        assert path == audio_dir / turn["call_sid"] / f"{turn['index']}-{turn['speaker']}.wav"
+        stream_dir = audio_dir / turn["call_sid"] / turn["stream_sid"]
+        assert path == stream_dir / f"{turn['index']}-{turn['speaker']}.wav"
         with wave.open(str(path), "rb") as wav:
             assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16_000, 1, 2)
             assert abs(wav.getnframes() / 16 - turn["duration_ms"]) <= 20
@@ -199,7 +201,13 @@ async def test_metrics_match_records(server_settings: Callable[..., Settings]) -
         for lines in fixtures:
             await replay_websocket(lines, ws_base + STREAM_PATH, speed=0)
         await wait_until(lambda: not app.state.bridge.sessions, 10.0, "streams closed")
-        samples = await scrape(http_url)
+        # the sink writes in batches after the streams close: scrape once it has caught up
+        for _ in range(200):
+            samples = await scrape(http_url)
+            published = sum(labelled(samples, "mise_records_total", "type").values())
+            if labelled(samples, "mise_sink_delivered_total", "sink").get("jsonl") == published:
+                break
+            await asyncio.sleep(0.02)
     records = read_jsonl(settings.resolved_jsonl_path)
     assert {r["stream_sid"] for r in records} == {stream_sid_of(lines) for lines in fixtures}
 
@@ -341,7 +349,7 @@ async def test_sigkill_then_restart_delivers_spooled_records(
         try:
             deadline = time.monotonic() + 15.0
             while True:
-                entries = await client.xrange(stream, "-", "+")
+                entries: Any = await client.xrange(stream, "-", "+")
                 got = [fields[b"id"].decode() for _, fields in entries]
                 if set(spooled) <= set(got):
                     break

@@ -9,12 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from live_server import serve, wait_for_streams_to_close
+from server_harness import read_jsonl, running_server, wait_until
 from support import FIXTURE_NAMES, comparable, fixture_lines
 
 from mise_twilio.config import Settings
 from mise_twilio.records import AnyRecord
 from mise_twilio.replay import replay_websocket
+from mise_twilio.server import STREAM_PATH
 
 
 def by_stream(records: list[dict[str, Any]], stream_sid: str) -> list[dict[str, Any]]:
@@ -29,12 +30,13 @@ def stream_sid_of(lines: list[str]) -> str:
 async def test_every_fixture_live_equals_offline(
     server_settings: Callable[..., Settings], offline_records: dict[str, list[AnyRecord]]
 ) -> None:
-    async with serve(server_settings()) as live:
+    settings = server_settings()
+    async with running_server(settings) as (_http_url, ws_base, app):
         for name in FIXTURE_NAMES:
-            stats = await replay_websocket(fixture_lines(name), live.ws_url, speed=0)
+            stats = await replay_websocket(fixture_lines(name), ws_base + STREAM_PATH, speed=0)
             assert stats.messages_sent == len(fixture_lines(name))
-        await wait_for_streams_to_close(live.app)
-    records = live.records()  # after shutdown: sinks drained
+        await wait_until(lambda: not app.state.bridge.sessions, 10.0, "streams closed")
+    records = read_jsonl(settings.resolved_jsonl_path)  # after shutdown: sinks drained
     for name in FIXTURE_NAMES:
         offline = [comparable(r) for r in offline_records[name]]
         got = by_stream(records, stream_sid_of(fixture_lines(name)))
@@ -49,11 +51,12 @@ async def test_paced_replay_places_audio_by_timestamp_not_arrival(
     server_settings: Callable[..., Settings], offline_records: dict[str, list[AnyRecord]]
 ) -> None:
     lines = fixture_lines("connect_inbound")
-    async with serve(server_settings()) as live:
-        stats = await replay_websocket(lines, live.ws_url, speed=8.0)
-        await wait_for_streams_to_close(live.app)
+    settings = server_settings()
+    async with running_server(settings) as (_http_url, ws_base, app):
+        stats = await replay_websocket(lines, ws_base + STREAM_PATH, speed=8.0)
+        await wait_until(lambda: not app.state.bridge.sessions, 10.0, "streams closed")
     assert stats.wall_s >= stats.media_span_ms / 1000 / 8 * 0.9
-    got = by_stream(live.records(), stream_sid_of(lines))
+    got = by_stream(read_jsonl(settings.resolved_jsonl_path), stream_sid_of(lines))
     assert got == [comparable(r) for r in offline_records["connect_inbound"]]
 
 
@@ -75,15 +78,16 @@ async def test_twenty_concurrent_replays_all_get_their_records(
         (names[i % len(names)], _as_other_call(fixture_lines(names[i % len(names)]), i))
         for i in range(20)
     ]
-    async with serve(server_settings()) as live:
+    settings = server_settings()
+    async with running_server(settings) as (http_url, ws_base, app):
         results = await asyncio.gather(
-            *(replay_websocket(lines, live.ws_url, speed=0) for _, lines in calls)
+            *(replay_websocket(lines, ws_base + STREAM_PATH, speed=0) for _, lines in calls)
         )
         assert all(r.messages_sent > 0 for r in results)
-        await wait_for_streams_to_close(live.app)
+        await wait_until(lambda: not app.state.bridge.sessions, 10.0, "streams closed")
         async with httpx.AsyncClient() as client:
-            metrics = (await client.get(live.http_url + "/metrics")).text
-    records = live.records()
+            metrics = (await client.get(http_url + "/metrics")).text
+    records = read_jsonl(settings.resolved_jsonl_path)
     for name, lines in calls:
         sid = stream_sid_of(lines)
         got = by_stream(records, sid)
@@ -96,12 +100,16 @@ async def test_twenty_concurrent_replays_all_get_their_records(
 
 
 async def test_health_and_unknown_paths(server_settings: Callable[..., Settings]) -> None:
-    async with serve(server_settings()) as live, httpx.AsyncClient() as client:
-        health = await client.get(live.http_url + "/healthz")
+    settings = server_settings()
+    async with (
+        running_server(settings) as (http_url, _ws_base, _app),
+        httpx.AsyncClient() as client,
+    ):
+        health = await client.get(http_url + "/healthz")
         assert health.status_code == 200 and health.json()["status"] == "ok"
-        ready = await client.get(live.http_url + "/readyz")
+        ready = await client.get(http_url + "/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True
-        assert (await client.get(live.http_url + "/nope")).status_code == 404
+        assert (await client.get(http_url + "/nope")).status_code == 404
 
 
 async def test_idle_stream_is_ended_and_its_turns_kept(
@@ -111,13 +119,14 @@ async def test_idle_stream_is_ended_and_its_turns_kept(
 
     lines = fixture_lines("connect_inbound")
     head = [line for line in lines if '"event":"stop"' not in line][:400]  # first turn, no stop
-    async with serve(server_settings(idle_timeout_s=0.5)) as live:
-        async with connect(live.ws_url) as ws:
+    settings = server_settings(idle_timeout_s=0.5)
+    async with running_server(settings) as (_http_url, ws_base, app):
+        async with connect(ws_base + STREAM_PATH) as ws:
             for line in head:
                 await ws.send(line)
             await asyncio.wait_for(ws.wait_closed(), 5)  # the server hangs up on the idle stream
-        await wait_for_streams_to_close(live.app)
-    records = by_stream(live.records(), stream_sid_of(lines))
+        await wait_until(lambda: not app.state.bridge.sessions, 10.0, "streams closed")
+    records = by_stream(read_jsonl(settings.resolved_jsonl_path), stream_sid_of(lines))
     assert records[-1]["type"] == "stream.stopped" and records[-1]["reason"] == "idle"
     assert [r for r in records if r["type"] == "turn"]
 
@@ -128,10 +137,11 @@ async def test_bad_frames_do_not_end_the_stream(
 ) -> None:
     lines = fixture_lines("connect_inbound")
     poisoned = lines[:100] + [bad] * 3 + lines[100:]
-    async with serve(server_settings()) as live:
-        stats = await replay_websocket(poisoned, live.ws_url, speed=0)
-        await wait_for_streams_to_close(live.app)
+    settings = server_settings()
+    async with running_server(settings) as (_http_url, ws_base, app):
+        stats = await replay_websocket(poisoned, ws_base + STREAM_PATH, speed=0)
+        await wait_until(lambda: not app.state.bridge.sessions, 10.0, "streams closed")
     assert stats.close_code in (None, 1000)
-    records = by_stream(live.records(), stream_sid_of(lines))
+    records = by_stream(read_jsonl(settings.resolved_jsonl_path), stream_sid_of(lines))
     assert len([r for r in records if r["type"] == "turn"]) == 3
     assert any(r["type"] == "diagnostic" for r in records)
