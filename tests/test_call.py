@@ -13,9 +13,6 @@ from mise_twilio.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
 from mise_twilio.replay import replay_offline
 
 BOUNDARY_TOLERANCE_MS = 100
-# Crosstalk fixtures are the analytics issue's bleed-robust VAD work; their own-speaker turns
-# are checked there.
-SINGLE_SPEAKER_TRUTH = [n for n in FIXTURE_NAMES if n != "bleed_two_track"]
 
 
 def turns_of(records: list[AnyRecord]) -> list[TurnRecord]:
@@ -34,7 +31,7 @@ def match(turns: list[TurnRecord], truth: dict[str, Any]) -> TurnRecord:
     return found[0]
 
 
-@pytest.mark.parametrize("name", SINGLE_SPEAKER_TRUTH)
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_turns_match_ground_truth_within_100ms(
     name: str, offline_records: dict[str, list[AnyRecord]]
 ) -> None:
@@ -168,3 +165,21 @@ def test_one_bad_message_never_ends_the_call() -> None:
     clean = turns_of(replay_offline(lines))
     dirty = turns_of(replay_offline(poisoned))
     assert [(t.start_ms, t.end_ms) for t in dirty] == [(t.start_ms, t.end_ms) for t in clean]
+
+
+@pytest.mark.parametrize("name", ["fork_two_track", "connect_inbound"])
+def test_turn_records_come_out_within_1s_of_their_end(name: str) -> None:
+    """Fed as Twilio sends it, each turn record is out before any media stamped more than
+    1 s after the turn's end has been fed (both tracks live: the analytics issue's bound)."""
+    session = CallSession()
+    fed_ms = 0
+    lateness: list[int] = []
+    for line in fixture_lines(name):
+        if '"event":"media"' in line:
+            fed_ms = max(fed_ms, int(json.loads(line)["media"]["timestamp"]))
+        session.receive_text(line)
+        for record in session.take_events():
+            if isinstance(record, TurnRecord) and record.end_reason != "stream_end":
+                lateness.append(fed_ms - record.end_ms)
+    assert lateness
+    assert max(lateness) <= 1000, lateness
