@@ -426,11 +426,17 @@ class CallSession:
             raise ProtocolError(
                 "unknown_track", f"media on unknown track {track!r}", sequence_number=seq
             )
+        if self._turns is not None:
+            # Analysis has started with a fixed set of tracks (the turn tracker's); a track
+            # appearing mid-call cannot join it, and must not take the call down either.
+            raise ProtocolError(
+                "unlisted_track",
+                f"media on {track!r}, not listed in start.tracks, after the call began; dropped",
+                sequence_number=seq,
+            )
         if track not in self.tracks:
             self._diag("unlisted_track", f"media on {track!r}, not listed in start.tracks", seq)
             self.tracks.append(track)
-        if self._turns is None and self._pipes:
-            pass
         pipe = _TrackPipe(track, self._origin or 0, self.params)
         self._pipes[track] = pipe
         self._pipe_list = [self._pipes[t] for t in TRACKS if t in self._pipes]

@@ -183,3 +183,18 @@ def test_turn_records_come_out_within_1s_of_their_end(name: str) -> None:
                 lateness.append(fed_ms - record.end_ms)
     assert lateness
     assert max(lateness) <= 1000, lateness
+
+
+def test_media_on_an_unlisted_track_mid_call_is_dropped_not_fatal() -> None:
+    lines = fixture_lines("connect_inbound")  # start.tracks == ["inbound"]
+    media = [i for i, line in enumerate(lines) if '"event":"media"' in line]
+    stray = json.loads(lines[media[300]])
+    stray["media"]["track"] = "outbound"
+    poisoned = lines[: media[300]] + [json.dumps(stray)] * 5 + lines[media[300] :]
+    records = replay_offline(poisoned)
+    codes = [r.code for r in records if isinstance(r, Diagnostic)]
+    assert codes == ["unlisted_track"] * 5
+    clean = replay_offline(lines)
+    assert [(t.start_ms, t.end_ms) for t in turns_of(records)] == [
+        (t.start_ms, t.end_ms) for t in turns_of(clean)
+    ]
