@@ -73,6 +73,9 @@ class SessionParams:
       the server enforces the same limit on the socket.
     - ``max_chunk_ms``: one media payload longer than this is dropped (``chunk_too_long``):
       Twilio sends 20 ms chunks, and a huge one would shift the whole timeline.
+    - ``max_timestamp_ms``: ``media.timestamp`` outside ``[0, this]`` is rejected
+      (``bad_timestamp``): no Twilio call streams for six hours, and a wild value must not
+      become the call's clock origin.
     - ``max_gap_ms``: a timestamp jump above this is a discontinuity, not filled with silence.
     - ``max_track_skew_ms``: how far one track may run ahead of a silent one before the silent
       one is taken as silence (bounds how late a turn record can be).
@@ -89,6 +92,7 @@ class SessionParams:
     max_message_bytes: int = 64 * 1024
     max_chunk_ms: int = 1000
     max_gap_ms: int = 5000
+    max_timestamp_ms: int = 6 * 3600 * 1000
     max_track_skew_ms: int = 1000
     max_diagnostics_per_code: int = 10
     max_custom_parameters: int = 99
@@ -372,6 +376,12 @@ class CallSession:
         pipe = self._pipes.get(track)
         if pipe is None:
             pipe = self._add_track(track, seq)
+        if not 0 <= media.timestamp <= self.params.max_timestamp_ms:
+            raise ProtocolError(
+                "bad_timestamp",
+                f"media.timestamp {media.timestamp} outside 0..{self.params.max_timestamp_ms} ms",
+                sequence_number=seq,
+            )
         payload = decode_payload(media.payload)
         if not payload:
             raise ProtocolError("empty_payload", "media.payload is empty", sequence_number=seq)
