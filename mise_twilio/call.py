@@ -375,7 +375,7 @@ class CallSession:
         track = _normalise_track(media.track)
         pipe = self._pipes.get(track)
         if pipe is None:
-            pipe = self._add_track(track, seq)
+            self._admit_track(track, seq)
         if not 0 <= media.timestamp <= self.params.max_timestamp_ms:
             raise ProtocolError(
                 "bad_timestamp",
@@ -392,10 +392,12 @@ class CallSession:
                 sequence_number=seq,
             )
         if self._origin is None:
+            # The first valid chunk anchors the call's frame grid; pipes are made only now,
+            # so every timeline is built on it.
             self._origin = media.timestamp * audio.SAMPLES_PER_MS
             self._origin_ms = media.timestamp
-            for existing in self._pipe_list:
-                existing.timeline = TrackTimeline(self._origin, max_gap_ms=self.params.max_gap_ms)
+        if pipe is None:
+            pipe = self._new_pipe(track)
         pipe.media_messages += 1
         verdict = pipe.timeline.push(media.timestamp, payload, media.chunk)
         if verdict is not None:
@@ -431,7 +433,8 @@ class CallSession:
 
     # -- lockstep analysis -------------------------------------------------------------------
 
-    def _add_track(self, track: str, seq: int | None) -> _TrackPipe:
+    def _admit_track(self, track: str, seq: int | None) -> None:
+        """Check that media on a track with no pipe yet may start one; raises otherwise."""
         if track not in TRACKS:
             raise ProtocolError(
                 "unknown_track", f"media on unknown track {track!r}", sequence_number=seq
@@ -447,28 +450,31 @@ class CallSession:
         if track not in self.tracks:
             self._diag("unlisted_track", f"media on {track!r}, not listed in start.tracks", seq)
             self.tracks.append(track)
-        pipe = _TrackPipe(track, self._origin or 0, self.params)
+
+    def _new_pipe(self, track: str) -> _TrackPipe:
+        assert self._origin is not None
+        pipe = _TrackPipe(track, self._origin, self.params)
         self._pipes[track] = pipe
         self._pipe_list = [self._pipes[t] for t in TRACKS if t in self._pipes]
         return pipe
 
-    def _ensure_pipes(self) -> None:
+    def _start_analysis(self) -> None:
+        """Once, at the first frames: a pipe for every listed track, and the turn tracker."""
         for track in self.tracks:
             if track not in self._pipes:
-                self._pipes[track] = _TrackPipe(track, self._origin or 0, self.params)
-        self._pipe_list = [self._pipes[t] for t in TRACKS if t in self._pipes]
-        if self._turns is None:
-            self._turns = TurnTracker(
-                [p.track for p in self._pipe_list],
-                self.params.vad,
-                cross_track=len(self._pipe_list) == 2,
-            )
+                self._new_pipe(track)
+        self._turns = TurnTracker(
+            [p.track for p in self._pipe_list],
+            self.params.vad,
+            cross_track=len(self._pipe_list) == 2,
+        )
 
     def _advance(self, *, final: bool) -> None:
         """Process every frame that all tracks have delivered (or that skew/finality allows)."""
         if self._origin is None:
             return
-        self._ensure_pipes()
+        if self._turns is None:
+            self._start_analysis()
         pipes = self._pipe_list
         if self._cursor is None:
             firsts = [p.timeline.frames[0][0] for p in pipes if p.timeline.frames]
@@ -496,14 +502,8 @@ class CallSession:
                 if final or lead - k > self._skew_frames:
                     continue
                 return  # this track has not delivered frame k yet: wait for it
-            if not any_frame:
-                if final:
-                    return
-                nxt = min(
-                    (p.timeline.frames[0][0] for p in pipes if p.timeline.frames), default=None
-                )
-                if nxt is None:
-                    return
+            if not any_frame and (final or not any(p.timeline.frames for p in pipes)):
+                return  # nothing left at or after k
             self._step(k)
             self._cursor = k + 1
 
@@ -517,7 +517,7 @@ class CallSession:
             lost = 0
             while frames and frames[0][0] <= k:
                 idx, ulaw, lost_samples = frames.popleft()
-                if ulaw is DISCONTINUITY or not ulaw:
+                if ulaw == DISCONTINUITY:
                     self._discontinuity(p, k)
                     continue
                 if idx < k:
