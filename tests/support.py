@@ -34,3 +34,47 @@ def comparable(record: AnyRecord | dict[str, Any]) -> dict[str, Any]:
     """A record as a dict without wall-clock fields (for offline vs live comparisons)."""
     data = record if isinstance(record, dict) else json.loads(record.model_dump_json(by_alias=True))
     return {k: v for k, v in data.items() if k not in WALL_CLOCK_FIELDS}
+
+
+# A status callback with every field of the real ``initiated`` one in twilio-protocol.md §5
+# (outbound-api, a US caller to an Indian number); values are fakes of the right shape.
+CALL_SID = "CA0123456789abcdef0123456789abcdef"
+ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
+FROM = "+14155550123"
+TO = "+919876543210"
+
+
+def status_form(**overrides: str) -> dict[str, str]:
+    """The real ``initiated`` status callback's form fields; keyword arguments replace fields."""
+    form = {
+        "Called": TO,
+        "ToState": "",
+        "CallerCountry": "US",
+        "Direction": "outbound-api",
+        "Timestamp": "Thu, 12 Feb 2026 11:48:25 +0000",
+        "CallbackSource": "call-progress-events",
+        "CallerState": "CA",
+        "ToZip": "",
+        "SequenceNumber": "0",
+        "CallSid": CALL_SID,
+        "To": TO,
+        "CallerZip": "",
+        "ToCountry": "IN",
+        "CalledZip": "",
+        "ApiVersion": "2010-04-01",
+        "CalledCity": "",
+        "CallStatus": "initiated",
+        "From": FROM,
+        "AccountSid": ACCOUNT_SID,
+        "CalledCountry": "IN",
+        "CallerCity": "",
+        "ToCity": "",
+        "FromCountry": "US",
+        "Caller": FROM,
+        "FromCity": "",
+        "CalledState": "",
+        "FromZip": "",
+        "FromState": "CA",
+    }
+    form.update(overrides)
+    return form

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support import status_form
 from twilio.request_validator import RequestValidator
 
 from mise_twilio.signature import TwilioSignature
@@ -12,36 +13,7 @@ PUBLIC = "https://ingest.example.com"
 PATH = "/v1/webhook/twilio"
 
 # A status callback in the shape of the real one in twilio-protocol.md §5 (initiated).
-PARAMS = {
-    "Called": "+919876543210",
-    "ToState": "",
-    "CallerCountry": "US",
-    "Direction": "outbound-api",
-    "Timestamp": "Thu, 12 Feb 2026 11:48:25 +0000",
-    "CallbackSource": "call-progress-events",
-    "CallerState": "CA",
-    "ToZip": "",
-    "SequenceNumber": "0",
-    "CallSid": "CA0123456789abcdef0123456789abcdef",
-    "To": "+919876543210",
-    "CallerZip": "",
-    "ToCountry": "IN",
-    "CalledZip": "",
-    "ApiVersion": "2010-04-01",
-    "CalledCity": "",
-    "CallStatus": "initiated",
-    "From": "+14155550123",
-    "AccountSid": "AC0123456789abcdef0123456789abcdef",
-    "CalledCountry": "IN",
-    "CallerCity": "",
-    "ToCity": "",
-    "FromCountry": "US",
-    "Caller": "+14155550123",
-    "FromCity": "",
-    "CalledState": "",
-    "FromZip": "",
-    "FromState": "CA",
-}
+PARAMS = status_form()
 
 
 def _sign(url: str, params: dict[str, str] | None = None, token: str = TOKEN) -> str:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ACCOUNT_SID, CALL_SID, FROM, TO, status_form
 
 from mise_twilio.errors import WebhookError
 from mise_twilio.pii import PiiPolicy
@@ -18,47 +19,12 @@ from mise_twilio.status import (
 )
 
 PII = PiiPolicy(b"test-pii-key", keep=False)
-CALL_SID = "CA0123456789abcdef0123456789abcdef"
-ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
 STREAM_SID = "MZ0123456789abcdef0123456789abcdef"
-FROM = "+14155550123"
-TO = "+919876543210"
 
 
 def initiated_form(**overrides: str) -> dict[str, str]:
     """Every field of the real `initiated` callback (protocol §5), outbound-api, to India."""
-    form = {
-        "Called": TO,
-        "ToState": "",
-        "CallerCountry": "US",
-        "Direction": "outbound-api",
-        "Timestamp": "Thu, 12 Feb 2026 11:48:25 +0000",
-        "CallbackSource": "call-progress-events",
-        "CallerState": "CA",
-        "ToZip": "",
-        "SequenceNumber": "0",
-        "CallSid": CALL_SID,
-        "To": TO,
-        "CallerZip": "",
-        "ToCountry": "IN",
-        "CalledZip": "",
-        "ApiVersion": "2010-04-01",
-        "CalledCity": "",
-        "CallStatus": "initiated",
-        "From": FROM,
-        "AccountSid": ACCOUNT_SID,
-        "CalledCountry": "IN",
-        "CallerCity": "",
-        "ToCity": "",
-        "FromCountry": "US",
-        "Caller": FROM,
-        "FromCity": "",
-        "CalledState": "",
-        "FromZip": "",
-        "FromState": "CA",
-    }
-    form.update(overrides)
-    return form
+    return status_form(**overrides)
 
 
 def ringing_form() -> dict[str, str]:

@@ -23,6 +23,7 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
+from support import ACCOUNT_SID, CALL_SID, FROM, TO, status_form
 from twilio.request_validator import RequestValidator
 
 from mise_twilio.pii import PiiPolicy
@@ -36,47 +37,17 @@ PUBLIC = "https://ingest.example.com"
 SIGNED_URL = PUBLIC + WEBHOOK_PATH
 MAX_BODY = 16 * 1024
 WINDOW_S = 0.3
-CALL_SID = "CA0123456789abcdef0123456789abcdef"
-ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
-FROM = "+14155550123"
-TO = "+919876543210"
 RAW_NUMBERS = (FROM, TO, FROM[1:], TO[1:], "%2B14155550123", "%2B919876543210")
 
 
 def callback(status: str, seq: int, **extra: str) -> dict[str, str]:
     """A status callback with the real field set of twilio-protocol.md §5."""
-    form = {
-        "Called": TO,
-        "ToState": "",
-        "CallerCountry": "US",
-        "Direction": "outbound-api",
-        "Timestamp": f"Thu, 12 Feb 2026 11:48:{25 + seq:02d} +0000",
-        "CallbackSource": "call-progress-events",
-        "CallerState": "CA",
-        "ToZip": "",
-        "SequenceNumber": str(seq),
-        "CallSid": CALL_SID,
-        "To": TO,
-        "CallerZip": "",
-        "ToCountry": "IN",
-        "CalledZip": "",
-        "ApiVersion": "2010-04-01",
-        "CalledCity": "",
+    fields = {
         "CallStatus": status,
-        "From": FROM,
-        "AccountSid": ACCOUNT_SID,
-        "CalledCountry": "IN",
-        "CallerCity": "",
-        "ToCity": "",
-        "FromCountry": "US",
-        "Caller": FROM,
-        "FromCity": "",
-        "CalledState": "",
-        "FromZip": "",
-        "FromState": "CA",
+        "SequenceNumber": str(seq),
+        "Timestamp": f"Thu, 12 Feb 2026 11:48:{25 + seq:02d} +0000",
     }
-    form.update(extra)
-    return form
+    return status_form(**(fields | extra))
 
 
 def sign(url: str, params: dict[str, str] | None = None, token: str = TOKEN) -> str:
