@@ -223,6 +223,7 @@ class CallSession:
             elif isinstance(message, ConnectedMessage):
                 self.protocol_version = message.version
             elif isinstance(message, StopMessage):
+                self._require_started("stop", message.sequence_number)
                 if self._check_stream(message.stream_sid, message.sequence_number):
                     self.close("stop", at=received_at)
             elif isinstance(message, DtmfMessage):
@@ -362,12 +363,20 @@ class CallSession:
             )
         )
 
-    def _on_media(self, message: MediaMessage) -> None:
-        seq = message.sequence_number
+    def _require_started(self, event: str, seq: int | None) -> None:
+        """Raise ``{event}_before_start`` unless ``start`` was accepted.
+
+        Before ``start`` the session has no ``streamSid`` to check a message against, so a
+        stray ``stop`` (or media, mark, dtmf) from anywhere would otherwise act on this stream:
+        a ``stop`` closed it and the whole call was lost."""
         if self.state != "streaming":
             raise ProtocolError(
-                "media_before_start", "media before start ignored", sequence_number=seq
+                f"{event}_before_start", f"{event} before start ignored", sequence_number=seq
             )
+
+    def _on_media(self, message: MediaMessage) -> None:
+        seq = message.sequence_number
+        self._require_started("media", seq)
         self._check_stream_or_raise(message.stream_sid, seq)
         if not self._media_ok:
             return
@@ -405,6 +414,7 @@ class CallSession:
         self._advance(final=False)
 
     def _on_dtmf(self, message: DtmfMessage) -> None:
+        self._require_started("dtmf", message.sequence_number)
         self._check_stream_or_raise(message.stream_sid, message.sequence_number)
         seq = message.sequence_number
         self._events.append(
@@ -419,6 +429,7 @@ class CallSession:
         )
 
     def _on_mark(self, message: MarkMessage) -> None:
+        self._require_started("mark", message.sequence_number)
         self._check_stream_or_raise(message.stream_sid, message.sequence_number)
         seq = message.sequence_number
         self._events.append(

@@ -78,3 +78,84 @@ def status_form(**overrides: str) -> dict[str, str]:
     }
     form.update(overrides)
     return form
+
+
+def scripted_call_lines(
+    speech_ms: dict[str, list[tuple[int, int]]],
+    duration_ms: int,
+    *,
+    first_timestamp_ms: int = 120,
+    stream_sid: str = "MZ" + "5" * 32,
+    seed: int = 0,
+) -> list[str]:
+    """A Twilio-wire call (connected, start, media per 20 ms tick, stop) in which each track
+    carries loud noise bursts (about -20 dBFS, speech-like 4 Hz envelope) over its
+    ``speech_ms`` spans (stream ms from the first media frame) and -60 dBFS line noise
+    elsewhere. For summary and turn rules that need a known timeline, not realistic speech."""
+    import base64
+
+    import numpy as np
+
+    from mise_twilio.audio import pcm16_to_ulaw
+
+    rng = np.random.default_rng(seed)
+    n = duration_ms * 8
+    tracks = list(speech_ms)
+    ulaw: dict[str, bytes] = {}
+    for track, spans in speech_ms.items():
+        x = rng.normal(0.0, 32768 * 10 ** (-60 / 20), n)
+        t = np.arange(n) / 8000.0
+        for start, end in spans:
+            seg = slice(start * 8, end * 8)
+            envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t[seg])
+            x[seg] += rng.normal(0.0, 32768 * 10 ** (-20 / 20), end * 8 - start * 8) * envelope
+        pcm = np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+        ulaw[track] = pcm16_to_ulaw(pcm)
+    call = "CA" + "5" * 32
+    account = "AC" + "5" * 32
+    lines = [json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})]
+    lines.append(
+        json.dumps(
+            {
+                "event": "start",
+                "sequenceNumber": "1",
+                "start": {
+                    "accountSid": account,
+                    "streamSid": stream_sid,
+                    "callSid": call,
+                    "tracks": tracks,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                    "customParameters": {},
+                },
+                "streamSid": stream_sid,
+            }
+        )
+    )
+    seq = 1
+    for k in range(n // 160):
+        for track in tracks:
+            seq += 1
+            payload = base64.b64encode(ulaw[track][k * 160 : (k + 1) * 160]).decode()
+            media = {
+                "track": track,
+                "chunk": str(k + 1),
+                "timestamp": str(first_timestamp_ms + 20 * k),
+                "payload": payload,
+            }
+            lines.append(
+                json.dumps(
+                    {
+                        "event": "media",
+                        "sequenceNumber": str(seq),
+                        "media": media,
+                        "streamSid": stream_sid,
+                    }
+                )
+            )
+    stop = {"accountSid": account, "callSid": call}
+    lines.append(
+        json.dumps(
+            {"event": "stop", "sequenceNumber": str(seq + 1), "streamSid": stream_sid, "stop": stop}
+        )
+    )
+    return lines

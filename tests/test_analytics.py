@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 from support import expected
 
+from mise_twilio.audio import FRAME_MS
 from mise_twilio.records import AnyRecord, StreamStopped, TurnRecord
 
-GAP_TOLERANCE_MS = 60
+GRID_TOLERANCE_MS = 3 * FRAME_MS
+"""A detected gap is the difference of two boundaries on the 20 ms frame grid (±20 ms each
+against the script's whole-ms labels), and the VAD decides an end one frame at a time (the
+post-roll rounds it up by up to a frame): three frames. On top come the generator's own
+uncertainties at the two edges involved (``edge_uncertainty_ms`` in expected.json: labelled
+speech too close to the line noise to be told from it)."""
 TWO_TRACK = ["fork_two_track", "lossy_3pct", "bleed_two_track"]
 
 
@@ -37,16 +43,26 @@ def test_flags_match_the_script(name: str, offline_records: dict[str, list[AnyRe
 
 
 @pytest.mark.parametrize("name", TWO_TRACK)
-def test_gap_before_matches_the_script_within_60ms(
+def test_gap_before_matches_the_script_within_the_grid_and_label_uncertainty(
     name: str, offline_records: dict[str, list[AnyRecord]]
 ) -> None:
+    script = expected(name)["turns"]
     checked = 0
     for truth, got in matched(offline_records[name], name):
         tags = set(truth.get("tags") or [])  # type: ignore[call-overload]
         if truth.get("gap_before_ms") is None or "backchannel" in tags:
             continue  # a backchannel's "gap" is to a turn that is still going
+        previous = [
+            t for t in script if t["track"] != truth["track"] and t["start_ms"] < truth["start_ms"]
+        ][-1]
+        tolerance = (
+            GRID_TOLERANCE_MS
+            + truth["edge_uncertainty_ms"][0]  # type: ignore[index]
+            + previous["edge_uncertainty_ms"][1]
+        )
         assert got.gap_before_ms is not None
-        assert abs(got.gap_before_ms - truth["gap_before_ms"]) <= GAP_TOLERANCE_MS, (truth, got)
+        error = abs(got.gap_before_ms - truth["gap_before_ms"])  # type: ignore[operator]
+        assert error <= tolerance, (truth, got, tolerance)
         checked += 1
     assert checked >= 4
 

@@ -56,6 +56,21 @@ def test_lost_frames_show_up_in_lost_ms(offline_records: dict[str, list[AnyRecor
     assert set(clean.summary.lost_ms.values()) == {0}
 
 
+def test_each_turn_counts_exactly_the_frames_lost_inside_it(
+    offline_records: dict[str, list[AnyRecord]],
+) -> None:
+    # lost_spans are the generator's own record of the frames it did not send, on the same
+    # 20 ms grid as the turns: the count is exact, not approximate.
+    spans = expected("lossy_3pct")["lost_spans"]
+    turns = turns_of(offline_records["lossy_3pct"])
+    for turn in turns:
+        truth = sum(
+            max(0, min(e, turn.end_ms) - max(s, turn.start_ms)) for s, e in spans[turn.track]
+        )
+        assert turn.lost_ms == truth, turn
+    assert sum(t.lost_ms for t in turns) > 100
+
+
 def test_garbage_lines_give_diagnostics_and_leave_turns_unchanged(
     offline_records: dict[str, list[AnyRecord]],
 ) -> None:
@@ -198,3 +213,19 @@ def test_media_on_an_unlisted_track_mid_call_is_dropped_not_fatal() -> None:
     assert [(t.start_ms, t.end_ms) for t in turns_of(records)] == [
         (t.start_ms, t.end_ms) for t in turns_of(clean)
     ]
+
+
+@pytest.mark.parametrize(("silence_ms", "incidents"), [(3600, 0), (4400, 1)])
+def test_a_mutual_silence_over_4s_is_one_silence_incident(silence_ms: int, incidents: int) -> None:
+    from support import scripted_call_lines
+
+    first_end = 1500
+    second = first_end + silence_ms
+    lines = scripted_call_lines(
+        {"inbound": [(500, first_end)], "outbound": [(second, second + 1500)]}, second + 3000
+    )
+    stopped = replay_offline(lines)[-1]
+    assert isinstance(stopped, StreamStopped)
+    turns = stopped.summary.turn_counts
+    assert turns == {"caller": 1, "agent": 1}
+    assert stopped.summary.silence_incidents == incidents

@@ -281,6 +281,17 @@ def test_energy_percentiles_follow_frame_levels() -> None:
     assert e.dynamic_range_db == pytest.approx(30.0, abs=0.5)
 
 
+def test_energy_quantiles_are_p10_and_p95_of_frame_levels() -> None:
+    """41 frames stepping from -50 to -10 dBFS, 1 dB apart: known p10 / p95 by interpolation."""
+    frame = np.arange(SR // 50) / SR
+    levels = np.arange(-50.0, -9.0, 1.0)
+    pcm = np.concatenate([to_int16(np.sin(2 * np.pi * 500.0 * frame), lv) for lv in levels])
+    e = measure_turn(pcm).energy
+    p10, p95 = np.quantile(levels, [0.10, 0.95])
+    assert e.p95_dbfs == pytest.approx(p95, abs=0.1)
+    assert e.dynamic_range_db == pytest.approx(p95 - p10, abs=0.1)
+
+
 def test_digital_silence() -> None:
     for pcm in (np.zeros(SR, dtype=np.int16), ulaw_round_trip(np.zeros(SR, dtype=np.int16))):
         f = measure_turn(pcm)

@@ -137,9 +137,18 @@ def test_bad_messages_raise_protocol_error_with_code(text: str, code: str) -> No
     assert info.value.message
 
 
-def test_bad_base64_payload() -> None:
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "not*base64!",
+        "////" + "!" + "////",  # one stray character inside valid base64: not silently skipped
+        "//// ////",
+        "/w==/w==",  # data after padding
+    ],
+)
+def test_bad_base64_payload(payload: str) -> None:
     with pytest.raises(ProtocolError) as info:
-        decode_payload("not*base64!")
+        decode_payload(payload)
     assert info.value.code == "bad_payload"
 
 

@@ -465,3 +465,34 @@ def test_any_timing_gives_each_status_at_most_once_and_nothing_after_terminal(
     assert not released & after_terminal
     assert all(d.reason != "duplicate_status" for d in dropped)
     assert lc.held_count() == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seqs=st.permutations([0, 1, 2, 3]),
+    plan=deliveries(max_step_s=1.5),
+)
+def test_nothing_is_released_after_a_terminal_status_whatever_its_sequence_number(
+    seqs: list[int], plan: list[tuple[int, float]]
+) -> None:
+    # Sequence numbers shuffled against the statuses: a terminal status can carry a lower
+    # number than a ringing or answered one (a replayed or hostile callback). Whatever the
+    # numbering and timing, once the terminal status is out nothing follows it.
+    events = [
+        e.model_copy(update={"sequence_number": seq}) for e, seq in zip(_four(), seqs, strict=True)
+    ]
+    lc = CallLifecycle(reorder_window_s=2.0)
+    now = 0.0
+    out: list[StatusEvent] = []
+    for index, step in plan:
+        now += step
+        out += lc.poll(now)
+        out += lc.accept(events[index], now)
+    out += lc.poll(now + 2.0)
+    types = _types(out)
+    assert types[-1] == "call.completed"
+    assert len(types) == len(set(types))
+    dropped = lc.take_dropped()
+    after_terminal = {d.event.type for d in dropped if d.reason == "after_terminal"}
+    assert set(types) | after_terminal == set(ORDER)
+    assert not set(types) & after_terminal

@@ -79,6 +79,37 @@ def test_backchannel_is_not_an_interruption() -> None:
     assert caller.overlap_frames == agent.overlap_frames == 25
 
 
+def test_backchannel_length_limit_at_its_boundary() -> None:
+    limit = VadParams().backchannel_max_ms // 20  # frames
+    for length, is_backchannel in ((limit - 1, True), (limit, True), (limit + 1, False)):
+        turns = play({"outbound": [(0, 400)], "inbound": [(100, 100 + length)]}, end=600)
+        caller = by_track(turns, "inbound")[0]
+        assert caller.end_frame - caller.start_frame == length
+        assert caller.backchannel is is_backchannel, length
+        # one frame too long for a backchannel, it is a barge-in into the agent's turn
+        assert caller.barge_in is (not is_backchannel), length
+
+
+def test_barge_in_minimum_length_at_its_boundary() -> None:
+    # The caller starts inside the agent's speech; the agent stops first (so it is no
+    # backchannel). Shorter than interruption_min_ms it is not a barge-in.
+    minimum = VadParams().interruption_min_ms // 20
+    for length, is_barge_in in ((minimum - 1, False), (minimum, True)):
+        turns = play({"outbound": [(0, 100)], "inbound": [(95, 95 + length)]}, end=400)
+        caller = by_track(turns, "inbound")[0]
+        assert not caller.backchannel
+        assert caller.barge_in is is_barge_in, length
+
+
+def test_interrupted_only_when_the_turn_ends_within_the_yield_window() -> None:
+    window = VadParams().yield_window_ms // 20
+    for agent_end, interrupted in ((100 + window, True), (100 + window + 1, False)):
+        turns = play({"outbound": [(0, agent_end)], "inbound": [(100, 400)]}, end=700)
+        agent, caller = by_track(turns, "outbound")[0], by_track(turns, "inbound")[0]
+        assert caller.barge_in
+        assert agent.interrupted is interrupted, agent_end
+
+
 def test_monologue_is_cut_at_max_duration() -> None:
     params = VadParams(max_turn_ms=2000)
     turns = play({"inbound": [(0, 250)]}, params=params, end=400)

@@ -93,3 +93,47 @@ def test_hysteresis_params_are_validated() -> None:
         VadParams(start_margin_db=3, stop_margin_db=6)
     with pytest.raises(ValueError):
         VadParams(hangover_ms=5)
+
+
+def steady(n: int, level: float) -> list[float]:
+    return [level] * n
+
+
+# A line whose floor sits at exactly -60 dBFS (the initial floor): every threshold below is a
+# fixed number of dB above it, so each case lands on one side of one rule.
+FLOOR = -60.0
+
+
+def test_a_level_between_the_stop_and_start_margins_never_starts_speech() -> None:
+    p = VadParams()
+    between = FLOOR + (p.start_margin_db + p.stop_margin_db) / 2  # active, never loud
+    assert run(steady(100, FLOOR) + steady(100, between) + steady(100, FLOOR)) == []
+
+
+def test_a_level_between_the_margins_sustains_speech_that_has_started() -> None:
+    p = VadParams()
+    between = FLOOR + (p.start_margin_db + p.stop_margin_db) / 2
+    loud = FLOOR + p.start_margin_db + 10
+    levels = steady(100, FLOOR) + steady(10, loud) + steady(40, between) + steady(100, FLOOR)
+    transitions = run(levels)
+    assert transitions[0] == ("start", 100)
+    # the end follows the last *active* frame (149), not the last loud one (109): hysteresis
+    post = p.post_roll_ms // 20
+    assert transitions[1] == ("end", 150 + post)
+
+
+def test_pre_roll_moves_the_start_back_over_soft_onset_frames() -> None:
+    p = VadParams()
+    soft = FLOOR + (p.start_margin_db + p.stop_margin_db) / 2  # active but not loud
+    loud = FLOOR + p.start_margin_db + 10
+    pre = p.pre_roll_ms // 20
+    assert pre >= 2
+    # soft onset of pre_roll + 2 frames: the start moves back by exactly pre_roll, not further
+    levels = steady(100, FLOOR) + steady(pre + 2, soft) + steady(20, loud) + steady(100, FLOOR)
+    transitions = run(levels)
+    assert transitions[0] == ("start", 100 + 2)
+    # a soft onset shorter than the pre-roll is taken whole
+    levels = steady(100, FLOOR) + steady(1, soft) + steady(20, loud) + steady(100, FLOOR)
+    assert run(levels)[0] == ("start", 100)
+    # and no pre-roll without active frames before the loud run
+    assert run(steady(100, FLOOR) + steady(20, loud) + steady(100, FLOOR))[0] == ("start", 100)
