@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pitch_accuracy import harmonic_complex, phone_line
 
-from mise_twilio.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from mise_twilio.features import measure_turn
+from mise_twilio.core.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
+from mise_twilio.core.features import measure_turn
 
 DURATIONS_S = (0.5, 1.0, 3.0, 10.0, 30.0)
 REPEATS = 7

@@ -17,8 +17,8 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from mise_twilio.audio import SAMPLE_RATE_HZ, pcm16_to_ulaw, ulaw_to_pcm16
-from mise_twilio.features import measure_turn
+from mise_twilio.core.audio import SAMPLE_RATE_HZ, pcm16_to_ulaw, ulaw_to_pcm16
+from mise_twilio.core.features import measure_turn
 
 F0S_HZ = (80.0, 100.0, 120.0, 150.0, 200.0, 250.0, 300.0, 350.0)
 CONDITIONS: tuple[tuple[str, float | None], ...] = (

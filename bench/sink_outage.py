@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mise_twilio.records import (
+from mise_twilio.core.records import (
     AnyRecord,
     Energy,
     MediaFormat,
@@ -38,10 +38,10 @@ from mise_twilio.records import (
     StreamStarted,
     TurnRecord,
 )
-from mise_twilio.sinks.base import Envelope, Sink
-from mise_twilio.sinks.hub import SinkHub
-from mise_twilio.sinks.jsonl import JsonlSink
-from mise_twilio.sinks.redis import RedisStreamSink
+from mise_twilio.server.sinks.base import Envelope, Sink
+from mise_twilio.server.sinks.hub import SinkHub
+from mise_twilio.server.sinks.jsonl import JsonlSink
+from mise_twilio.server.sinks.redis import RedisStreamSink
 
 
 def synthetic_records(n: int) -> list[AnyRecord]:

@@ -25,13 +25,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mise_twilio.messages import parse_message
-from mise_twilio.replay import (
-    media_timestamp_ms,
-    read_fixture,
-    replay_offline,
-    replay_websocket,
-)
+from mise_twilio.core.messages import parse_message
+from mise_twilio.replay import read_fixture, replay_offline
+from mise_twilio.server.replay_client import media_timestamp_ms, replay_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 

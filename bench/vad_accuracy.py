@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _fixture_audio as fa
 
-from mise_twilio import audio as mt_audio
-from mise_twilio.call import SessionParams
-from mise_twilio.records import TurnRecord
+from mise_twilio.core import audio as mt_audio
+from mise_twilio.core.call import SessionParams
+from mise_twilio.core.records import TurnRecord
+from mise_twilio.core.vad import EnergyVad, VadParams
 from mise_twilio.replay import replay_offline
-from mise_twilio.vad import EnergyVad, VadParams
 
 try:
     import webrtcvad

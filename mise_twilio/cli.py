@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mise_twilio import __version__
-from mise_twilio.records import AnyRecord, StreamStopped, TurnRecord, json_schema_text, to_json
+from mise_twilio.core.records import AnyRecord, StreamStopped, TurnRecord, json_schema_text, to_json
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from mise_twilio.config import Settings
+    from mise_twilio.server.config import Settings
 
     overrides = {
         key: value
@@ -49,8 +49,8 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mise_twilio.logs import configure_logging
-    from mise_twilio.server import create_app, uvicorn_config
+    from mise_twilio.server.app import create_app, uvicorn_config
+    from mise_twilio.server.logs import configure_logging
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -84,10 +84,11 @@ def _free_socket(host: str) -> socket.socket:
 async def _demo(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mise_twilio.config import Settings
-    from mise_twilio.logs import configure_logging
-    from mise_twilio.replay import read_fixture, replay_websocket
-    from mise_twilio.server import STREAM_PATH, create_app, uvicorn_config
+    from mise_twilio.replay import read_fixture
+    from mise_twilio.server.app import STREAM_PATH, create_app, uvicorn_config
+    from mise_twilio.server.config import Settings
+    from mise_twilio.server.logs import configure_logging
+    from mise_twilio.server.replay_client import replay_websocket
 
     configure_logging("warning", "console")
     settings = Settings(host="127.0.0.1", port=0, data_dir=args.data_dir or Path("./mise-data"))
@@ -138,7 +139,7 @@ def _stream_sid(lines: list[str]) -> str | None:
 
 
 def _read_records(path: Path) -> list[AnyRecord]:
-    from mise_twilio.records import from_json
+    from mise_twilio.core.records import from_json
 
     if not path.exists():
         return []
@@ -158,7 +159,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from mise_twilio.replay import read_fixture, replay_offline, replay_websocket, sign_websocket
+    from mise_twilio.replay import read_fixture, replay_offline
+    from mise_twilio.server.replay_client import replay_websocket, sign_websocket
 
     lines = read_fixture(args.path)
     if args.to:

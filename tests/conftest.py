@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from support import FIXTURE_NAMES, fixture_lines
 
-from mise_twilio.config import Settings
-from mise_twilio.records import AnyRecord
+from mise_twilio.core.records import AnyRecord
+from mise_twilio.server.config import Settings
 
 pytest_plugins = ["conftest_redis"]
 

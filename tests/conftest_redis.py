@@ -11,7 +11,7 @@ Fixtures:
   killed at teardown. Skips the test when ``redis-server`` is not installed.
 - ``make_call_records`` → ``(n_turns, call_index=0) -> list[AnyRecord]``: the records of one
   synthetic call (stream.started, alternating caller/agent turns, a dtmf, a diagnostic,
-  stream.stopped, call.completed), built from ``mise_twilio.records`` models.
+  stream.stopped, call.completed), built from ``mise_twilio.core.records`` models.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from mise_twilio.records import (
+from mise_twilio.core.records import (
     AnyRecord,
     CallStatusEvent,
     CallSummary,

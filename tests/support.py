@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mise_twilio.records import AnyRecord
+from mise_twilio.core.records import AnyRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -96,7 +96,7 @@ def scripted_call_lines(
 
     import numpy as np
 
-    from mise_twilio.audio import pcm16_to_ulaw
+    from mise_twilio.core.audio import pcm16_to_ulaw
 
     rng = np.random.default_rng(seed)
     n = duration_ms * 8

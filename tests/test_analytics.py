@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from support import expected
 
-from mise_twilio.audio import FRAME_MS
-from mise_twilio.records import AnyRecord, StreamStopped, TurnRecord
+from mise_twilio.core.audio import FRAME_MS
+from mise_twilio.core.records import AnyRecord, StreamStopped, TurnRecord
 
 GRID_TOLERANCE_MS = 3 * FRAME_MS
 """A detected gap is the difference of two boundaries on the 20 ms frame grid (±20 ms each

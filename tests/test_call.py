@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from support import FIXTURE_NAMES, expected, fixture_lines
 
-from mise_twilio.call import CallSession, SessionParams
-from mise_twilio.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
+from mise_twilio.core.call import CallSession, SessionParams
+from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
 from mise_twilio.replay import replay_offline
 
 BOUNDARY_TOLERANCE_MS = 100
@@ -229,3 +229,24 @@ def test_a_mutual_silence_over_4s_is_one_silence_incident(silence_ms: int, incid
     turns = stopped.summary.turn_counts
     assert turns == {"caller": 1, "agent": 1}
     assert stopped.summary.silence_incidents == incidents
+
+
+def test_dtmf_and_mark_ids_stay_unique_without_sequence_numbers() -> None:
+    # Twilio numbers every message, but a message without ``sequenceNumber`` must not make two
+    # records share an id: a deduplicating sink would merge two keypresses into one.
+    lines = fixture_lines("connect_inbound")
+    sid = json.loads(lines[1])["streamSid"]
+    digits = [json.dumps({"event": "dtmf", "streamSid": sid, "dtmf": {"digit": d}}) for d in "12"]
+    marks = [json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": n}}) for n in "ab"]
+    session = CallSession()
+    ids: list[str] = []
+    for line in lines[:50]:
+        session.receive_text(line)
+    for line in [digits[0], marks[0]]:
+        session.receive_text(line)
+        ids += [r.id for r in session.take_events() if r.type in ("dtmf", "mark")]
+    for line in [digits[1], marks[1]]:
+        session.receive_text(line)
+        ids += [r.id for r in session.take_events() if r.type in ("dtmf", "mark")]
+    assert len(ids) == 4
+    assert len(set(ids)) == 4, ids

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import fixture_lines
 
-from mise_twilio.call import CallSession
-from mise_twilio.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
+from mise_twilio.core.call import CallSession
+from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
 
 LINES = fixture_lines("fork_two_track")[:600]
 SID = json.loads(LINES[1])["streamSid"]

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import comparable, fixture_lines
 
-from mise_twilio.records import TurnRecord
+from mise_twilio.core.records import TurnRecord
 from mise_twilio.replay import replay_offline
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import FIXTURES, REAL_CAPTURE
 
-from mise_twilio.records import TurnRecord, from_json
+from mise_twilio.core.records import TurnRecord, from_json
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""Tests for mise_twilio.features: per-turn energy, pitch, voicing and speech rate.
+"""Tests for mise_twilio.core.features: per-turn energy, pitch, voicing and speech rate.
 
 Signals are built to look like what arrives from Twilio: harmonic complexes with vibrato and
 jitter, band-passed to the 300-3400 Hz telephone band (which removes the fundamental of low
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from mise_twilio.audio import (
+from mise_twilio.core.audio import (
     FLOOR_DBFS,
     FRAME_SAMPLES,
     SAMPLE_RATE_HZ,
@@ -27,7 +27,7 @@ from mise_twilio.audio import (
     resample,
     ulaw_to_pcm16,
 )
-from mise_twilio.features import FeatureParams, TurnFeatures, measure_turn
+from mise_twilio.core.features import FeatureParams, TurnFeatures, measure_turn
 
 SR = SAMPLE_RATE_HZ
 

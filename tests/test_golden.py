@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import FIXTURE_NAMES, ROOT, fixture_lines
 
-from mise_twilio.records import AnyRecord, to_json
+from mise_twilio.core.records import AnyRecord, to_json
 
 GOLDEN = ROOT / "tests" / "golden"
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mise_twilio.errors import ProtocolError
-from mise_twilio.messages import (
+from mise_twilio.core.errors import ProtocolError
+from mise_twilio.core.messages import (
     ConnectedMessage,
     DtmfMessage,
     MarkMessage,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mise_twilio.pii import PII_FIELDS, PiiPolicy, country_calling_code
+from mise_twilio.core.pii import PII_FIELDS, PiiPolicy, country_calling_code
 
 KEY = b"test-pii-key"
 TOKEN = re.compile(r"[0-9a-f]{16}")

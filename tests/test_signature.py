@@ -6,7 +6,7 @@ import pytest
 from support import status_form
 from twilio.request_validator import RequestValidator
 
-from mise_twilio.signature import TwilioSignature
+from mise_twilio.server.signature import TwilioSignature
 
 TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC = "https://ingest.example.com"

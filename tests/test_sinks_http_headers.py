@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from mise_twilio.sinks.base import Envelope
-from mise_twilio.sinks.http import RETRY_AFTER_MAX_S, idempotency_key, parse_retry_after
+from mise_twilio.server.sinks.base import Envelope
+from mise_twilio.server.sinks.http import RETRY_AFTER_MAX_S, idempotency_key, parse_retry_after
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -15,10 +15,10 @@ import pytest
 from conftest_redis import synthetic_call
 from structlog.testing import capture_logs
 
-from mise_twilio.errors import SinkError
-from mise_twilio.metrics import Metrics
-from mise_twilio.sinks.base import DeliveryError, Envelope
-from mise_twilio.sinks.hub import SinkHub
+from mise_twilio.core.errors import SinkError
+from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.sinks.base import DeliveryError, Envelope
+from mise_twilio.server.sinks.hub import SinkHub
 
 
 class ScriptedSink:

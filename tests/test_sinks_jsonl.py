@@ -8,10 +8,10 @@ from pathlib import Path
 
 from conftest_redis import synthetic_call
 
-from mise_twilio.config import Settings
-from mise_twilio.records import from_json
-from mise_twilio.sinks import HttpSink, JsonlSink, RedisStreamSink, build_hub, build_sinks
-from mise_twilio.sinks.base import Envelope
+from mise_twilio.core.records import from_json
+from mise_twilio.server.config import Settings
+from mise_twilio.server.sinks import HttpSink, JsonlSink, RedisStreamSink, build_hub, build_sinks
+from mise_twilio.server.sinks.base import Envelope
 
 
 async def test_deliver_appends_lines_durably(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mise_twilio.errors import SinkError
-from mise_twilio.metrics import Metrics
-from mise_twilio.sinks.base import DeliveryError, Envelope
-from mise_twilio.sinks.hub import SinkHub
+from mise_twilio.core.errors import SinkError
+from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.sinks.base import DeliveryError, Envelope
+from mise_twilio.server.sinks.hub import SinkHub
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from mise_twilio.sinks.base import Envelope
-from mise_twilio.sinks.spool import COMMIT_FILE, Spool, decode_line, encode_line
+from mise_twilio.server.sinks.base import Envelope
+from mise_twilio.server.sinks.spool import COMMIT_FILE, Spool, decode_line, encode_line
 
 
 def env(i: int, payload: str = "") -> Envelope:
@@ -183,8 +183,8 @@ def test_survives_sigkill_of_the_writing_process(tmp_path: Path) -> None:
         f"""
         import json, sys
         from pathlib import Path
-        from mise_twilio.sinks.base import Envelope
-        from mise_twilio.sinks.spool import Spool
+        from mise_twilio.server.sinks.base import Envelope
+        from mise_twilio.server.sinks.spool import Spool
         spool = Spool(Path({str(tmp_path)!r}), segment_max_bytes=200_000)
         spool.open()
         i = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mise_twilio.track import DISCONTINUITY, SILENT_FRAME, TrackTimeline
+from mise_twilio.core.timeline import DISCONTINUITY, SILENT_FRAME, TrackTimeline
 
 
 def frames_of(n: int, start: int = 1) -> list[bytes]:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from support import fixture_lines
 
-from mise_twilio import audio
-from mise_twilio.call import CallSession, SessionParams
-from mise_twilio.records import TurnRecord
-from mise_twilio.turn_audio import WAV_RATE_HZ, turn_audio_path, write_turn_wav
+from mise_twilio.core import audio
+from mise_twilio.core.call import CallSession, SessionParams
+from mise_twilio.core.records import TurnRecord
+from mise_twilio.server.turn_audio import WAV_RATE_HZ, turn_audio_path, write_turn_wav
 
 FRAME_16K = WAV_RATE_HZ * audio.FRAME_MS // 1000
 

@@ -7,8 +7,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mise_twilio.turns import Turn, TurnTracker
-from mise_twilio.vad import VadParams
+from mise_twilio.core.turns import Turn, TurnTracker
+from mise_twilio.core.vad import VadParams
 
 Script = dict[str, list[tuple[int, int]]]  # track -> [start_frame, end_frame) segments
 

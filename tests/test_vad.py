@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mise_twilio.audio import FLOOR_DBFS
-from mise_twilio.vad import EnergyVad, VadParams
+from mise_twilio.core.audio import FLOOR_DBFS
+from mise_twilio.core.vad import EnergyVad, VadParams
 
 
 def run(

@@ -24,8 +24,8 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from mise_twilio.config import Settings
-from mise_twilio.server import create_app, uvicorn_config
+from mise_twilio.server.app import create_app, uvicorn_config
+from mise_twilio.server.config import Settings
 
 __all__ = ["read_jsonl", "running_server", "wait_until"]
 

@@ -24,9 +24,10 @@ from server_harness import read_jsonl, running_server, wait_until
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from mise_twilio.config import Settings
-from mise_twilio.replay import read_fixture, replay_websocket
-from mise_twilio.server import STREAM_PATH, WEBHOOK_PATH
+from mise_twilio.replay import read_fixture
+from mise_twilio.server.app import STREAM_PATH, WEBHOOK_PATH
+from mise_twilio.server.config import Settings
+from mise_twilio.server.replay_client import replay_websocket
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "fork_two_track.jsonl"
 EXPECTED = json.loads(FIXTURE.with_suffix(".expected.json").read_text(encoding="utf-8"))

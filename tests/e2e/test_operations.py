@@ -29,11 +29,11 @@ from server_harness import read_jsonl, running_server, wait_until
 from support import ROOT, comparable, fixture_lines
 from websockets.asyncio.client import connect
 
-from mise_twilio.call import CallSession
-from mise_twilio.config import Settings
-from mise_twilio.replay import replay_websocket
-from mise_twilio.server import STREAM_PATH
-from mise_twilio.sinks.spool import SEGMENT_RE
+from mise_twilio.core.call import CallSession
+from mise_twilio.server.app import STREAM_PATH
+from mise_twilio.server.config import Settings
+from mise_twilio.server.replay_client import replay_websocket
+from mise_twilio.server.sinks.spool import SEGMENT_RE
 
 HANG_GUARD_S = 60.0
 """Bounds a wait so a broken server fails the test instead of hanging it; not a timing check."""

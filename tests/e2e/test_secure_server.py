@@ -23,11 +23,12 @@ from server_harness import read_jsonl, running_server
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
-from mise_twilio.config import Settings
-from mise_twilio.logs import configure_logging
-from mise_twilio.pii import PiiPolicy
-from mise_twilio.replay import read_fixture, replay_websocket
-from mise_twilio.server import STREAM_PATH, WEBHOOK_PATH
+from mise_twilio.core.pii import PiiPolicy
+from mise_twilio.replay import read_fixture
+from mise_twilio.server.app import STREAM_PATH, WEBHOOK_PATH
+from mise_twilio.server.config import Settings
+from mise_twilio.server.logs import configure_logging
+from mise_twilio.server.replay_client import replay_websocket
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 TOKEN = "e2e-secure-auth-token-0123456789ab"

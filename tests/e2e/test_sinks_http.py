@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mise_twilio.metrics import Metrics
-from mise_twilio.sinks.base import DeliveryError, Envelope
-from mise_twilio.sinks.http import HttpSink
-from mise_twilio.sinks.hub import SinkHub
+from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.sinks.base import DeliveryError, Envelope
+from mise_twilio.server.sinks.http import HttpSink
+from mise_twilio.server.sinks.hub import SinkHub
 
 OUTAGE_S = 10.0
 TOKEN = "t0ken"

@@ -11,11 +11,11 @@ from pathlib import Path
 from conftest_redis import CallRecordsFactory, RedisServer
 from redis.asyncio import Redis
 
-from mise_twilio.metrics import Metrics
-from mise_twilio.records import from_json
-from mise_twilio.sinks.base import Envelope
-from mise_twilio.sinks.hub import SinkHub
-from mise_twilio.sinks.redis import RedisStreamSink
+from mise_twilio.core.records import from_json
+from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.sinks.base import Envelope
+from mise_twilio.server.sinks.hub import SinkHub
+from mise_twilio.server.sinks.redis import RedisStreamSink
 
 OUTAGE_S = 5.0
 

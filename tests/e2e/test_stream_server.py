@@ -12,10 +12,10 @@ import pytest
 from server_harness import read_jsonl, running_server, wait_until
 from support import FIXTURE_NAMES, comparable, fixture_lines
 
-from mise_twilio.config import Settings
-from mise_twilio.records import AnyRecord
-from mise_twilio.replay import replay_websocket
-from mise_twilio.server import STREAM_PATH
+from mise_twilio.core.records import AnyRecord
+from mise_twilio.server.app import STREAM_PATH
+from mise_twilio.server.config import Settings
+from mise_twilio.server.replay_client import replay_websocket
 
 
 def by_stream(records: list[dict[str, Any]], stream_sid: str) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from mise_twilio.sinks.base import DeliveryError, Envelope
+from mise_twilio.server.sinks.base import DeliveryError, Envelope
 
 RETRYABLE_STATUS = frozenset({401, 403, 404, 407, 408, 425, 429})
 RETRY_AFTER_MAX_S = 3600.0

@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from mise_twilio import audio, features
-from mise_twilio.errors import ProtocolError
-from mise_twilio.messages import (
+from mise_twilio.core import audio, features
+from mise_twilio.core.errors import ProtocolError
+from mise_twilio.core.messages import (
     AnyInbound,
     ConnectedMessage,
     DtmfMessage,
@@ -39,7 +39,7 @@ from mise_twilio.messages import (
     decode_payload,
     parse_message,
 )
-from mise_twilio.records import (
+from mise_twilio.core.records import (
     SPEAKER_BY_TRACK,
     AnyRecord,
     CallSummary,
@@ -55,9 +55,9 @@ from mise_twilio.records import (
     StreamStopped,
     TurnRecord,
 )
-from mise_twilio.track import DISCONTINUITY, TrackTimeline
-from mise_twilio.turns import Turn, TurnTracker
-from mise_twilio.vad import EnergyVad, VadParams
+from mise_twilio.core.timeline import DISCONTINUITY, TrackTimeline
+from mise_twilio.core.turns import Turn, TurnTracker
+from mise_twilio.core.vad import EnergyVad, VadParams
 
 TRACKS = ("inbound", "outbound")
 _SILENT_PCM = bytes(audio.FRAME_SAMPLES * audio.SAMPLE_WIDTH_BYTES)
@@ -182,6 +182,7 @@ class CallSession:
         self._turns: TurnTracker | None = None
         self._skew_frames = max(1, self.params.max_track_skew_ms // audio.FRAME_MS)
         self._diag_counts: Counter[str] = Counter()
+        self._unnumbered: Counter[str] = Counter()
         self._diag_emitted = 0
         self._turn_stats: list[_TurnStat] = []
         self._segments_ms: dict[str, list[tuple[int, int]]] = {}
@@ -419,7 +420,7 @@ class CallSession:
         seq = message.sequence_number
         self._events.append(
             DtmfEvent(
-                id=f"{self.stream_sid}:dtmf:{seq if seq is not None else len(self._events)}",
+                id=self._event_id("dtmf", seq),
                 **self._ids(),
                 digit=message.dtmf.digit,
                 track=message.dtmf.track,
@@ -434,7 +435,7 @@ class CallSession:
         seq = message.sequence_number
         self._events.append(
             MarkEvent(
-                id=f"{self.stream_sid}:mark:{seq if seq is not None else len(self._events)}",
+                id=self._event_id("mark", seq),
                 **self._ids(),
                 name=message.mark.name,
                 sequence_number=seq,
@@ -749,6 +750,14 @@ class CallSession:
                 f"streamSid {stream_sid!r} does not match this stream; message ignored",
                 sequence_number=seq,
             )
+
+    def _event_id(self, kind: str, seq: int | None) -> str:
+        """``MZ…:dtmf:SEQ``; a message without ``sequenceNumber`` gets ``MZ…:dtmf:u1``, ``u2``,
+        … counted per kind over the whole stream (never reused, never a number Twilio uses)."""
+        if seq is not None:
+            return f"{self.stream_sid}:{kind}:{seq}"
+        self._unnumbered[kind] += 1
+        return f"{self.stream_sid}:{kind}:u{self._unnumbered[kind]}"
 
     def _diag(self, code: str, message: str, seq: int | None) -> None:
         self._diag_counts[code] += 1

@@ -34,8 +34,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from mise_twilio.audio import FRAME_MS
-from mise_twilio.vad import VadParams
+from mise_twilio.core.audio import FRAME_MS
+from mise_twilio.core.vad import VadParams
 
 Span = tuple[int, int]
 

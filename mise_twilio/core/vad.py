@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mise_twilio.audio import FLOOR_DBFS, FRAME_MS
+from mise_twilio.core.audio import FLOOR_DBFS, FRAME_MS
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from mise_twilio.errors import SinkError
-from mise_twilio.sinks.base import DeliveryError, Envelope
+from mise_twilio.core.errors import SinkError
+from mise_twilio.server.sinks.base import DeliveryError, Envelope
 
 
 class JsonlSink:

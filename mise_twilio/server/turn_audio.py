@@ -19,8 +19,8 @@ import tempfile
 import wave
 from pathlib import Path
 
-from mise_twilio import audio
-from mise_twilio.records import TurnRecord
+from mise_twilio.core import audio
+from mise_twilio.core.records import TurnRecord
 
 WAV_RATE_HZ = 16_000
 """Sample rate of the written files (speech models' usual input rate)."""

@@ -25,11 +25,21 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from .errors import WebhookError
-from .pii import PiiPolicy
-from .records import CallStatusEvent
-from .signature import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, TwilioSignature
-from .status import USED_FIELDS, CallLifecycle, Dropped, StatusEvent, parse_status_callback
+from mise_twilio.core.errors import WebhookError
+from mise_twilio.core.lifecycle import (
+    USED_FIELDS,
+    CallLifecycle,
+    Dropped,
+    StatusEvent,
+    parse_status_callback,
+)
+from mise_twilio.core.pii import PiiPolicy
+from mise_twilio.core.records import CallStatusEvent
+from mise_twilio.server.signature import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    TwilioSignature,
+)
 
 __all__ = [
     "MAX_FORM_FIELDS",
@@ -51,7 +61,7 @@ Publish = Callable[[StatusEvent], None]
 OnStatus = Callable[[StatusEvent], None]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-_log = structlog.get_logger("mise_twilio.webhook")
+_log = structlog.get_logger("mise_twilio.server.webhook")
 
 
 def decode_form(text: str) -> list[tuple[str, str]]:

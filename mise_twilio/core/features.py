@@ -39,7 +39,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
-from mise_twilio.audio import FLOOR_DBFS, FRAME_MS, FULL_SCALE_RMS, SAMPLE_RATE_HZ
+from mise_twilio.core.audio import FLOOR_DBFS, FRAME_MS, FULL_SCALE_RMS, SAMPLE_RATE_HZ
 
 __all__ = [
     "SUPPORTED_SAMPLE_RATES_HZ",

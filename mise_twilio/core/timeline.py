@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from mise_twilio.audio import FRAME_SAMPLES, MULAW_SILENCE_BYTE, SAMPLES_PER_MS
+from mise_twilio.core.audio import FRAME_SAMPLES, MULAW_SILENCE_BYTE, SAMPLES_PER_MS
 
 SILENT_FRAME = bytes([MULAW_SILENCE_BYTE]) * FRAME_SAMPLES
 """One frame of μ-law digital silence, shared (never copied) by every filled frame."""

@@ -31,11 +31,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mise_twilio import __version__
-from mise_twilio.call import CallSession, SessionParams
-from mise_twilio.config import Settings
-from mise_twilio.metrics import Metrics
-from mise_twilio.pii import PiiPolicy
-from mise_twilio.records import (
+from mise_twilio.core.call import CallSession, SessionParams
+from mise_twilio.core.lifecycle import CallLifecycle
+from mise_twilio.core.pii import PiiPolicy
+from mise_twilio.core.records import (
     AnyRecord,
     CallStatusEvent,
     CallSummary,
@@ -43,11 +42,12 @@ from mise_twilio.records import (
     StreamStopped,
     TurnRecord,
 )
-from mise_twilio.signature import TwilioSignature
-from mise_twilio.sinks import SinkHub, build_hub
-from mise_twilio.status import CallLifecycle
-from mise_twilio.turn_audio import turn_audio_path, write_turn_wav
-from mise_twilio.webhook import make_webhook_endpoint, run_lifecycle_poller
+from mise_twilio.server.config import Settings
+from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.signature import TwilioSignature
+from mise_twilio.server.sinks import SinkHub, build_hub
+from mise_twilio.server.turn_audio import turn_audio_path, write_turn_wav
+from mise_twilio.server.webhook import make_webhook_endpoint, run_lifecycle_poller
 
 STREAM_PATH = "/v1/stream/twilio"
 WEBHOOK_PATH = "/v1/webhook/twilio"
@@ -57,7 +57,7 @@ diagnostic in the session (the call goes on); only beyond it does the protocol c
 _COMPLETED_HOLD_S = 5.0
 _SUMMARY_CACHE = 10_000
 
-log = structlog.get_logger("mise_twilio.server")
+log = structlog.get_logger("mise_twilio.server.app")
 
 
 def session_params(settings: Settings) -> SessionParams:

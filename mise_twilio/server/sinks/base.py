@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from mise_twilio.errors import SinkError
-from mise_twilio.records import AnyRecord, to_json
+from mise_twilio.core.errors import SinkError
+from mise_twilio.core.records import AnyRecord, to_json
 
 SINK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Sink names become directory names under the spool dir, so they are kept filesystem-safe."""

@@ -59,13 +59,13 @@ from typing import Any, TypeVar
 import structlog
 from prometheus_client import Counter
 
-from mise_twilio.errors import SinkError
-from mise_twilio.metrics import Metrics
-from mise_twilio.records import AnyRecord
-from mise_twilio.sinks.base import SINK_NAME_RE, DeliveryError, Envelope, Sink
-from mise_twilio.sinks.spool import DEAD_LETTER_FILE, Spool
+from mise_twilio.core.errors import SinkError
+from mise_twilio.core.records import AnyRecord
+from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.sinks.base import SINK_NAME_RE, DeliveryError, Envelope, Sink
+from mise_twilio.server.sinks.spool import DEAD_LETTER_FILE, Spool
 
-log = structlog.get_logger("mise_twilio.sinks.hub")
+log = structlog.get_logger("mise_twilio.server.sinks.hub")
 
 _T = TypeVar("_T")
 

@@ -38,9 +38,9 @@ from typing import BinaryIO
 
 import structlog
 
-from mise_twilio.sinks.base import Envelope
+from mise_twilio.server.sinks.base import Envelope
 
-log = structlog.get_logger("mise_twilio.sinks.spool")
+log = structlog.get_logger("mise_twilio.server.sinks.spool")
 
 SEGMENT_RE = re.compile(r"^seg-(\d{20})\.jsonl$")
 COMMIT_FILE = "committed.json"

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from mise_twilio.sinks.base import DeliveryError, Envelope
+from mise_twilio.server.sinks.base import DeliveryError, Envelope
 
 _RETRYABLE_RESPONSE_ERRORS: tuple[type[redis_errors.RedisError], ...] = (
     redis_errors.OutOfMemoryError,

@@ -3,14 +3,14 @@ file, HTTP, Redis Streams) with bounded queues, an on-disk spool and retries (DE
 
 from __future__ import annotations
 
-from mise_twilio.config import Settings
-from mise_twilio.metrics import Metrics
-from mise_twilio.sinks.base import DeliveryError, Envelope, Sink
-from mise_twilio.sinks.http import HttpSink
-from mise_twilio.sinks.hub import DrainReport, SinkHub, SinkStats
-from mise_twilio.sinks.jsonl import JsonlSink
-from mise_twilio.sinks.redis import RedisStreamSink
-from mise_twilio.sinks.spool import Spool
+from mise_twilio.server.config import Settings
+from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.sinks.base import DeliveryError, Envelope, Sink
+from mise_twilio.server.sinks.http import HttpSink
+from mise_twilio.server.sinks.hub import DrainReport, SinkHub, SinkStats
+from mise_twilio.server.sinks.jsonl import JsonlSink
+from mise_twilio.server.sinks.redis import RedisStreamSink
+from mise_twilio.server.sinks.spool import Spool
 
 __all__ = [
     "DeliveryError",

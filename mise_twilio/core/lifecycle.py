@@ -34,9 +34,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final, Literal
 
-from .errors import WebhookError
-from .pii import PiiPolicy
-from .records import CallEventType, CallStatusEvent, StreamStatusEvent
+from mise_twilio.core.errors import WebhookError
+from mise_twilio.core.pii import PiiPolicy
+from mise_twilio.core.records import CallEventType, CallStatusEvent, StreamStatusEvent
 
 __all__ = [
     "CALL_STATUS_TYPES",
