@@ -197,7 +197,7 @@ def frame_levels(case: Case) -> dict[str, list[float]]:
         raw = x.tobytes()
         lv = [mt_audio.rms_dbfs(raw[i * 320 : (i + 1) * 320]) for i in range(case.fx.n_frames)]
         for i in case.lost[t]:
-            lv[i] = mt_audio.FLOOR_DBFS
+            lv[i] = mt_audio.SILENCE_DBFS
         out[t] = lv
     return out
 
@@ -778,9 +778,9 @@ SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("pre_roll 120", {"pre_roll_ms": 120}),
     ("min_speech 40", {"min_speech_ms": 40}),
     ("min_speech 100", {"min_speech_ms": 100}),
-    ("floor_window 1500", {"floor_window_ms": 1500}),
-    ("floor_window 5000", {"floor_window_ms": 5000}),
-    ("floor_smoothing 60", {"floor_smoothing_ms": 60}),
+    ("noise_floor_window 1500", {"noise_floor_window_ms": 1500}),
+    ("noise_floor_window 5000", {"noise_floor_window_ms": 5000}),
+    ("noise_floor_smoothing 60", {"noise_floor_smoothing_ms": 60}),
     ("bleed_margin 12", {"bleed_margin_db": 12.0}),
     ("bleed_margin 20", {"bleed_margin_db": 20.0}),
     ("bleed_lag 20", {"bleed_lag_ms": 20}),

@@ -138,7 +138,7 @@ def test_api_key_mismatch_rejects_and_emits_nothing() -> None:
     for line in lines:
         session.receive_text(line)
     session.receive_eof()
-    assert session.rejected == "api_key"
+    assert session.rejection == "api_key" and session.close_code() == 1008
     assert session.take_events() == []
     ok = replay_offline(lines, SessionParams(expected_api_key="test-key"))
     assert turns_of(ok)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import fixture_lines
 
-from mise_twilio.core.call import CallSession
+from mise_twilio.core.call import CallSession, State
 from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
 
 LINES = fixture_lines("fork_two_track")[:600]
@@ -67,7 +67,7 @@ def _replay(lines: list[str]) -> list[AnyRecord]:
     for line in lines:
         session.receive_text(line)
     session.receive_eof()
-    assert session.state == "closed"
+    assert session.state is State.CLOSED and session.close_expected()
     return session.take_events()
 
 

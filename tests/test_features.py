@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from mise_twilio.core.audio import (
-    FLOOR_DBFS,
     FRAME_SAMPLES,
     SAMPLE_RATE_HZ,
+    SILENCE_DBFS,
     pcm16_to_ulaw,
     resample,
     ulaw_to_pcm16,
@@ -116,7 +116,7 @@ def assert_all_finite(f: TurnFeatures) -> None:
     for v in values:
         assert v is None or (isinstance(v, float) and math.isfinite(v)), f
     assert 0.0 <= f.pitch.voiced_ratio <= 1.0
-    assert f.energy.mean_dbfs >= FLOOR_DBFS
+    assert f.energy.mean_dbfs >= SILENCE_DBFS
     assert f.energy.peak_dbfs <= 0.1  # a full-scale square wave is 0 dBFS
 
 
@@ -246,7 +246,7 @@ def test_pitch_outside_speech_is_unvoiced() -> None:
 def test_no_speech_frames() -> None:
     pcm = phone_line(harmonic_complex(150.0, 1.0))
     f = measure_turn(pcm, np.zeros(pcm.shape[0] // FRAME_SAMPLES, dtype=np.bool_))
-    assert f.energy.mean_dbfs == FLOOR_DBFS
+    assert f.energy.mean_dbfs == SILENCE_DBFS
     assert f.energy.dynamic_range_db == 0.0
     assert f.pitch.median_hz is None and f.pitch.voiced_ratio == 0.0
     assert f.speech_rate_hz is None
@@ -296,8 +296,8 @@ def test_digital_silence() -> None:
     for pcm in (np.zeros(SR, dtype=np.int16), ulaw_round_trip(np.zeros(SR, dtype=np.int16))):
         f = measure_turn(pcm)
         assert_all_finite(f)
-        assert f.energy.mean_dbfs == FLOOR_DBFS
-        assert f.energy.peak_dbfs == FLOOR_DBFS
+        assert f.energy.mean_dbfs == SILENCE_DBFS
+        assert f.energy.peak_dbfs == SILENCE_DBFS
         assert f.energy.dynamic_range_db == 0.0
         assert f.pitch.median_hz is None and f.pitch.voiced_ratio == 0.0
         assert f.speech_rate_hz == 0.0
@@ -489,7 +489,7 @@ def test_never_raises_and_values_are_finite_or_none(
     f = measure_turn(pcm, mask)
     assert_all_finite(f)
     e = f.energy
-    assert e.peak_dbfs >= e.p95_dbfs >= FLOOR_DBFS
+    assert e.peak_dbfs >= e.p95_dbfs >= SILENCE_DBFS
     assert e.dynamic_range_db >= 0.0
     if f.pitch.median_hz is not None:
         assert 55.0 <= f.pitch.median_hz <= 420.0

@@ -55,7 +55,7 @@ def test_real_start_message() -> None:
     assert msg.sequence_number == 1
     assert msg.start.call_sid == "CAc17e4a124d5375ccacd5f673ac6764b4"
     assert msg.start.tracks == ["inbound"]
-    assert msg.start.media_format.sample_rate == 8000
+    assert msg.start.media_format.sample_rate_hz == 8000
     assert msg.start.custom_parameters == {"StateName": "IRS", "IsScoutCall": "no"}
 
 

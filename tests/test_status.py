@@ -10,13 +10,10 @@ from hypothesis import strategies as st
 from support import ACCOUNT_SID, CALL_SID, FROM, TO, status_form
 
 from mise_twilio.core.errors import WebhookError
-from mise_twilio.core.lifecycle import (
-    CallLifecycle,
-    StatusEvent,
-    parse_status_callback,
-)
+from mise_twilio.core.lifecycle import CallLifecycle
 from mise_twilio.core.pii import PiiPolicy
 from mise_twilio.core.records import CallStatusEvent, StreamStatusEvent, from_json, to_json
+from mise_twilio.core.status import StatusEvent, parse_status_callback
 
 PII = PiiPolicy(b"test-pii-key", keep=False)
 STREAM_SID = "MZ0123456789abcdef0123456789abcdef"

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mise_twilio.core.turns import Turn, TurnTracker
+from mise_twilio.core.turns import Turn, TurnParams, TurnTracker
 from mise_twilio.core.vad import VadParams
 
 Script = dict[str, list[tuple[int, int]]]  # track -> [start_frame, end_frame) segments
 
 
-def play(script: Script, *, params: VadParams | None = None, end: int | None = None) -> list[Turn]:
+def play(script: Script, *, params: TurnParams | None = None, end: int | None = None) -> list[Turn]:
     """Drive a TurnTracker as the session does: a VAD reports a start ``lag`` frames after it
     and an end ``hang`` frames after it, then tick."""
-    params = params or VadParams()
-    lag, hang = 2, params.hangover_ms // 20
+    params = params or TurnParams()
+    vad = VadParams()
+    lag, hang = 2, vad.hangover_ms // 20
     tracks = list(script)
-    tracker = TurnTracker(tracks, params, cross_track=len(tracks) == 2)
-    events: dict[int, list[tuple[str, str, int]]] = {}
+    tracker = TurnTracker(
+        tracks,  # type: ignore[arg-type]
+        params,
+        cross_track=len(tracks) == 2,
+        vad_lookback_frames=vad.lookback_frames,
+    )
+    events: dict[int, list[tuple[str, Any, int]]] = {}
     for track, segments in script.items():
         for s, e in segments:
             events.setdefault(s + lag, []).append(("start", track, s))
@@ -80,7 +87,7 @@ def test_backchannel_is_not_an_interruption() -> None:
 
 
 def test_backchannel_length_limit_at_its_boundary() -> None:
-    limit = VadParams().backchannel_max_ms // 20  # frames
+    limit = TurnParams().backchannel_max_ms // 20  # frames
     for length, is_backchannel in ((limit - 1, True), (limit, True), (limit + 1, False)):
         turns = play({"outbound": [(0, 400)], "inbound": [(100, 100 + length)]}, end=600)
         caller = by_track(turns, "inbound")[0]
@@ -93,7 +100,7 @@ def test_backchannel_length_limit_at_its_boundary() -> None:
 def test_barge_in_minimum_length_at_its_boundary() -> None:
     # The caller starts inside the agent's speech; the agent stops first (so it is no
     # backchannel). Shorter than interruption_min_ms it is not a barge-in.
-    minimum = VadParams().interruption_min_ms // 20
+    minimum = TurnParams().interruption_min_ms // 20
     for length, is_barge_in in ((minimum - 1, False), (minimum, True)):
         turns = play({"outbound": [(0, 100)], "inbound": [(95, 95 + length)]}, end=400)
         caller = by_track(turns, "inbound")[0]
@@ -102,7 +109,7 @@ def test_barge_in_minimum_length_at_its_boundary() -> None:
 
 
 def test_interrupted_only_when_the_turn_ends_within_the_yield_window() -> None:
-    window = VadParams().yield_window_ms // 20
+    window = TurnParams().yield_window_ms // 20
     for agent_end, interrupted in ((100 + window, True), (100 + window + 1, False)):
         turns = play({"outbound": [(0, agent_end)], "inbound": [(100, 400)]}, end=700)
         agent, caller = by_track(turns, "outbound")[0], by_track(turns, "inbound")[0]
@@ -111,7 +118,7 @@ def test_interrupted_only_when_the_turn_ends_within_the_yield_window() -> None:
 
 
 def test_monologue_is_cut_at_max_duration() -> None:
-    params = VadParams(max_turn_ms=2000)
+    params = TurnParams(max_turn_ms=2000)
     turns = play({"inbound": [(0, 250)]}, params=params, end=400)
     assert [t.end_reason for t in turns][:2] == ["max_duration", "max_duration"]
     assert turns[0].end_frame - turns[0].start_frame == 100

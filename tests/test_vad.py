@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mise_twilio.core.audio import FLOOR_DBFS
+from mise_twilio.core.audio import SILENCE_DBFS
 from mise_twilio.core.vad import EnergyVad, VadParams
 
 
@@ -59,8 +59,8 @@ def test_steady_hum_is_not_speech_after_warmup() -> None:
 def test_digital_silence_never_lifts_the_floor() -> None:
     vad = EnergyVad(VadParams())
     for i in range(500):
-        vad.step(i, FLOOR_DBFS)
-    assert vad.floor_dbfs == VadParams().initial_floor_dbfs
+        vad.step(i, SILENCE_DBFS)
+    assert vad.noise_floor_dbfs == VadParams().initial_noise_floor_dbfs
 
 
 def test_quiet_speaker_is_detected() -> None:

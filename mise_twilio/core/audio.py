@@ -33,7 +33,7 @@ MULAW_SILENCE_BYTE = 0xFF
 """μ-law code for 0 (0x7F is the negative zero). Used to fill timeline gaps."""
 FULL_SCALE_RMS = 32768.0
 """dBFS reference: a full-scale square wave has RMS 32768 and reads 0 dBFS."""
-FLOOR_DBFS = -100.0
+SILENCE_DBFS = -100.0
 """Level reported for digital silence (RMS 0) instead of -inf."""
 
 
@@ -48,11 +48,11 @@ def pcm16_to_ulaw(pcm: bytes) -> bytes:
 
 
 def rms_dbfs(pcm: bytes) -> float:
-    """RMS level of 16-bit PCM bytes in dBFS (0 dBFS = RMS 32768); ``FLOOR_DBFS`` for silence."""
+    """RMS level of 16-bit PCM bytes in dBFS (0 dBFS = RMS 32768); ``SILENCE_DBFS`` for silence."""
     rms = audioop.rms(pcm, SAMPLE_WIDTH_BYTES)
     if rms <= 0:
-        return FLOOR_DBFS
-    return max(FLOOR_DBFS, 20.0 * math.log10(rms / FULL_SCALE_RMS))
+        return SILENCE_DBFS
+    return max(SILENCE_DBFS, 20.0 * math.log10(rms / FULL_SCALE_RMS))
 
 
 def pcm16_array(pcm: bytes) -> NDArray[np.int16]:

@@ -39,27 +39,28 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
-from mise_twilio.core.audio import FLOOR_DBFS, FRAME_MS, FULL_SCALE_RMS, SAMPLE_RATE_HZ
+from mise_twilio.core.audio import FRAME_MS, FULL_SCALE_RMS, SAMPLE_RATE_HZ, SILENCE_DBFS
+from mise_twilio.core.records import Energy, Pitch
 
 __all__ = [
     "SUPPORTED_SAMPLE_RATES_HZ",
     "EnergyFeatures",
     "FeatureParams",
     "PitchFeatures",
+    "TurnAcoustics",
     "TurnFeatures",
     "measure_turn",
+    "turn_acoustics",
 ]
 
 SUPPORTED_SAMPLE_RATES_HZ: tuple[int, ...] = (SAMPLE_RATE_HZ, 16000)
 """Rates ``measure_turn`` accepts: Twilio's 8 kHz, and 16 kHz for wide-band sources."""
-PITCH_HOP_MS = FRAME_MS // 2
-"""Pitch and intensity frames advance by 10 ms (two per 20 ms level frame)."""
 _YIN_CHUNK_FRAMES = 64
 """Pitch frames per YIN batch: keeps the FFT work arrays cache-sized (~0.3 MB)."""
 
 _S = TypeVar("_S", bound=np.generic)
 _FULL_SCALE_POWER = FULL_SCALE_RMS * FULL_SCALE_RMS
-_FLOOR_POWER = _FULL_SCALE_POWER * 10.0 ** (FLOOR_DBFS / 10.0)
+_SILENCE_POWER = _FULL_SCALE_POWER * 10.0 ** (SILENCE_DBFS / 10.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ class FeatureParams:
       there are at least ``min_voiced_frames`` of them; its global minimum otherwise. Without
       this, low voices through the telephone band often lock onto a formant lag near
       ``f0_max_hz`` in weakly periodic frames.
-    * ``voicing_floor_dbfs``: pitch frames whose level (over the integration window) is below
+    * ``voicing_min_dbfs``: pitch frames whose level (over the integration window) is below
       this are unvoiced.
     * ``voicing_range_db``: pitch frames more than this many dB below the turn's loudest pitch
       frame inside speech are unvoiced.
@@ -97,7 +98,7 @@ class FeatureParams:
     Speech rate (syllable nuclei):
 
     * ``intensity_smoothing_ms``: length of the Hann window smoothing the intensity envelope.
-    * ``nucleus_floor_db``: peaks more than this below the 99th percentile of the envelope
+    * ``nucleus_min_rel_db``: peaks more than this below the 99th percentile of the envelope
       over speech are ignored (de Jong & Wempe's "silence threshold", -25 dB).
     * ``nucleus_min_dip_db``: a peak counts only if the envelope dips by at least this many dB
       between it and its neighbouring peak (de Jong & Wempe's ``mindip``, 2 dB).
@@ -108,14 +109,14 @@ class FeatureParams:
     yin_threshold: float = 0.15
     voicing_threshold: float = 0.4
     yin_window_ms: float = 30.0
-    voicing_floor_dbfs: float = -65.0
+    voicing_min_dbfs: float = -65.0
     voicing_range_db: float = 45.0
     min_voiced_run_ms: float = 30.0
     min_voiced_frames: int = 3
     min_slope_span_ms: float = 100.0
     guide_range_semitones: float = 10.0
     intensity_smoothing_ms: float = 50.0
-    nucleus_floor_db: float = 25.0
+    nucleus_min_rel_db: float = 25.0
     nucleus_min_dip_db: float = 2.0
 
     def __post_init__(self) -> None:
@@ -134,7 +135,7 @@ class FeatureParams:
             "min_voiced_run_ms",
             "min_slope_span_ms",
             "guide_range_semitones",
-            "nucleus_floor_db",
+            "nucleus_min_rel_db",
             "nucleus_min_dip_db",
         ):
             if not getattr(self, name) >= 0.0:
@@ -147,8 +148,8 @@ class FeatureParams:
 class EnergyFeatures:
     """Levels of the turn's 20 ms frames over speech frames, in dBFS (0 dBFS = RMS 32768).
 
-    Frames of digital silence read ``FLOOR_DBFS`` (-100); with no speech frames at all every
-    field is ``FLOOR_DBFS`` except ``dynamic_range_db``, which is 0.
+    Frames of digital silence read ``SILENCE_DBFS`` (-100); with no speech frames at all every
+    field is ``SILENCE_DBFS`` except ``dynamic_range_db``, which is 0.
     """
 
     mean_dbfs: float
@@ -266,8 +267,8 @@ def _describe(a: object) -> str:
 
 
 def _power_db(power: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Mean square to dBFS, clamped at ``FLOOR_DBFS``."""
-    db: NDArray[np.float64] = 10.0 * np.log10(np.maximum(power, _FLOOR_POWER) / _FULL_SCALE_POWER)
+    """Mean square to dBFS, clamped at ``SILENCE_DBFS``."""
+    db: NDArray[np.float64] = 10.0 * np.log10(np.maximum(power, _SILENCE_POWER) / _FULL_SCALE_POWER)
     return db
 
 
@@ -290,7 +291,7 @@ def _quantiles(values: NDArray[np.float64], qs: tuple[float, ...]) -> list[float
 
 def _energy(power: NDArray[np.float64]) -> EnergyFeatures:
     if power.size == 0:
-        return EnergyFeatures(FLOOR_DBFS, FLOOR_DBFS, FLOOR_DBFS, 0.0)
+        return EnergyFeatures(SILENCE_DBFS, SILENCE_DBFS, SILENCE_DBFS, 0.0)
     levels = _power_db(power)
     p10, p95 = _quantiles(levels, (0.10, 0.95))
     peak = float(levels.max())
@@ -351,8 +352,8 @@ def _f0_track(
     sq[left + take + 1 :] = sq[left + take]
     run = _strided_frames(sq, size + 1, hop, n_pitch)
     level_db = _power_db((run[:, size] - run[:, 0]) / size)
-    loudest = float(level_db[in_speech].max()) if in_speech.any() else FLOOR_DBFS
-    gate = max(params.voicing_floor_dbfs, loudest - params.voicing_range_db)
+    loudest = float(level_db[in_speech].max()) if in_speech.any() else SILENCE_DBFS
+    gate = max(params.voicing_min_dbfs, loudest - params.voicing_range_db)
     rows = np.flatnonzero(in_speech & (level_db >= gate))
     f0 = np.full(n_pitch, np.nan)
     m = rows.shape[0]
@@ -624,12 +625,12 @@ def _count_nuclei(
     kernel = np.hanning(taps + 2)[1:-1]
     smooth = np.convolve(block_power, kernel / kernel.sum())[taps // 2 : taps // 2 + n]
     env = _power_db(smooth)
-    env[~in_speech] = FLOOR_DBFS  # pauses inside the turn separate nuclei and hold none
+    env[~in_speech] = SILENCE_DBFS  # pauses inside the turn separate nuclei and hold none
     (loud,) = _quantiles(env[in_speech], (0.99,))
-    floor = loud - params.nucleus_floor_db
+    peak_min_db = loud - params.nucleus_min_rel_db
 
     inner = env[1:-1]
-    peaks = np.flatnonzero((inner > env[:-2]) & (inner >= env[2:]) & (inner >= floor)) + 1
+    peaks = np.flatnonzero((inner > env[:-2]) & (inner >= env[2:]) & (inner >= peak_min_db)) + 1
     if peaks.shape[0] == 0:
         return 0
     # Greedy merge left to right: a peak not separated from the last kept peak by a dip of
@@ -646,3 +647,54 @@ def _count_nuclei(
             kept[-1] = p
     idx = np.asarray(kept, dtype=np.intp)
     return int(np.count_nonzero(voiced[idx] & in_speech[idx]))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnAcoustics:
+    """``measure_turn``'s result rounded for a turn record (energy to 0.01 dB, F0 to 0.1 Hz,
+    semitone figures to 0.01, voiced ratio to 0.001, speech rate to 0.01 Hz): the precision the
+    measurements carry, and stable JSON."""
+
+    energy: Energy
+    pitch: Pitch
+    speech_rate_hz: float | None
+
+
+def turn_acoustics(
+    pcm: NDArray[np.int16],
+    segments: tuple[tuple[int, int], ...],
+    start_frame: int,
+    *,
+    params: FeatureParams = FeatureParams(),
+) -> TurnAcoustics:
+    """Measure a turn for its record.
+
+    ``pcm``: shape ``(n,)``, int16, 8 kHz, the turn's audio from ``start_frame`` on;
+    ``segments``: the turn's speech spans as ``[start, end)`` frame indices on the same grid
+    (20 ms frames), which become the speech mask. Raises ``ValueError`` as ``measure_turn``.
+    """
+    mask = np.zeros(pcm.shape[0] // (SAMPLE_RATE_HZ * FRAME_MS // 1000), dtype=np.bool_)
+    for s, e in segments:
+        mask[max(0, s - start_frame) : max(0, e - start_frame)] = True
+    measured = measure_turn(pcm, mask, params=params)
+    m = measured.energy
+    p = measured.pitch
+    return TurnAcoustics(
+        energy=Energy(
+            mean_dbfs=round(m.mean_dbfs, 2),
+            p95_dbfs=round(m.p95_dbfs, 2),
+            peak_dbfs=round(m.peak_dbfs, 2),
+            dynamic_range_db=round(m.dynamic_range_db, 2),
+        ),
+        pitch=Pitch(
+            median_hz=_round(p.median_hz, 1),
+            iqr_semitones=_round(p.iqr_semitones, 2),
+            voiced_ratio=round(p.voiced_ratio, 3),
+            slope_semitones_per_s=_round(p.slope_semitones_per_s, 2),
+        ),
+        speech_rate_hz=_round(measured.speech_rate_hz, 2),
+    )
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)

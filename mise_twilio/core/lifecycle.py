@@ -1,245 +1,33 @@
-"""Status callbacks → lifecycle records, and the per-process call lifecycle (sans-I/O).
+"""The call lifecycle of one process (sans-I/O): status callbacks deduplicated and ordered,
+and each call's stream summary joined with its final status.
 
-Two kinds of form-encoded webhook reach ``/v1/webhook/twilio``:
+- ``CallLifecycle`` deduplicates and orders call status events (Twilio: "there is no guarantee
+  they will arrive in the same order",
+  https://www.twilio.com/docs/voice/api/call-resource#statuscallback) and never lets a status
+  through after a terminal one.
+- ``SummaryJoin`` puts a stream's call summary into ``call.completed`` and the call's last
+  status into ``stream.stopped``, whichever of the two reaches this process first.
 
-* **Call status callbacks** (https://www.twilio.com/docs/voice/api/call-resource#statuscallback,
-  CallStatus values: https://www.twilio.com/docs/voice/twiml#callstatus-values): ``CallSid``,
-  ``CallStatus``, ``SequenceNumber`` (from 0, per call), ``Timestamp`` (RFC 2822, e.g.
-  ``Thu, 12 Feb 2026 11:48:25 +0000``), ``CallDuration`` (s, on completed), ``Duration`` (billed
-  minutes, ignored), ``SipResponseCode``, ``Direction``, ``From``/``To``/``CallerName``/
-  ``ForwardedFrom`` (redacted by a ``PiiPolicy``), ``ParentCallSid``, ``AccountSid``.
-* **Stream status callbacks** (https://www.twilio.com/docs/voice/twiml/stream#statuscallback):
-  ``StreamSid``, ``StreamEvent`` (``stream-started|stream-stopped|stream-error``), ``StreamName``,
-  ``StreamError``, ``Timestamp`` (ISO 8601), ``CallSid``, ``AccountSid``.
-
-``parse_status_callback`` turns one form into a record; ``CallLifecycle`` deduplicates and orders
-call events (Twilio: "there is no guarantee they will arrive in the same order") and never lets a
-status through after a terminal one. Nothing here reads a clock, a socket, the environment or logs:
-time is passed in as ``now_s`` (any monotonic seconds).
-
-Record ids (stable, so sinks can deduplicate at-least-once delivery, also across replicas):
-
-* call:   ``f"{CallSid}:{type}"``, e.g. ``CA…:call.answered`` (one record per status per call);
-* stream: ``f"{StreamSid}:status:{stream_event}"``, e.g. ``MZ…:status:stream-started``, with
-  ``stream_event`` normalised to the ``stream-*`` spelling.
+Nothing here reads a clock, a socket, the environment or logs: time is passed in as ``now_s``
+(any monotonic seconds) and timers are deadlines the edge polls.
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import Final, Literal
+from typing import Literal
 
-from mise_twilio.core.errors import WebhookError
-from mise_twilio.core.pii import PiiPolicy
-from mise_twilio.core.records import CallEventType, CallStatusEvent, StreamStatusEvent
+from mise_twilio.core.records import CallStatusEvent, CallSummary, StreamStatusEvent, StreamStopped
+from mise_twilio.core.status import TERMINAL_TYPES, StatusEvent
 
 __all__ = [
-    "CALL_STATUS_TYPES",
-    "STREAM_EVENTS",
-    "TERMINAL_STATUSES",
-    "USED_FIELDS",
     "CallLifecycle",
     "DropReason",
     "Dropped",
-    "StatusEvent",
-    "parse_status_callback",
+    "JoinOutput",
+    "SummaryJoin",
 ]
-
-StatusEvent = CallStatusEvent | StreamStatusEvent
-"""What ``parse_status_callback`` returns and ``CallLifecycle`` emits."""
-
-CALL_STATUS_TYPES: Final[Mapping[str, CallEventType]] = {
-    "queued": "call.queued",
-    "initiated": "call.initiated",
-    "ringing": "call.ringing",
-    "in-progress": "call.answered",
-    "completed": "call.completed",
-    "busy": "call.busy",
-    "failed": "call.failed",
-    "no-answer": "call.no_answer",
-    "canceled": "call.canceled",
-}
-"""Twilio ``CallStatus`` → record ``type``."""
-
-TERMINAL_STATUSES: Final[frozenset[str]] = frozenset(
-    {"completed", "busy", "failed", "no-answer", "canceled"}
-)
-"""``CallStatus`` values after which a call never changes again."""
-
-_TERMINAL_TYPES: Final[frozenset[str]] = frozenset(CALL_STATUS_TYPES[s] for s in TERMINAL_STATUSES)
-
-STREAM_EVENTS: Final[Mapping[str, str]] = {
-    "stream-started": "stream-started",
-    "stream-stopped": "stream-stopped",
-    "stream-error": "stream-error",
-    "start": "stream-started",
-    "started": "stream-started",
-    "stop": "stream-stopped",
-    "stopped": "stream-stopped",
-    "error": "stream-error",
-}
-"""Accepted ``StreamEvent`` spellings → the documented ``stream-*`` value (bare forms are
-accepted defensively; third-party code claims Twilio sends them)."""
-
-USED_FIELDS: Final[frozenset[str]] = frozenset(
-    {
-        "AccountSid", "CallSid", "CallStatus", "SequenceNumber", "Timestamp", "Direction",
-        "CallDuration", "SipResponseCode", "From", "To", "CallerName", "ForwardedFrom",
-        "ParentCallSid", "StreamSid", "StreamEvent", "StreamName", "StreamError",
-    }
-)  # fmt: skip
-"""Form fields ``parse_status_callback`` reads (the edge rejects these when repeated)."""
-
-_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_UINT = re.compile(r"[0-9]{1,10}")
-_MAX_SHOWN = 40
-
-
-def _show(value: str) -> str:
-    """A bounded, quoted rendering of an attacker-controlled value for error messages."""
-    if len(value) > _MAX_SHOWN:
-        value = value[:_MAX_SHOWN] + "…"
-    return repr(value)
-
-
-def _opt(params: Mapping[str, str], name: str) -> str | None:
-    value = params.get(name)
-    return value if value else None
-
-
-def _sid(params: Mapping[str, str], name: str, *, required: bool) -> str | None:
-    value = _opt(params, name)
-    if value is None:
-        if required:
-            raise WebhookError(f"missing {name}")
-        return None
-    if _SID.fullmatch(value) is None:
-        raise WebhookError(f"{name} is not a Twilio SID: {_show(value)}")
-    return value
-
-
-def _uint(params: Mapping[str, str], name: str) -> int | None:
-    value = _opt(params, name)
-    if value is None:
-        return None
-    if _UINT.fullmatch(value) is None:
-        raise WebhookError(f"{name} is not a non-negative integer: {_show(value)}")
-    return int(value)
-
-
-def _rfc2822(value: str) -> datetime | None:
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return parsed
-
-
-def _iso8601(value: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
-def _timestamp(params: Mapping[str, str], *, iso_first: bool) -> datetime | None:
-    """``Timestamp`` as an aware UTC datetime; the documented format first, then the other."""
-    value = _opt(params, "Timestamp")
-    if value is None:
-        return None
-    parsers = (_iso8601, _rfc2822) if iso_first else (_rfc2822, _iso8601)
-    for parse in parsers:
-        parsed = parse(value)
-        if parsed is not None:
-            if parsed.tzinfo is None:  # RFC 2822 "-0000" or ISO without offset: UTC by contract
-                return parsed.replace(tzinfo=UTC)
-            return parsed.astimezone(UTC)
-    expected = "ISO 8601" if iso_first else "RFC 2822, e.g. 'Thu, 12 Feb 2026 11:48:25 +0000'"
-    raise WebhookError(f"Timestamp is not {expected}: {_show(value)}")
-
-
-def parse_status_callback(
-    params: Mapping[str, str], *, pii: PiiPolicy
-) -> CallStatusEvent | StreamStatusEvent:
-    """One status-callback form → a ``CallStatusEvent`` or a ``StreamStatusEvent``.
-
-    ``params``: the decoded form fields (POST body or GET query), Twilio's names, str values;
-    empty strings count as absent. A form with a non-empty ``StreamEvent`` is a stream callback;
-    otherwise ``CallStatus`` must be present.
-
-    Call: ``type`` from ``CALL_STATUS_TYPES`` (``in-progress`` → ``call.answered``,
-    ``no-answer`` → ``call.no_answer``); ``event_at`` from the RFC 2822 ``Timestamp`` as aware
-    UTC (ISO 8601 accepted as a fallback); ``sequence_number`` (int ≥ 0, or ``None`` when absent);
-    ``duration_s`` from ``CallDuration`` (seconds); ``sip_response_code``; ``from``/``to``/
-    ``caller_name``/``forwarded_from`` through ``pii.redact``. Id ``f"{CallSid}:{type}"``.
-
-    Stream: ``stream_event`` normalised via ``STREAM_EVENTS``; ``event_at`` from the ISO 8601
-    ``Timestamp`` as aware UTC (RFC 2822 accepted as a fallback). Id
-    ``f"{StreamSid}:status:{stream_event}"``.
-
-    Raises ``WebhookError`` (status 400) with a message naming the field: missing ``CallSid``
-    (call) or ``StreamSid`` (stream), a SID that is not ``[A-Za-z0-9_-]{1,64}``, unknown
-    ``CallStatus`` or ``StreamEvent``, unparseable ``Timestamp``, a ``SequenceNumber``/
-    ``CallDuration``/``SipResponseCode`` that is not a non-negative integer, or neither
-    ``CallStatus`` nor ``StreamEvent``. Messages never contain From/To values.
-    """
-    stream_event_raw = _opt(params, "StreamEvent")
-    if stream_event_raw is not None:
-        return _parse_stream(params, stream_event_raw)
-    call_status = _opt(params, "CallStatus")
-    if call_status is None:
-        raise WebhookError("neither CallStatus nor StreamEvent: not a Twilio status callback")
-    call_sid = _sid(params, "CallSid", required=True)
-    event_type = CALL_STATUS_TYPES.get(call_status)
-    if event_type is None:
-        known = ", ".join(CALL_STATUS_TYPES)
-        raise WebhookError(f"unknown CallStatus {_show(call_status)} (expected one of {known})")
-    return CallStatusEvent(
-        type=event_type,
-        id=f"{call_sid}:{event_type}",
-        call_sid=call_sid,
-        account_sid=_sid(params, "AccountSid", required=False),
-        call_status=call_status,
-        sequence_number=_uint(params, "SequenceNumber"),
-        event_at=_timestamp(params, iso_first=False),
-        direction=_opt(params, "Direction"),
-        duration_s=_uint(params, "CallDuration"),
-        sip_response_code=_uint(params, "SipResponseCode"),
-        from_=pii.redact(_opt(params, "From")),
-        to=pii.redact(_opt(params, "To")),
-        caller_name=pii.redact(_opt(params, "CallerName")),
-        forwarded_from=pii.redact(_opt(params, "ForwardedFrom")),
-        parent_call_sid=_sid(params, "ParentCallSid", required=False),
-    )
-
-
-def _parse_stream(params: Mapping[str, str], raw_event: str) -> StreamStatusEvent:
-    stream_event = STREAM_EVENTS.get(raw_event)
-    if stream_event is None:
-        raise WebhookError(
-            f"unknown StreamEvent {_show(raw_event)} "
-            "(expected stream-started, stream-stopped or stream-error)"
-        )
-    stream_sid = _sid(params, "StreamSid", required=True)
-    return StreamStatusEvent(
-        id=f"{stream_sid}:status:{stream_event}",
-        call_sid=_sid(params, "CallSid", required=False),
-        stream_sid=stream_sid,
-        account_sid=_sid(params, "AccountSid", required=False),
-        stream_event=stream_event,
-        stream_name=_opt(params, "StreamName"),
-        stream_error=_opt(params, "StreamError"),
-        event_at=_timestamp(params, iso_first=True),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# lifecycle
 
 DropReason = Literal["duplicate_sequence", "duplicate_status", "after_terminal", "duplicate_id"]
 
@@ -458,6 +246,104 @@ class CallLifecycle:
             self._dropped.append(Dropped(event, "after_terminal"))
             return []
         call.last_status = event.call_status
-        if event.type in _TERMINAL_TYPES:
+        if event.type in TERMINAL_TYPES:
             call.terminal_at_s = now_s
         return [event]
+
+
+# ---------------------------------------------------------------------------------------------
+# the completed / summary join
+
+
+@dataclass(frozen=True, slots=True)
+class JoinOutput:
+    """What ``SummaryJoin`` hands back: ``records`` to publish now, in order, and
+    ``close_streams``: call sids whose open streams the edge should end now (reason ``stop``)."""
+
+    records: list[StatusEvent | StreamStopped] = field(default_factory=list)
+    close_streams: list[str] = field(default_factory=list)
+
+
+class SummaryJoin:
+    """Joins ``call.completed`` with the summary of the call's stream, and ``stream.stopped``
+    with the call's last status, for the streams and callbacks this process sees.
+
+    Twilio sends the stream's ``stop`` before the call's ``completed`` callback, but they
+    travel separately and either can come first:
+
+    - ``stream.stopped`` first (the usual case): its summary is remembered (the last
+      ``max_calls`` calls) and a later ``call.completed`` carries it.
+    - ``call.completed`` while the stream is still open here: the event is held up to
+      ``hold_s`` for the stream to stop, then published with the summary or without it. A
+      tunnel may swallow both ``stop`` and the socket close (``docs/protocol.md`` §7), so after
+      ``close_grace_s`` the join asks the edge to end the still-open stream.
+    - otherwise ``call.completed`` goes out at once, without a summary.
+
+    ``stream.stopped`` gets ``last_call_status`` from the ``CallLifecycle`` status the edge
+    passes in. Record ids do not change, so a duplicate join is deduplicated downstream.
+    """
+
+    def __init__(
+        self, *, hold_s: float = 5.0, close_grace_s: float = 2.0, max_calls: int = 10_000
+    ) -> None:
+        if hold_s < 0 or close_grace_s < 0 or max_calls < 1:
+            raise ValueError("hold_s and close_grace_s must be >= 0, max_calls >= 1")
+        self.hold_s = hold_s
+        self.close_grace_s = close_grace_s
+        self.max_calls = max_calls
+        self._summaries: OrderedDict[str, CallSummary] = OrderedDict()
+        self._held: dict[str, tuple[float, CallStatusEvent]] = {}
+        self._close_at: dict[str, float] = {}
+
+    def on_status(self, event: StatusEvent, *, stream_open: bool, now_s: float) -> JoinOutput:
+        """A released status event. ``stream_open``: a stream of this call is open here."""
+        call_sid = event.call_sid
+        if not isinstance(event, CallStatusEvent) or event.type != "call.completed" or not call_sid:
+            return JoinOutput([event])
+        summary = self._summaries.get(call_sid)
+        if summary is not None:
+            return JoinOutput([event.model_copy(update={"summary": summary})])
+        if stream_open:
+            self._held[call_sid] = (now_s + self.hold_s, event)
+            self._close_at[call_sid] = now_s + self.close_grace_s
+            return JoinOutput()
+        return JoinOutput([event])
+
+    def on_stream_stopped(self, record: StreamStopped, last_call_status: str | None) -> JoinOutput:
+        """A stream ended here: remember its summary, fill in the status, release a held
+        ``call.completed``."""
+        call_sid = record.call_sid
+        if not call_sid:
+            return JoinOutput([record])
+        self._summaries[call_sid] = record.summary
+        self._summaries.move_to_end(call_sid)
+        while len(self._summaries) > self.max_calls:
+            self._summaries.popitem(last=False)
+        self._close_at.pop(call_sid, None)
+        if record.last_call_status is None and last_call_status is not None:
+            record = record.model_copy(update={"last_call_status": last_call_status})
+        out: list[StatusEvent | StreamStopped] = [record]
+        held = self._held.pop(call_sid, None)
+        if held is not None:
+            out.append(held[1].model_copy(update={"summary": record.summary}))
+        return JoinOutput(out)
+
+    def poll(self, now_s: float) -> JoinOutput:
+        """Deadlines that passed: held events released without a summary, streams to end."""
+        close = [sid for sid, at in self._close_at.items() if at <= now_s]
+        for sid in close:
+            del self._close_at[sid]
+        due = [sid for sid, (at, _) in self._held.items() if at <= now_s]
+        return JoinOutput([self._held.pop(sid)[1] for sid in due], close)
+
+    def flush(self) -> list[CallStatusEvent]:
+        """Shutdown: every held event, now, without a summary."""
+        held = [event for _, event in self._held.values()]
+        self._held.clear()
+        self._close_at.clear()
+        return held
+
+    def next_deadline_s(self) -> float | None:
+        """The earliest pending deadline (for the edge's timer), or ``None``."""
+        times = [at for at, _ in self._held.values()] + list(self._close_at.values())
+        return min(times) if times else None

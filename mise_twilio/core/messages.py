@@ -1,7 +1,7 @@
 """Twilio Media Streams wire schema and ``parse_message()``.
 
 Source: https://www.twilio.com/docs/voice/media-streams/websocket-messages ([WSM]) and real
-captures (``../shared/twilio-protocol.md`` §1, §2, §9). Facts the models encode:
+captures (``docs/protocol.md`` §1, §2, §9). Facts the models encode:
 
 - Every numeric-looking field Twilio sends (``sequenceNumber``, ``media.chunk``,
   ``media.timestamp``) is a JSON *string*; pydantic's lax mode turns ``"99"`` into ``99``.
@@ -13,14 +13,22 @@ captures (``../shared/twilio-protocol.md`` §1, §2, §9). Facts the models enco
 Unknown events parse as ``UnknownMessage`` (kept, not an error): Twilio may add events, and one
 new event must not end a call. Field names are Twilio's (camelCase) as aliases of snake_case
 attributes.
+
+Every check at the boundary lives here too: ``read_media`` turns a media message into a chunk
+the timeline can place (track, timestamp and payload limits) and ``admit_start`` decides what
+a ``start`` message opens (media format, api_key, custom parameters, tracks). Both raise or
+report ``ProtocolError`` codes that become ``diagnostic`` records.
 """
 
 from __future__ import annotations
 
 import binascii
-from typing import Annotated, Any, Literal
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -31,9 +39,31 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from mise_twilio.core.audio import SAMPLES_PER_MS
 from mise_twilio.core.errors import ProtocolError
 
 KNOWN_EVENTS = frozenset({"connected", "start", "media", "dtmf", "mark", "stop"})
+
+Track = Literal["inbound", "outbound"]
+"""``inbound``: the audio Twilio receives from the caller; ``outbound``: what Twilio plays to
+the caller (the agent, prompts, a dialed party). [TWIML]"""
+TRACKS: Final[tuple[Track, ...]] = ("inbound", "outbound")
+"""Both tracks, in the order the bridge always handles them."""
+
+
+def normalise_track(name: str) -> str:
+    """``inbound_track`` → ``inbound`` (TwiML and ``dtmf.track`` spell tracks with the suffix)."""
+    return name[:-6] if name.endswith("_track") else name
+
+
+def as_track(name: str) -> Track | None:
+    """The ``Track`` a wire track name means (``_track`` suffix allowed), or ``None``."""
+    norm = normalise_track(name)
+    if norm == "inbound":
+        return "inbound"
+    if norm == "outbound":
+        return "outbound"
+    return None
 
 
 class _Wire(BaseModel):
@@ -55,11 +85,14 @@ class ConnectedMessage(_Wire):
     version: str | None = None
 
 
-class MediaFormat(_Wire):
-    """Always ``audio/x-mulaw``, 8000 Hz, 1 channel per [WSM]; checked, not assumed."""
+class MediaFormat(BaseModel):
+    """Always ``audio/x-mulaw``, 8000 Hz, 1 channel per [WSM]; checked, not assumed.
 
+    One type for the wire (``sampleRate``) and the records (``sample_rate_hz``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
     encoding: str
-    sample_rate: int
+    sample_rate_hz: int = Field(validation_alias=AliasChoices("sampleRate", "sample_rate_hz"))
     channels: int
 
 
@@ -210,6 +243,122 @@ def decode_payload(payload: str) -> bytes:
         return binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise ProtocolError("bad_payload", f"media.payload is not valid base64: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaChunk:
+    """A media message checked at the boundary: ready for ``TrackTimeline.push``."""
+
+    track: Track
+    timestamp_ms: int
+    payload: bytes
+    """μ-law bytes, one per 8 kHz sample, at least one."""
+    chunk: int | None
+    sequence_number: int | None
+
+
+def read_media(message: MediaMessage, *, max_timestamp_ms: int, max_chunk_ms: int) -> MediaChunk:
+    """Check one media message and decode its payload.
+
+    Raises ``ProtocolError``: ``unknown_track`` (not inbound/outbound, ``_track`` suffix
+    allowed), ``bad_timestamp`` (outside ``0..max_timestamp_ms``: a wild value must not become
+    the call's clock origin), ``bad_payload`` (not base64), ``empty_payload``,
+    ``chunk_too_long`` (over ``max_chunk_ms`` of audio: Twilio sends 20 ms chunks, and a huge
+    one would shift the whole timeline).
+    """
+    seq = message.sequence_number
+    media = message.media
+    track = as_track(media.track)
+    if track is None:
+        raise ProtocolError(
+            "unknown_track",
+            f"media on unknown track {normalise_track(media.track)!r}",
+            sequence_number=seq,
+        )
+    if not 0 <= media.timestamp <= max_timestamp_ms:
+        raise ProtocolError(
+            "bad_timestamp",
+            f"media.timestamp {media.timestamp} outside 0..{max_timestamp_ms} ms",
+            sequence_number=seq,
+        )
+    payload = decode_payload(media.payload)
+    if not payload:
+        raise ProtocolError("empty_payload", "media.payload is empty", sequence_number=seq)
+    if len(payload) > max_chunk_ms * SAMPLES_PER_MS:
+        raise ProtocolError(
+            "chunk_too_long",
+            f"{len(payload)} byte media chunk is over {max_chunk_ms} ms; dropped",
+            sequence_number=seq,
+        )
+    return MediaChunk(track, media.timestamp, payload, media.chunk, seq)
+
+
+@dataclass(frozen=True, slots=True)
+class StartAdmission:
+    """What a ``start`` message opens: ``rejected`` is ``"api_key"`` when the shared secret
+    did not match (then nothing else applies), else ``None``. ``problems`` are the
+    ``ProtocolError``s to report, in order; ``media_ok`` is False for a media format other
+    than μ-law 8 kHz (its media is then ignored)."""
+
+    rejected: str | None
+    tracks: list[Track]
+    custom_parameters: dict[str, str]
+    media_ok: bool
+    problems: list[ProtocolError]
+
+
+def admit_start(
+    message: StartMessage, *, expected_api_key: str | None, max_custom_parameters: int
+) -> StartAdmission:
+    """Check a ``start`` message.
+
+    - ``mediaFormat`` must be ``audio/x-mulaw`` at 8000 Hz (``unsupported_media_format``).
+    - With ``expected_api_key`` set, ``customParameters.api_key`` must equal it (constant-time
+      compare), otherwise the stream is rejected. ``api_key`` is a secret: it never reaches a
+      record.
+    - More than ``max_custom_parameters`` (Twilio allows 99) keeps the first ones
+      (``too_many_custom_parameters``).
+    - Unknown or repeated tracks are dropped (``unknown_track``); none left means inbound.
+    """
+    seq = message.sequence_number
+    start = message.start
+    fmt = start.media_format
+    problems: list[ProtocolError] = []
+    media_ok = (fmt.encoding, fmt.sample_rate_hz, fmt.channels) == ("audio/x-mulaw", 8000, 1)
+    if not media_ok:
+        problems.append(
+            ProtocolError(
+                "unsupported_media_format",
+                f"expected audio/x-mulaw 8000 Hz mono, got {fmt.encoding} {fmt.sample_rate_hz} "
+                f"Hz x{fmt.channels}; media will be ignored",
+                sequence_number=seq,
+            )
+        )
+    params = dict(start.custom_parameters)
+    if expected_api_key is not None:
+        given = params.get("api_key", "")
+        if not hmac.compare_digest(given.encode(), expected_api_key.encode()):
+            return StartAdmission("api_key", [], {}, False, problems)
+    params.pop("api_key", None)
+    if len(params) > max_custom_parameters:
+        problems.append(
+            ProtocolError(
+                "too_many_custom_parameters",
+                f"{len(params)} custom parameters; kept the first {max_custom_parameters}",
+                sequence_number=seq,
+            )
+        )
+        params = dict(list(params.items())[:max_custom_parameters])
+    tracks: list[Track] = []
+    for name in start.tracks:
+        track = as_track(name)
+        if track is not None and track not in tracks:
+            tracks.append(track)
+        else:
+            problems.append(
+                ProtocolError("unknown_track", f"track {name!r} ignored", sequence_number=seq)
+            )
+    return StartAdmission(None, tracks or ["inbound"], params, media_ok, problems)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,14 +17,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from mise_twilio.core.messages import MediaFormat, Track
+
 SCHEMA_VERSION: Literal[1] = 1
 
-Track = Literal["inbound", "outbound"]
 Speaker = Literal["caller", "agent"]
 EndReason = Literal["pause", "floor_taken", "max_duration", "stream_end"]
 StopReason = Literal["stop", "eof", "idle", "shutdown", "max_duration", "rejected"]
 
-SPEAKER_BY_TRACK: dict[str, Speaker] = {"inbound": "caller", "outbound": "agent"}
+SPEAKER_BY_TRACK: dict[Track, Speaker] = {"inbound": "caller", "outbound": "agent"}
 """Twilio's ``inbound`` track is the audio Twilio receives from the caller; ``outbound`` is what
 Twilio plays to the caller (the agent, prompts, a dialed party). [TWIML]"""
 
@@ -65,7 +66,7 @@ class Pitch(_Model):
 
 
 class TurnRecord(_RecordBase):
-    """One speaker turn: consecutive speech segments of one track (DESIGN.md §3)."""
+    """One speaker turn: consecutive speech segments of one track (``docs/architecture.md``)."""
 
     type: Literal["turn"] = "turn"
     track: Track
@@ -98,12 +99,6 @@ class TurnRecord(_RecordBase):
 
 # ---------------------------------------------------------------------------------------------
 # stream events
-
-
-class MediaFormat(_Model):
-    encoding: str
-    sample_rate_hz: int
-    channels: int
 
 
 class StreamStarted(_RecordBase):

@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +26,19 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from mise_twilio import __version__
 from mise_twilio.core.call import CallSession, SessionParams
-from mise_twilio.core.lifecycle import CallLifecycle
+from mise_twilio.core.lifecycle import CallLifecycle, JoinOutput, SummaryJoin
 from mise_twilio.core.pii import PiiPolicy
-from mise_twilio.core.records import (
-    AnyRecord,
-    CallStatusEvent,
-    CallSummary,
-    Diagnostic,
-    StreamStopped,
-    TurnRecord,
-)
+from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
+from mise_twilio.core.status import StatusEvent
 from mise_twilio.server.config import Settings
 from mise_twilio.server.metrics import Metrics
 from mise_twilio.server.signature import TwilioSignature
 from mise_twilio.server.sinks import SinkHub, build_hub
+from mise_twilio.server.stream import run_stream
 from mise_twilio.server.turn_audio import turn_audio_path, write_turn_wav
 from mise_twilio.server.webhook import make_webhook_endpoint, run_lifecycle_poller
 
@@ -54,10 +47,9 @@ WEBHOOK_PATH = "/v1/webhook/twilio"
 WS_HARD_MAX_BYTES = 1024 * 1024
 """The socket-level frame cap. Frames between ``max_message_bytes`` and this become a
 diagnostic in the session (the call goes on); only beyond it does the protocol close (1009)."""
-_COMPLETED_HOLD_S = 5.0
-_SUMMARY_CACHE = 10_000
+_TIMER_INTERVAL_S = 0.25
 
-log = structlog.get_logger("mise_twilio.server.app")
+log = structlog.get_logger("mise_twilio.server")
 
 
 def session_params(settings: Settings) -> SessionParams:
@@ -69,22 +61,9 @@ def session_params(settings: Settings) -> SessionParams:
     )
 
 
-@dataclass
-class _Joins:
-    """Joins stream summaries and call status callbacks that reach this process (bounded)."""
-
-    summaries: OrderedDict[str, CallSummary] = field(default_factory=OrderedDict)
-    held_completed: dict[str, CallStatusEvent] = field(default_factory=dict)
-
-    def remember(self, call_sid: str, summary: CallSummary) -> None:
-        self.summaries[call_sid] = summary
-        self.summaries.move_to_end(call_sid)
-        while len(self.summaries) > _SUMMARY_CACHE:
-            self.summaries.popitem(last=False)
-
-
 class Bridge:
-    """Process-wide state shared by the routes: settings, sinks, metrics, open sessions."""
+    """Process-wide state shared by the routes: settings, sinks, metrics, open sessions, the
+    call lifecycle and the completed/summary join."""
 
     def __init__(
         self, settings: Settings, *, hub: SinkHub | None = None, metrics: Metrics | None = None
@@ -102,8 +81,8 @@ class Bridge:
         pii_key = settings.pii_key.get_secret_value().encode() if settings.pii_key else None
         self.pii = PiiPolicy(pii_key, keep=settings.keep_pii)
         self.lifecycle = CallLifecycle()
+        self.join = SummaryJoin()
         self.sessions: dict[int, CallSession] = {}
-        self.joins = _Joins()
         self.shutting_down = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._audio_writes: set[asyncio.Task[Any]] = set()
@@ -118,64 +97,51 @@ class Bridge:
             self.metrics.diagnostics_total.labels(code=record.code).inc()
         self.hub.publish(record)
 
-    def publish_status(self, record: AnyRecord) -> None:
-        """Status-callback events: join ``call.completed`` with this process's stream summary."""
+    def publish_status(self, record: StatusEvent) -> None:
+        """A released status-callback event, through the completed/summary join."""
         call_sid = record.call_sid
-        if isinstance(record, CallStatusEvent) and call_sid and record.type == "call.completed":
-            summary = self.joins.summaries.get(call_sid)
-            if summary is not None:
-                record = record.model_copy(update={"summary": summary})
-            elif self._stream_open(call_sid):
-                # The stream is still open here: hold the event until it stops (bounded).
-                self.joins.held_completed[call_sid] = record
-                asyncio.get_running_loop().call_later(
-                    _COMPLETED_HOLD_S, self._release_completed, call_sid
-                )
-                self._close_after_grace(call_sid)
-                return
-        self.publish(record)
+        stream_open = call_sid is not None and self._stream_open(call_sid)
+        self._apply(self.join.on_status(record, stream_open=stream_open, now_s=time.monotonic()))
 
-    def _release_completed(self, call_sid: str) -> None:
-        held = self.joins.held_completed.pop(call_sid, None)
-        if held is not None:
-            summary = self.joins.summaries.get(call_sid)
-            self.publish(held.model_copy(update={"summary": summary}) if summary else held)
+    def _apply(self, out: JoinOutput) -> None:
+        for record in out.records:
+            self.publish(record)
+        for call_sid in out.close_streams:
+            # Twilio sends ``stop`` before the call ends; a tunnel may swallow both it and the
+            # socket close (docs/protocol.md §7), so a completed call ends its open stream.
+            for session in list(self.sessions.values()):
+                if session.call_sid == call_sid and not session.close_expected():
+                    session.close("stop", at_s=time.time())
+                    self.flush_session(session)
 
     def _stream_open(self, call_sid: str) -> bool:
         return any(s.call_sid == call_sid for s in self.sessions.values())
 
-    def _close_after_grace(self, call_sid: str) -> None:
-        # Twilio sends ``stop`` before the call ends; a tunnel may swallow both it and the
-        # socket close (twilio-protocol.md §7), so a completed call ends its open stream soon.
-        def close() -> None:
-            for session in list(self.sessions.values()):
-                if session.call_sid == call_sid and session.state != "closed":
-                    session.close("stop", at=time.time())
-                    self.flush_session(session)
-
-        asyncio.get_running_loop().call_later(2.0, close)
-
-    def flush_session(self, session: CallSession) -> None:
-        """Publish what the session produced; on ``stream.stopped`` record the join.
-
-        With turn audio on, each turn record names its WAV file (``audio``), published now;
-        the file is written in a thread and appears (atomically) shortly after."""
+    def flush_session(self, session: CallSession) -> list[AnyRecord]:
+        """Publish what the session produced (``stream.stopped`` through the join) and return
+        it. With turn audio on, each turn record names its WAV file (``audio``), published
+        now; the file is written in a thread and appears (atomically) shortly after."""
         events = session.take_events()
         pcm_by_turn = dict(session.take_turn_audio()) if self.params.keep_turn_audio else {}
-        for record in events:
+        for i, record in enumerate(events):
             if isinstance(record, TurnRecord) and record.id in pcm_by_turn:
-                record = self._with_turn_audio(record, pcm_by_turn.pop(record.id))
-            call_sid = record.call_sid
-            if isinstance(record, StreamStopped) and call_sid:
-                self.joins.remember(call_sid, record.summary)
-                if record.last_call_status is None:
-                    status = self.lifecycle.last_status(call_sid)
-                    if status is not None:
-                        record = record.model_copy(update={"last_call_status": status})
+                events[i] = record = self._with_turn_audio(record, pcm_by_turn.pop(record.id))
+            if isinstance(record, StreamStopped):
+                last = self.lifecycle.last_status(record.call_sid) if record.call_sid else None
+                self._apply(self.join.on_stream_stopped(record, last))
+            else:
                 self.publish(record)
-                self._release_completed(call_sid)
-                continue
-            self.publish(record)
+        return events
+
+    def end_of_input(self, session: CallSession) -> None:
+        """The socket closed under the session."""
+        # uvicorn's shutdown hangs up every connection (close 1012) before the lifespan
+        # shutdown runs; ``ShutdownAwareWebSocket`` sets ``shutting_down`` first, so a stream
+        # cut that way ends as ``shutdown``, not as the peer's ``eof``.
+        if self.shutting_down:
+            session.close("shutdown", at_s=time.time())
+        else:
+            session.receive_eof(at_s=time.time())
 
     def _with_turn_audio(self, record: TurnRecord, pcm: bytes) -> TurnRecord:
         path = turn_audio_path(self.settings.data_dir.absolute(), record)
@@ -205,9 +171,18 @@ class Bridge:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _join_timers(self) -> None:
+        while True:
+            await asyncio.sleep(_TIMER_INTERVAL_S)
+            try:
+                self._apply(self.join.poll(time.monotonic()))
+            except Exception:
+                log.exception("join_poll_failed")
+
     async def startup(self) -> None:
         await self.hub.start()
         self.spawn(run_lifecycle_poller(self.lifecycle, self.publish_status))
+        self.spawn(self._join_timers())
         if self.signature is None:
             log.warning(
                 "open_server",
@@ -229,14 +204,14 @@ class Bridge:
         """SIGTERM: close every open stream (turns end as ``stream_end``), drain the sinks."""
         self.shutting_down = True
         for session in list(self.sessions.values()):
-            session.close("shutdown", at=time.time())
+            session.close("shutdown", at_s=time.time())
             self.flush_session(session)
-        for call_sid in list(self.joins.held_completed):
-            self._release_completed(call_sid)
         for task in list(self._tasks):
             task.cancel()
         for event in self.lifecycle.flush(time.monotonic()):
             self.publish_status(event)
+        for held in self.join.flush():
+            self.publish(held)
         deadline = time.monotonic() + self.settings.shutdown_deadline_s
         if not await self.wait_for_audio(self.settings.shutdown_deadline_s / 2):
             log.warning("turn_audio_unfinished", pending=len(self._audio_writes))
@@ -245,15 +220,6 @@ class Bridge:
         await self.hub.close()
 
     # -- the stream -----------------------------------------------------------------------
-
-    def _end_of_input(self, session: CallSession) -> None:
-        # uvicorn's shutdown hangs up every connection (close 1012) before the lifespan
-        # shutdown runs; ``ShutdownAwareWebSocket`` sets ``shutting_down`` first, so a stream
-        # cut that way ends as ``shutdown``, not as the peer's ``eof``.
-        if self.shutting_down:
-            session.close("shutdown", at=time.time())
-        else:
-            session.receive_eof(at=time.time())
 
     async def stream(self, ws: WebSocket) -> None:
         path = ws.url.path
@@ -268,91 +234,7 @@ class Bridge:
             await ws.close(code=1008)  # before accept: the handshake is refused with 403
             return
         await ws.accept()
-        session = CallSession(self.params)
-        key = id(session)
-        self.sessions[key] = session
-        self.metrics.active_streams.inc()
-        slog = log
-        last_message = time.monotonic()
-        idle_s = self.settings.idle_timeout_s
-
-        counted: Counter[str] = Counter()
-
-        def count_messages() -> None:
-            # ``mise_messages_total`` from the session's own tally, by difference: once a
-            # second and at the end, so a long call shows up while it lasts at no per-message
-            # cost.
-            for event, count in session.messages.items():
-                delta = count - counted[event]
-                if delta:
-                    self.metrics.messages_total.labels(event=event).inc(delta)
-                    counted[event] = count
-
-        async def watchdog() -> None:
-            # One timer per stream, not one per message: ``wait_for`` on every receive would
-            # cost more than the message itself. It also hangs up on a session that was closed
-            # from outside the read loop (call.completed grace, shutdown): the read loop is
-            # blocked in receive() and would otherwise wait for the peer.
-            while True:
-                await asyncio.sleep(min(1.0, idle_s / 4))
-                count_messages()
-                if session.state != "closed" and time.monotonic() - last_message > idle_s:
-                    session.close("idle", at=time.time())
-                if session.state == "closed":
-                    with contextlib.suppress(Exception):
-                        await ws.close(code=1000)
-                    return
-
-        guard = asyncio.get_running_loop().create_task(watchdog())
-        histogram = self.metrics.message_processing_seconds
-        started_at = time.monotonic()
-        try:
-            while session.state != "closed":
-                try:
-                    frame = await ws.receive()
-                except (WebSocketDisconnect, RuntimeError):
-                    self._end_of_input(session)
-                    break
-                if frame["type"] == "websocket.disconnect":
-                    self._end_of_input(session)
-                    break
-                last_message = time.monotonic()
-                text = frame.get("text")
-                if text is None:
-                    # Twilio only sends text frames; a binary one is tried as UTF-8 JSON.
-                    text = frame.get("bytes") or b""
-                t0 = time.perf_counter()
-                before = session.state
-                session.receive_text(text, received_at=time.time())
-                histogram.observe(time.perf_counter() - t0)
-                if session.rejected:
-                    slog.warning("stream_rejected", reason=session.rejected)
-                    await ws.close(code=1008)
-                    break
-                if before == "awaiting_start" and session.state == "streaming":
-                    slog = log.bind(call_sid=session.call_sid, stream_sid=session.stream_sid)
-                    slog.info("stream_started", tracks=session.tracks)
-                self.flush_session(session)
-                if last_message - started_at > self.settings.max_call_s:
-                    session.close("max_duration", at=time.time())
-        except Exception:
-            # A bug must end only this call, with what it had so far delivered.
-            slog.exception("stream_failed")
-            session.close("eof", at=time.time())
-        finally:
-            guard.cancel()
-            count_messages()
-            self.flush_session(session)
-            self.sessions.pop(key, None)
-            self.metrics.active_streams.dec()
-            if session.state == "closed" and not session.rejected:
-                slog.info(
-                    "stream_stopped",
-                    reason=session.stop_reason,
-                    turns=sum(session.summary.turn_counts.values()) if session.summary else 0,
-                )
-            with contextlib.suppress(Exception):
-                await ws.close(code=1000)
+        await run_stream(self, ws)
 
 
 def create_app(

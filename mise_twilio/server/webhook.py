@@ -26,15 +26,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from mise_twilio.core.errors import WebhookError
-from mise_twilio.core.lifecycle import (
-    USED_FIELDS,
-    CallLifecycle,
-    Dropped,
-    StatusEvent,
-    parse_status_callback,
-)
+from mise_twilio.core.lifecycle import CallLifecycle, Dropped
 from mise_twilio.core.pii import PiiPolicy
 from mise_twilio.core.records import CallStatusEvent
+from mise_twilio.core.status import USED_FIELDS, StatusEvent, parse_status_callback
 from mise_twilio.server.signature import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
@@ -58,7 +53,6 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Publish = Callable[[StatusEvent], None]
-OnStatus = Callable[[StatusEvent], None]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 _log = structlog.get_logger("mise_twilio.server.webhook")
@@ -150,14 +144,12 @@ def _log_dropped(dropped: list[Dropped]) -> None:
         )
 
 
-def _emit(events: list[StatusEvent], publish: Publish, on_status: OnStatus | None) -> int:
-    """Publish each event (then ``on_status``); log and count failures, never stop early."""
+def _emit(events: list[StatusEvent], publish: Publish) -> int:
+    """Publish each event; log and count failures, never stop early."""
     failures = 0
     for event in events:
         try:
             publish(event)
-            if on_status is not None:
-                on_status(event)
         except Exception:
             failures += 1
             _log.exception("publish_failed", call_sid=event.call_sid, record_id=event.id)
@@ -172,7 +164,6 @@ def make_webhook_endpoint(
     publish: Publish,
     max_body_bytes: int,
     clock: Callable[[], float] = time.monotonic,
-    on_status: OnStatus | None = None,
 ) -> Endpoint:
     """A Starlette endpoint (``async (Request) -> Response``) for Twilio status callbacks.
 
@@ -184,15 +175,13 @@ def make_webhook_endpoint(
     ``lifecycle``: dedupe/reorder state (``CallLifecycle``), fed with ``clock()`` seconds.
     ``pii``: redaction of From/To/CallerName/ForwardedFrom. ``publish``: called once per
     released record (``CallStatusEvent`` | ``StreamStatusEvent``); it must not block (enqueue).
-    ``max_body_bytes``: body (POST) or query string (GET) cap, bytes. ``on_status``: optional
-    hook called after ``publish`` for each released record (e.g. to end a stream session on
-    ``call.completed``).
+    ``max_body_bytes``: body (POST) or query string (GET) cap, bytes.
 
     Responses: ``204`` accepted (also for duplicates and held or dropped events, so Twilio does
     not retry); ``400`` malformed form or callback; ``403`` bad or missing signature; ``405``
     other methods; ``413`` body over ``max_body_bytes`` (refused from ``Content-Length`` before
     reading, or while streaming); ``415`` a POST that is not
-    ``application/x-www-form-urlencoded``; ``500`` when ``publish``/``on_status`` raised.
+    ``application/x-www-form-urlencoded``; ``500`` when ``publish`` raised.
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
@@ -237,7 +226,7 @@ def make_webhook_endpoint(
 
         released = lifecycle.accept(event, clock())
         _log_dropped(lifecycle.take_dropped())
-        if _emit(released, publish, on_status):
+        if _emit(released, publish):
             return PlainTextResponse("could not publish the event", status_code=500)
         log.debug("webhook_accepted", record_id=event.id, released=len(released))
         return Response(status_code=204)
@@ -251,13 +240,12 @@ async def run_lifecycle_poller(
     interval_s: float = 0.25,
     *,
     clock: Callable[[], float] = time.monotonic,
-    on_status: OnStatus | None = None,
 ) -> None:
     """Forever: every ``interval_s`` seconds, release events whose reorder window expired.
 
     Run it as a task next to the server (cancel it on shutdown, then publish
     ``lifecycle.flush(clock())``). ``clock`` must be the endpoint's clock. A raising
-    ``publish``/``on_status`` is logged and the loop goes on.
+    ``publish`` is logged and the loop goes on.
     """
     if interval_s <= 0:
         raise ValueError("interval_s must be > 0")
@@ -265,4 +253,4 @@ async def run_lifecycle_poller(
         await asyncio.sleep(interval_s)
         released = lifecycle.poll(clock())
         _log_dropped(lifecycle.take_dropped())
-        _emit(released, publish, on_status)
+        _emit(released, publish)

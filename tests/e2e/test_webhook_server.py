@@ -26,9 +26,10 @@ from starlette.routing import Route
 from support import ACCOUNT_SID, CALL_SID, FROM, TO, status_form
 from twilio.request_validator import RequestValidator
 
-from mise_twilio.core.lifecycle import CallLifecycle, StatusEvent
+from mise_twilio.core.lifecycle import CallLifecycle
 from mise_twilio.core.pii import PiiPolicy
 from mise_twilio.core.records import CallStatusEvent, StreamStatusEvent, to_json
+from mise_twilio.core.status import StatusEvent
 from mise_twilio.server.signature import TwilioSignature
 from mise_twilio.server.webhook import WEBHOOK_PATH, make_webhook_endpoint, run_lifecycle_poller
 

@@ -83,6 +83,8 @@ class SinkStats:
     - ``delivered``, ``failures`` (failed attempts), ``dead_lettered``, ``spooled``: counts
       since ``start()``.
     - ``failing``: the last delivery attempt failed.
+    - ``spilling``: new records go to the spool (behind older ones still there) instead of
+      the queue; cleared once the spool is empty again.
     """
 
     name: str
@@ -94,6 +96,7 @@ class SinkStats:
     dead_lettered: int
     spooled: int
     failing: bool
+    spilling: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +391,7 @@ class SinkHub:
                 dead_lettered=lane.dead_lettered,
                 spooled=lane.spooled,
                 failing=lane.failing,
+                spilling=lane.spilling,
             )
             for lane in self._lanes
         }
