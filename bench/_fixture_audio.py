@@ -1,7 +1,6 @@
 """Helpers for benches that need the committed fixtures' audio, modified and re-sent.
 
-- ``load_generator()``: ``fixtures/make_fixtures.py`` imported by path (registered in
-  ``sys.modules`` first, as its dataclasses need).
+- ``load_generator()``: the fixture generator module (``fixtures/make_fixtures.py``).
 - ``load_fixture(name)``: a fixture's audio per track on the stream clock (int16, lost frames
   as 0), which frames were sent, the arrival order, SIDs, dtmf/mark events and the ground truth.
 - ``FixtureAudio.encode(tracks, dropped)``: back to a Twilio-wire line list with the same SIDs,
@@ -16,7 +15,6 @@ Nothing here touches ``mise_twilio`` beyond the audio constants: benches measure
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import sys
 import zlib
@@ -30,24 +28,21 @@ from numpy.typing import NDArray
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
+sys.path.insert(0, str(ROOT))
+
+from fixtures import make_fixtures  # noqa: E402  (needs the root on the path)
+
+
+def load_generator() -> ModuleType:
+    """``fixtures/make_fixtures.py`` (shared with the tests)."""
+    return make_fixtures
+
+
 FRAME_MS = 20
 FRAME = 160  # μ-law bytes (= samples) per 20 ms frame at 8 kHz
 SPM = 8  # samples per ms
 
 Span = tuple[int, int]
-
-
-def load_generator() -> ModuleType:
-    """``fixtures/make_fixtures.py`` as a module (same name the tests use, so it is shared)."""
-    name = "mise_fixture_generator"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, FIXTURES / "make_fixtures.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def seed_of(*parts: object) -> int:

@@ -13,10 +13,15 @@ Run: ``.venv/bin/python bench/pitch_accuracy.py``
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fixtures.signals import harmonic_complex
 from mise_twilio.core.audio import SAMPLE_RATE_HZ, pcm16_to_ulaw, ulaw_to_pcm16
 from mise_twilio.core.features import measure_turn
 
@@ -40,38 +45,6 @@ def telephone_band(
     fall = np.sin(0.5 * np.pi * np.clip(((hi_hz + 100.0) - freqs) / 200.0, 0.0, 1.0)) ** 2
     out: NDArray[np.float64] = np.fft.irfft(np.fft.rfft(x, nfft) * rise * fall, nfft)[:n]
     return out
-
-
-def harmonic_complex(
-    f0_hz: float,
-    duration_s: float = 1.0,
-    *,
-    f0_end_hz: float | None = None,
-    harmonics: int = 10,
-    vibrato: float = 0.01,
-    seed: int = 0,
-) -> NDArray[np.float64]:
-    """Harmonics 1..``harmonics`` (below Nyquist) with 1/k amplitudes and random phases.
-
-    F0 follows 5 Hz vibrato of ±``vibrato`` (relative), or an exponential glide to
-    ``f0_end_hz`` (linear in semitones), plus 0.3 % smoothed random jitter.
-    """
-    rng = np.random.default_rng(seed)
-    n = round(duration_s * SAMPLE_RATE_HZ)
-    t = np.arange(n) / SAMPLE_RATE_HZ
-    if f0_end_hz is None:
-        f = f0_hz * (1.0 + vibrato * np.sin(2.0 * np.pi * 5.0 * t))
-    else:
-        f = f0_hz * (f0_end_hz / f0_hz) ** (t / duration_s)
-    jitter = np.convolve(rng.standard_normal(n), np.ones(80) / math.sqrt(80.0))[40 : 40 + n]
-    f = f * (1.0 + 0.003 * jitter)
-    phase = 2.0 * np.pi * np.cumsum(f) / SAMPLE_RATE_HZ
-    x = np.zeros(n)
-    for k in range(1, harmonics + 1):
-        if k * f.max() >= SAMPLE_RATE_HZ / 2:
-            break
-        x += np.sin(k * phase + rng.uniform(0.0, 2.0 * np.pi)) / k
-    return x
 
 
 def phone_line(

@@ -1,4 +1,4 @@
-"""``mise-twilio``: serve | demo | replay | twiml | schema.
+"""``mise-twilio``: serve | demo | replay | twiml | schema | config.
 
 Settings come from ``MISE_*`` environment variables (``config.Settings``); flags override them.
 """
@@ -278,6 +278,24 @@ def cmd_twiml(args: argparse.Namespace) -> int:
 # -- schema -----------------------------------------------------------------------------------
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from mise_twilio.server.config import describe_settings
+
+    rows = describe_settings()
+    if args.format == "markdown":
+        print("| variable | type | default | unit | meaning |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            default = r.default.replace("|", "\\|")
+            kind = r.type.replace("|", "\\|")
+            print(f"| `{r.env}` | {kind} | `{default}` | {r.unit} | {r.description} |")
+        return 0
+    width = max(len(r.env) for r in rows)
+    for r in rows:
+        print(f"{r.env:<{width}}  {r.type:<20}  {r.default:>14} {r.unit:<9} {r.description}")
+    return 0
+
+
 def cmd_schema(_: argparse.Namespace) -> int:
     print(json_schema_text())
     return 0
@@ -324,6 +342,12 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the records")
     schema.set_defaults(func=cmd_schema)
+
+    config = sub.add_parser(
+        "config", help="print every setting: environment variable, type, default, unit"
+    )
+    config.add_argument("--format", choices=["text", "markdown"], default="text")
+    config.set_defaults(func=cmd_config)
     return parser
 
 

@@ -159,3 +159,17 @@ def scripted_call_lines(
         )
     )
     return lines
+
+
+def status_callback(status: str, seq: int, **overrides: str) -> dict[str, str]:
+    """``status_form`` as Twilio sends it for ``CallStatus=status`` with ``SequenceNumber=seq``:
+    the event's own Timestamp (one second per step), and ``CallDuration``/``Duration`` on
+    ``completed``. Keyword arguments replace fields (``CallSid=...``)."""
+    fields = {
+        "CallStatus": status,
+        "SequenceNumber": str(seq),
+        "Timestamp": f"Thu, 12 Feb 2026 11:48:{25 + seq:02d} +0000",
+    }
+    if status == "completed":
+        fields |= {"CallDuration": "41", "Duration": "1"}
+    return status_form(**(fields | overrides))

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from fixtures.signals import harmonic_complex as _harmonic_complex
 from mise_twilio.core.audio import (
     FRAME_SAMPLES,
     SAMPLE_RATE_HZ,
@@ -35,17 +36,6 @@ SR = SAMPLE_RATE_HZ
 # --- signal helpers -------------------------------------------------------------------------
 
 
-def telephone_band(x: NDArray[np.float64], sr: int = SR) -> NDArray[np.float64]:
-    """Zero-phase FFT band-pass, 300-3400 Hz with 200 Hz raised-cosine skirts."""
-    n = x.shape[0]
-    nfft = 1 << max(n - 1, 1).bit_length()
-    f = np.fft.rfftfreq(nfft, 1.0 / sr)
-    rise = np.sin(0.5 * np.pi * np.clip((f - 200.0) / 200.0, 0.0, 1.0)) ** 2
-    fall = np.sin(0.5 * np.pi * np.clip((3500.0 - f) / 200.0, 0.0, 1.0)) ** 2
-    out: NDArray[np.float64] = np.fft.irfft(np.fft.rfft(x, nfft) * rise * fall, nfft)[:n]
-    return out
-
-
 def harmonic_complex(
     f0: float,
     duration_s: float = 1.0,
@@ -55,23 +45,20 @@ def harmonic_complex(
     seed: int = 0,
     sr: int = SR,
 ) -> NDArray[np.float64]:
-    """Harmonics with 1/k amplitudes and random phases; 5 Hz ±1 % vibrato (or an exponential
-    glide to ``f0_end``) plus 0.3 % smoothed random jitter."""
-    rng = np.random.default_rng(seed)
-    n = round(duration_s * sr)
-    t = np.arange(n) / sr
-    if f0_end is None:
-        f = f0 * (1.0 + 0.01 * np.sin(2.0 * np.pi * 5.0 * t))
-    else:
-        f = f0 * (f0_end / f0) ** (t / duration_s)
-    jitter = np.convolve(rng.standard_normal(n), np.ones(80) / math.sqrt(80.0))[40 : 40 + n]
-    f = f * (1.0 + 0.003 * jitter)
-    phase = 2.0 * np.pi * np.cumsum(f) / sr
-    x = np.zeros(n)
-    for k in range(1, harmonics + 1):
-        if k * f.max() < sr / 2:
-            x += np.sin(k * phase + rng.uniform(0.0, 2.0 * np.pi)) / k
-    return x
+    return _harmonic_complex(
+        f0, duration_s, f0_end_hz=f0_end, harmonics=harmonics, seed=seed, sample_rate_hz=sr
+    )
+
+
+def telephone_band(x: NDArray[np.float64], sr: int = SR) -> NDArray[np.float64]:
+    """Zero-phase FFT band-pass, 300-3400 Hz with 200 Hz raised-cosine skirts."""
+    n = x.shape[0]
+    nfft = 1 << max(n - 1, 1).bit_length()
+    f = np.fft.rfftfreq(nfft, 1.0 / sr)
+    rise = np.sin(0.5 * np.pi * np.clip((f - 200.0) / 200.0, 0.0, 1.0)) ** 2
+    fall = np.sin(0.5 * np.pi * np.clip((3500.0 - f) / 200.0, 0.0, 1.0)) ** 2
+    out: NDArray[np.float64] = np.fft.irfft(np.fft.rfft(x, nfft) * rise * fall, nfft)[:n]
+    return out
 
 
 def to_int16(x: NDArray[np.float64], level_dbfs: float) -> NDArray[np.int16]:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib.util
 import itertools
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+
+from fixtures import make_fixtures
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NAMES = [
@@ -29,18 +28,6 @@ NAMES = [
 MAX_LINE_BYTES = 64 * 1024
 KNOWN_EVENTS = {"connected", "start", "media", "dtmf", "mark", "stop"}
 TAGS = {"barge_in", "interrupted", "backchannel"}
-
-
-def _load_generator() -> ModuleType:
-    name = "mise_fixture_generator"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, FIXTURES / "make_fixtures.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses need the module registered while it executes
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _expected(name: str) -> dict[str, Any]:
@@ -333,7 +320,7 @@ def test_lossy_counts() -> None:
     ],
 )
 def test_decoded_speech_levels(name: str, lo: float, hi: float) -> None:
-    gen = _load_generator()
+    gen = make_fixtures
     exp = _expected(name)
     audio, first = gen.decode_fixture(FIXTURES / f"{name}.jsonl")
     for t in exp["turns"]:
@@ -354,7 +341,7 @@ def test_decoded_speech_levels(name: str, lo: float, hi: float) -> None:
 def test_regenerate_is_byte_identical(tmp_path: Path) -> None:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed; it is needed to synthesize the fixture speech")
-    gen = _load_generator()
+    gen = make_fixtures
     recorded = _expected("connect_inbound")["generator"]["espeak_ng"]
     if gen.espeak_version() != recorded:
         pytest.skip(f"espeak-ng differs from the one that made the fixtures ({recorded!r})")

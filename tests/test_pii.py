@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mise_twilio.core.pii import PII_FIELDS, PiiPolicy, country_calling_code
+from mise_twilio.core.pii import PiiPolicy, country_calling_code
 
 KEY = b"test-pii-key"
 TOKEN = re.compile(r"[0-9a-f]{16}")
@@ -97,28 +97,6 @@ def test_keep_returns_values_unchanged() -> None:
 def test_empty_key_is_refused() -> None:
     with pytest.raises(ValueError, match="must not be empty"):
         PiiPolicy(b"", keep=False)
-
-
-def test_redact_params_touches_only_pii_fields() -> None:
-    pii = PiiPolicy(KEY, keep=False)
-    params = {
-        "From": "+14155550123",
-        "Caller": "+14155550123",
-        "To": "+919876543210",
-        "Called": "+919876543210",
-        "CallerName": "JOHN SMITH",
-        "ForwardedFrom": "",
-        "CallSid": "CA0123456789abcdef0123456789abcdef",
-        "ToCountry": "IN",
-    }
-    out = pii.redact_params(params)
-    assert set(out) == set(params)
-    assert out["From"] == out["Caller"] == f"+1~{_h('+14155550123')}"
-    assert out["To"] == out["Called"] == f"+91~{_h('+919876543210')}"
-    assert out["ForwardedFrom"] == ""
-    assert out["CallSid"] == params["CallSid"]
-    assert out["ToCountry"] == "IN"
-    assert {"From", "To", "Caller", "Called", "CallerName", "ForwardedFrom"} == PII_FIELDS
 
 
 @given(st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True))

@@ -6,6 +6,7 @@ import pytest
 from support import status_form
 from twilio.request_validator import RequestValidator
 
+from mise_twilio.core.errors import ConfigError
 from mise_twilio.server.signature import TwilioSignature
 
 TOKEN = "test-auth-token-0123456789abcdef"
@@ -133,5 +134,5 @@ def test_security_page_worked_examples() -> None:
     [("", PUBLIC), (TOKEN, "ingest.example.com"), (TOKEN, "ftp://x"), (TOKEN, PUBLIC + "?a=1")],
 )
 def test_bad_configuration_is_refused(token: str, url: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         TwilioSignature(token, url)

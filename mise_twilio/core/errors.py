@@ -1,6 +1,26 @@
-"""The exception tree. Every error mise_twilio raises on purpose is a ``MiseError``."""
+"""The exception tree. Every error mise_twilio raises on purpose is a ``MiseError``::
+
+    MiseError
+     ├── ProtocolError    a Twilio message that cannot be used (becomes a ``diagnostic``
+     │                    record inside the core; never ends a call)
+     ├── WebhookError     a status callback that cannot become an event (the edge answers 4xx)
+     ├── ConfigError      settings that cannot work (the CLI prints one line, exits 2)
+     └── SinkError        a sink could not deliver (the hub retries or dead-letters)
+          └── DeliveryError   ... with the reason, the receiver's Retry-After and HTTP status
+
+Anything else that escapes mise_twilio is a bug.
+"""
 
 from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeliveryError",
+    "MiseError",
+    "ProtocolError",
+    "SinkError",
+    "WebhookError",
+]
 
 
 class MiseError(Exception):
@@ -22,7 +42,8 @@ class ProtocolError(MiseError):
 
 
 class ConfigError(MiseError):
-    """Settings that cannot work together (e.g. a proxy upstream that is not ws:// or wss://)."""
+    """Settings that cannot work (an auth token without a public URL, a bad public URL, an
+    unwritable data directory). The message names the setting and says what it needs."""
 
 
 class WebhookError(MiseError):
@@ -43,3 +64,27 @@ class SinkError(MiseError):
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class DeliveryError(SinkError):
+    """A ``SinkError`` with details the hub uses.
+
+    - ``reason``: short metric label, e.g. ``connect``, ``timeout``, ``http_503``, ``redis``.
+    - ``retry_after_s``: the receiver asked us to wait this long before retrying (seconds,
+      e.g. from HTTP ``Retry-After``); the hub waits at least this long instead of its backoff.
+    - ``status_code``: the HTTP status, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        reason: str = "error",
+        retry_after_s: float | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        self.status_code = status_code

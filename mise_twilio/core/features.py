@@ -32,7 +32,7 @@ Methods:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -104,20 +104,40 @@ class FeatureParams:
       between it and its neighbouring peak (de Jong & Wempe's ``mindip``, 2 dB).
     """
 
-    f0_min_hz: float = 60.0
-    f0_max_hz: float = 400.0
-    yin_threshold: float = 0.15
-    voicing_threshold: float = 0.4
-    yin_window_ms: float = 30.0
-    voicing_min_dbfs: float = -65.0
-    voicing_range_db: float = 45.0
-    min_voiced_run_ms: float = 30.0
-    min_voiced_frames: int = 3
-    min_slope_span_ms: float = 100.0
-    guide_range_semitones: float = 10.0
-    intensity_smoothing_ms: float = 50.0
-    nucleus_min_rel_db: float = 25.0
-    nucleus_min_dip_db: float = 2.0
+    f0_min_hz: float = field(default=60.0, metadata={"doc": "lowest F0 searched"})
+    f0_max_hz: float = field(default=400.0, metadata={"doc": "highest F0 searched"})
+    yin_threshold: float = field(default=0.15, metadata={"doc": "YIN absolute threshold on d'"})
+    voicing_threshold: float = field(
+        default=0.4, metadata={"doc": "voiced when d' at the period is below this"}
+    )
+    yin_window_ms: float = field(default=30.0, metadata={"doc": "YIN integration window"})
+    voicing_min_dbfs: float = field(
+        default=-65.0, metadata={"doc": "quieter pitch frames are unvoiced"}
+    )
+    voicing_range_db: float = field(
+        default=45.0, metadata={"doc": "pitch frames this far under the loudest are unvoiced"}
+    )
+    min_voiced_run_ms: float = field(
+        default=30.0, metadata={"doc": "shorter voiced runs are dropped"}
+    )
+    min_voiced_frames: int = field(
+        default=3, metadata={"doc": "fewer voiced frames: no pitch statistics"}
+    )
+    min_slope_span_ms: float = field(
+        default=100.0, metadata={"doc": "voiced span the F0 slope needs"}
+    )
+    guide_range_semitones: float = field(
+        default=10.0, metadata={"doc": "weak frames re-picked within this of the turn's F0"}
+    )
+    intensity_smoothing_ms: float = field(
+        default=50.0, metadata={"doc": "Hann window of the intensity envelope"}
+    )
+    nucleus_min_rel_db: float = field(
+        default=25.0, metadata={"doc": "syllable peaks this far under the loudest are ignored"}
+    )
+    nucleus_min_dip_db: float = field(
+        default=2.0, metadata={"doc": "dip that separates two syllable peaks"}
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.f0_min_hz < self.f0_max_hz:

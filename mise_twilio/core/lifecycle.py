@@ -342,8 +342,3 @@ class SummaryJoin:
         self._held.clear()
         self._close_at.clear()
         return held
-
-    def next_deadline_s(self) -> float | None:
-        """The earliest pending deadline (for the edge's timer), or ``None``."""
-        times = [at for at, _ in self._held.values()] + list(self._close_at.values())
-        return min(times) if times else None

@@ -45,14 +45,8 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
 
-__all__ = ["HASH_HEX_CHARS", "PII_FIELDS", "PLACEHOLDERS", "PiiPolicy", "country_calling_code"]
-
-PII_FIELDS: frozenset[str] = frozenset(
-    {"From", "To", "Caller", "Called", "CallerName", "ForwardedFrom"}
-)
-"""Twilio form fields that identify a person and are redacted by ``PiiPolicy.redact_params``."""
+__all__ = ["HASH_HEX_CHARS", "PLACEHOLDERS", "PiiPolicy", "country_calling_code"]
 
 PLACEHOLDERS: frozenset[str] = frozenset(
     {"anonymous", "unknown", "restricted", "private", "blocked", "unavailable"}
@@ -157,17 +151,6 @@ class PiiPolicy:
         if code is not None:
             return f"+{code}~{digest}"
         return f"~{digest}"
-
-    def redact_params(self, params: Mapping[str, str]) -> dict[str, str]:
-        """A copy of form params with every ``PII_FIELDS`` value redacted (others unchanged)."""
-        out: dict[str, str] = {}
-        for name, value in params.items():
-            if name in PII_FIELDS:
-                redacted = self.redact(value)
-                out[name] = redacted if redacted is not None else ""
-            else:
-                out[name] = value
-        return out
 
     def __repr__(self) -> str:
         mode = "keep" if self.keep else ("ephemeral-key" if self.ephemeral_key else "keyed")

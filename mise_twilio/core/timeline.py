@@ -1,6 +1,6 @@
 """One track's timeline: Twilio ``media.timestamp`` → sample clock → 20 ms frames.
 
-Rules (DESIGN.md §3; twilio-protocol.md §1.3, §10):
+Rules (``docs/architecture.md``, "Timeline"; ``docs/protocol.md`` §1.3, §10):
 
 - Position of a chunk = ``timestamp_ms * 8`` samples on the stream clock. The first timestamp
   is not 0 (99-155 ms in real captures) and arrival order is bursty, so audio is placed by
@@ -53,9 +53,7 @@ class TrackTimeline:
         "_pending_frame",
         "_pending_lost",
         "_suspect",
-        "bytes_received",
         "discontinuities",
-        "first_pos",
         "frames",
         "lost_samples",
     )
@@ -71,9 +69,7 @@ class TrackTimeline:
         self._suspect: tuple[int, bytes, int | None] | None = None
         self.frames: deque[Frame] = deque()
         self.lost_samples = 0
-        self.bytes_received = 0
         self.discontinuities = 0
-        self.first_pos: int | None = None
 
     @property
     def end_frame(self) -> int | None:
@@ -127,7 +123,6 @@ class TrackTimeline:
         frame = rel // FRAME_SAMPLES  # floor: may be negative for a track that starts earlier
         lead = rel - frame * FRAME_SAMPLES
         self._pending_frame = frame
-        self.first_pos = pos
         self._next_pos = pos
         if lead:
             # Leading part of the first frame: before this track existed, not lost audio.
@@ -136,7 +131,6 @@ class TrackTimeline:
 
     def _take(self, ulaw: bytes, chunk: int | None) -> None:
         n = len(ulaw)
-        self.bytes_received += n
         assert self._next_pos is not None
         self._next_pos += n
         if chunk is not None:

@@ -29,12 +29,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from mise_twilio import __version__
-from mise_twilio.core.call import CallSession, SessionParams
+from mise_twilio.core.call import CallSession
+from mise_twilio.core.errors import ConfigError
 from mise_twilio.core.lifecycle import CallLifecycle, JoinOutput, SummaryJoin
 from mise_twilio.core.pii import PiiPolicy
 from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
 from mise_twilio.core.status import StatusEvent
-from mise_twilio.server.config import Settings
+from mise_twilio.server.config import Settings, session_params
 from mise_twilio.server.metrics import Metrics
 from mise_twilio.server.signature import TwilioSignature
 from mise_twilio.server.sinks import SinkHub, build_hub
@@ -52,15 +53,6 @@ _TIMER_INTERVAL_S = 0.25
 log = structlog.get_logger("mise_twilio.server")
 
 
-def session_params(settings: Settings) -> SessionParams:
-    """``SessionParams`` from settings (the api_key check lives in the session)."""
-    return SessionParams(
-        max_message_bytes=settings.max_message_bytes,
-        expected_api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-        keep_turn_audio=settings.turn_audio != "none",
-    )
-
-
 class Bridge:
     """Process-wide state shared by the routes: settings, sinks, metrics, open sessions, the
     call lifecycle and the completed/summary join."""
@@ -76,12 +68,24 @@ class Bridge:
         self.signature: TwilioSignature | None = None
         if token is not None:
             if not settings.public_url:
-                raise ValueError("MISE_TWILIO_AUTH_TOKEN needs MISE_PUBLIC_URL to check signatures")
+                raise ConfigError(
+                    "MISE_TWILIO_AUTH_TOKEN needs MISE_PUBLIC_URL (the https URL Twilio uses) "
+                    "to check signatures"
+                )
             self.signature = TwilioSignature(token.get_secret_value(), settings.public_url)
         pii_key = settings.pii_key.get_secret_value().encode() if settings.pii_key else None
         self.pii = PiiPolicy(pii_key, keep=settings.keep_pii)
-        self.lifecycle = CallLifecycle()
-        self.join = SummaryJoin()
+        life = settings.lifecycle
+        self.lifecycle = CallLifecycle(
+            reorder_window_s=life.reorder_window_s,
+            max_calls=life.max_calls,
+            terminal_retention_s=life.terminal_retention_s,
+        )
+        self.join = SummaryJoin(
+            hold_s=life.completed_hold_s,
+            close_grace_s=life.completed_close_grace_s,
+            max_calls=life.max_calls,
+        )
         self.sessions: dict[int, CallSession] = {}
         self.shutting_down = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -245,8 +249,8 @@ def create_app(
 ) -> Starlette:
     """The ASGI app. ``hub``/``metrics`` may be injected (tests); otherwise built from settings.
 
-    ``app.state.bridge`` is the ``Bridge``. Raises ``ValueError`` when an auth token is set
-    without ``public_url``.
+    ``app.state.bridge`` is the ``Bridge``. Raises ``ConfigError`` when an auth token is set
+    without ``public_url``, or ``public_url`` is not an http(s) URL.
     """
     settings = settings or Settings()
     bridge = Bridge(settings, hub=hub, metrics=metrics)

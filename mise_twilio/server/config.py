@@ -1,22 +1,55 @@
 """Settings: environment variables ``MISE_*`` (pydantic-settings), overridable by CLI flags.
 
-This is the only module that reads the environment. The sans-I/O core receives plain parameter
-objects (``VadParams``, ``SessionParams``) built from these settings.
+This is the only module that reads the environment. Every tunable of the sans-I/O core is
+reachable from here: the core's own parameter classes are nested fields (``vad``, ``turns``,
+``features``, ``lifecycle``; dataclasses validated by pydantic) set with ``__`` between the
+levels, e.g. ``MISE_VAD__HANGOVER_MS=300`` or ``MISE_LIFECYCLE__REORDER_WINDOW_S=3``. The edge
+builds ``SessionParams`` and the lifecycle objects from them (``session_params``).
+``mise-twilio config`` prints every setting with its variable, type, default and unit.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mise_twilio.core.call import SessionParams
+from mise_twilio.core.features import FeatureParams
+from mise_twilio.core.turns import TurnParams
+from mise_twilio.core.vad import VadParams
+
+
+class LifecycleSettings(BaseModel):
+    """Status-callback ordering (``CallLifecycle``) and the completed/summary join
+    (``SummaryJoin``), ``MISE_LIFECYCLE__*``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reorder_window_s: float = Field(
+        default=2.0, ge=0, description="an out-of-order status waits this long for its gap"
+    )
+    terminal_retention_s: float = Field(
+        default=600.0, ge=0, description="a finished call's duplicates are dropped this long"
+    )
+    max_calls: int = Field(default=10_000, ge=1, description="calls remembered per process")
+    completed_hold_s: float = Field(
+        default=5.0, ge=0, description="call.completed waits this long for its open stream"
+    )
+    completed_close_grace_s: float = Field(
+        default=2.0, ge=0, description="then the open stream is ended after this long"
+    )
 
 
 class Settings(BaseSettings):
-    """Every knob of a running server; env names are ``MISE_`` + the field name upper-cased."""
+    """Every knob of a running server; env names are ``MISE_`` + the field name upper-cased,
+    nested ones joined with ``__`` (``MISE_VAD__START_MARGIN_DB``)."""
 
-    model_config = SettingsConfigDict(env_prefix="MISE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MISE_", env_nested_delimiter="__", extra="ignore")
 
     # --- listening -----------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Bind address.")
@@ -26,8 +59,10 @@ class Settings(BaseSettings):
         description="Public base URL Twilio uses, e.g. https://ingest.example.com. Signatures "
         "are checked against it (wss:// for the stream, https:// for webhooks), never Host.",
     )
-    log_level: str = Field(default="info")
-    log_format: Literal["json", "console"] = Field(default="json")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="structlog output on stderr."
+    )
 
     # --- security ------------------------------------------------------------------------
     twilio_auth_token: SecretStr | None = Field(
@@ -41,30 +76,61 @@ class Settings(BaseSettings):
     )
     keep_pii: bool = Field(default=False, description="Keep From/To/Caller/... unhashed.")
 
-    # --- limits --------------------------------------------------------------------------
-    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # --- limits (per stream: ``SessionParams``) -------------------------------------------
+    max_message_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Larger Twilio frames become a diagnostic."
+    )
+    max_chunk_ms: int = Field(default=1000, ge=20, description="Longest media chunk accepted.")
+    max_gap_ms: int = Field(
+        default=5000, ge=20, description="A longer timestamp jump is a discontinuity."
+    )
+    max_timestamp_ms: int = Field(
+        default=6 * 3600 * 1000, ge=1, description="media.timestamp above this is rejected."
+    )
+    max_track_skew_ms: int = Field(
+        default=1000, ge=20, description="One track may run this far ahead of the other."
+    )
+    max_diagnostics_per_code: int = Field(
+        default=10, ge=0, description="Diagnostics of one code beyond this are only counted."
+    )
+    max_custom_parameters: int = Field(default=99, ge=0, description="customParameters kept.")
+    measure_features: bool = Field(default=True, description="Energy/pitch/rate per turn.")
     idle_timeout_s: float = Field(
         default=10.0, gt=0, description="End a stream after this long without any message."
     )
-    max_call_s: float = Field(default=4 * 3600.0, gt=0)
-    max_webhook_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_call_s: float = Field(default=4 * 3600.0, gt=0, description="End a longer stream.")
+    max_webhook_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Larger status callbacks are refused (413)."
+    )
 
     # --- sinks ---------------------------------------------------------------------------
-    data_dir: Path = Field(default=Path("./mise-data"))
+    data_dir: Path = Field(default=Path("./mise-data"), description="JSONL file and spools.")
     jsonl_path: Path | None = Field(
         default=None, description="JSONL sink file; default DATA_DIR/events.jsonl. 'off' = none."
     )
-    jsonl_enabled: bool = True
+    jsonl_enabled: bool = Field(default=True, description="Write the JSONL sink.")
     http_url: str | None = Field(default=None, description="HTTP ingest endpoint (POST batches).")
     http_token: SecretStr | None = Field(default=None, description="Bearer token for http_url.")
     redis_url: str | None = Field(default=None, description="e.g. redis://localhost:6379/0")
-    redis_stream: str = Field(default="mise:events")
-    redis_maxlen: int = Field(default=1_000_000, ge=1)
+    redis_stream: str = Field(default="mise:events", description="Redis Streams key.")
+    redis_maxlen: int = Field(
+        default=1_000_000, ge=1, description="Approximate MAXLEN trim of the stream."
+    )
     sink_queue_max: int = Field(default=10_000, ge=1, description="Records queued per sink.")
-    sink_batch_max: int = Field(default=500, ge=1)
+    sink_batch_max: int = Field(default=500, ge=1, description="Records per delivery.")
     spool_dir: Path | None = Field(default=None, description="Default DATA_DIR/spool.")
-    shutdown_deadline_s: float = Field(default=10.0, gt=0)
-    turn_audio: Literal["none", "wav"] = Field(default="none")
+    shutdown_deadline_s: float = Field(
+        default=10.0, gt=0, description="SIGTERM: close streams, drain sinks within this."
+    )
+    turn_audio: Literal["none", "wav"] = Field(
+        default="none", description="wav: each turn also saved as a 16 kHz WAV file"
+    )
+
+    # --- the core's analysis and lifecycle ---------------------------------------------
+    vad: VadParams = Field(default_factory=VadParams)
+    turns: TurnParams = Field(default_factory=TurnParams)
+    features: FeatureParams = Field(default_factory=FeatureParams)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
     @field_validator("public_url")
     @classmethod
@@ -78,3 +144,127 @@ class Settings(BaseSettings):
     @property
     def resolved_spool_dir(self) -> Path:
         return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
+
+def session_params(settings: Settings) -> SessionParams:
+    """The ``SessionParams`` every stream of this server uses."""
+    return SessionParams(
+        vad=settings.vad,
+        turns=settings.turns,
+        features=settings.features,
+        max_message_bytes=settings.max_message_bytes,
+        max_chunk_ms=settings.max_chunk_ms,
+        max_gap_ms=settings.max_gap_ms,
+        max_timestamp_ms=settings.max_timestamp_ms,
+        max_track_skew_ms=settings.max_track_skew_ms,
+        max_diagnostics_per_code=settings.max_diagnostics_per_code,
+        max_custom_parameters=settings.max_custom_parameters,
+        expected_api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        measure_features=settings.measure_features,
+        keep_turn_audio=settings.turn_audio != "none",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    """One setting as ``mise-twilio config`` prints it."""
+
+    env: str
+    type: str
+    default: str
+    unit: str
+    description: str
+
+
+_UNITS = (
+    ("_db_per_s", "dB/s"),
+    ("_dbfs", "dBFS"),
+    ("_db", "dB"),
+    ("_ms", "ms"),
+    ("_s", "s"),
+    ("_hz", "Hz"),
+    ("_bytes", "bytes"),
+    ("_semitones", "semitones"),
+)
+_SECRET = {"twilio_auth_token", "api_key", "pii_key", "http_token"}
+
+
+def describe_settings() -> list[SettingInfo]:
+    """Every setting, nested ones included, in declaration order: its environment variable,
+    type, default, unit (from the name's suffix) and description. Generated from ``Settings``
+    and the core's parameter classes, so it cannot drift from them."""
+    out: list[SettingInfo] = []
+    for name, info in Settings.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and (
+            dataclasses.is_dataclass(annotation) or issubclass(annotation, BaseModel)
+        ):
+            out.extend(_nested(name, annotation))
+            continue
+        default = "-" if info.default is None else str(info.default)
+        if name in _SECRET:
+            default = "-"
+        out.append(
+            SettingInfo(
+                f"MISE_{name.upper()}",
+                _type_name(annotation),
+                default,
+                _unit(name),
+                info.description or "",
+            )
+        )
+    return out
+
+
+def _nested(prefix: str, cls: type) -> list[SettingInfo]:
+    rows: list[SettingInfo] = []
+    if dataclasses.is_dataclass(cls):
+        docs = _bullet_docs(cls.__doc__ or "")
+        for f in dataclasses.fields(cls):
+            doc = str(f.metadata.get("doc", "")) or docs.get(f.name, "")
+            rows.append(
+                SettingInfo(
+                    f"MISE_{prefix.upper()}__{f.name.upper()}",
+                    _type_name(f.type),
+                    str(f.default),
+                    _unit(f.name),
+                    doc,
+                )
+            )
+    elif issubclass(cls, BaseModel):
+        for name, info in cls.model_fields.items():
+            rows.append(
+                SettingInfo(
+                    f"MISE_{prefix.upper()}__{name.upper()}",
+                    _type_name(info.annotation),
+                    str(info.default),
+                    _unit(name),
+                    info.description or "",
+                )
+            )
+    return rows
+
+
+def _unit(name: str) -> str:
+    for suffix, unit in _UNITS:
+        if name.endswith(suffix):
+            return unit
+    return ""
+
+
+def _type_name(annotation: object) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    text = str(annotation)
+    for noise, short in (("typing.", ""), ("pathlib.", ""), ("pydantic.types.SecretStr", "secret")):
+        text = text.replace(noise, short)
+    return text
+
+
+def _bullet_docs(doc: str) -> dict[str, str]:
+    """``* ``name``: text`` / ``- ``name`` text`` bullets of a docstring → first sentence."""
+    found: dict[str, str] = {}
+    for match in re.finditer(r"^\s*[*-] ``(\w+)``(?: / ``\w+``)*:? ?(.*)$", doc, re.M):
+        text = match.group(2).split(". ")[0].strip().rstrip(".")
+        found.setdefault(match.group(1), text)
+    return found

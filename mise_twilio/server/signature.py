@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
+from mise_twilio.core.errors import ConfigError
+
 __all__ = ["SIGNATURE_HEADER", "SIGNATURE_SETTINGS_HEADER", "Params", "TwilioSignature"]
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -64,13 +66,15 @@ class TwilioSignature:
 
     def __init__(self, auth_token: str, public_url: str) -> None:
         if not auth_token:
-            raise ValueError("auth_token must not be empty")
+            raise ConfigError("MISE_TWILIO_AUTH_TOKEN must not be empty")
         parts = urlsplit(public_url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"public_url must be http(s)://host[/prefix], got {public_url!r}")
+            raise ConfigError(
+                f"MISE_PUBLIC_URL must be http(s)://host[/prefix], got {public_url!r}"
+            )
         if parts.query or parts.fragment:
-            raise ValueError("public_url must not have a query string or fragment")
+            raise ConfigError("MISE_PUBLIC_URL must not have a query string or fragment")
         rest = public_url[len(parts.scheme) :].rstrip("/")  # "://host[:port][/prefix]"
         self._base_http = scheme + rest
         self._base_ws = ("wss" if scheme == "https" else "ws") + rest

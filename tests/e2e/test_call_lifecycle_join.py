@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from server_harness import read_jsonl, running_server, wait_until
+from support import status_callback
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
@@ -45,29 +46,12 @@ STATUSES = [("initiated", 0), ("ringing", 1), ("in-progress", 2), ("completed", 
 CALL_TYPES = ["call.initiated", "call.ringing", "call.answered", "call.completed"]
 
 
+def callback(status: str, seq: int) -> dict[str, str]:
+    return status_callback(status, seq, CallSid=CALL_SID, AccountSid=ACCOUNT_SID)
+
+
 def sign(url: str, params: dict[str, str] | None = None) -> str:
     return str(RequestValidator(TOKEN).compute_signature(url, params or {}))
-
-
-def callback(status: str, seq: int) -> dict[str, str]:
-    form = {
-        "AccountSid": ACCOUNT_SID,
-        "ApiVersion": "2010-04-01",
-        "CallSid": CALL_SID,
-        "CallStatus": status,
-        "CallbackSource": "call-progress-events",
-        "Called": "+14155550100",
-        "Caller": "+14155550123",
-        "Direction": "inbound",
-        "From": "+14155550123",
-        "SequenceNumber": str(seq),
-        "Timestamp": f"Thu, 12 Feb 2026 11:48:{25 + seq:02d} +0000",
-        "To": "+14155550100",
-    }
-    if status == "completed":
-        form["CallDuration"] = CALL_DURATION_S
-        form["Duration"] = "1"
-    return form
 
 
 def shuffled_with_duplicates(statuses: list[tuple[str, int]], seed: int) -> list[dict[str, str]]:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import structlog
 from server_harness import read_jsonl, running_server
+from support import status_callback
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
@@ -75,41 +76,20 @@ def ws_headers(url: str = WS_URL, token: str = TOKEN) -> dict[str, str]:
 
 
 def callback(status: str, seq: int, **extra: str) -> dict[str, str]:
-    """A call status callback with the field set of a real one (twilio-protocol.md §5)."""
-    form = {
-        "AccountSid": ACCOUNT_SID,
-        "ApiVersion": "2010-04-01",
+    """The real status callback's fields (docs/protocol.md §5) for this module's call, with
+    a caller name and a forwarding number, which must be redacted too."""
+    fields = {
         "CallSid": CALL_SID,
-        "CallStatus": status,
-        "CallbackSource": "call-progress-events",
-        "Called": TO,
-        "CalledCity": "LONDON",
-        "CalledCountry": "GB",
-        "CalledState": "",
-        "CalledZip": "",
-        "Caller": FROM,
-        "CallerCity": "SAN FRANCISCO",
-        "CallerCountry": "US",
-        "CallerName": CALLER_NAME,
-        "CallerState": "CA",
-        "CallerZip": "94103",
-        "Direction": "inbound",
-        "ForwardedFrom": FORWARDED,
+        "AccountSid": ACCOUNT_SID,
         "From": FROM,
-        "FromCity": "SAN FRANCISCO",
-        "FromCountry": "US",
-        "FromState": "CA",
-        "FromZip": "94103",
-        "SequenceNumber": str(seq),
-        "Timestamp": f"Thu, 12 Feb 2026 11:48:{25 + seq:02d} +0000",
+        "Caller": FROM,
         "To": TO,
-        "ToCity": "LONDON",
-        "ToCountry": "GB",
-        "ToState": "",
-        "ToZip": "",
+        "Called": TO,
+        "CallerName": CALLER_NAME,
+        "ForwardedFrom": FORWARDED,
+        "Direction": "inbound",
     }
-    form.update(extra)
-    return form
+    return status_callback(status, seq, **(fields | extra))
 
 
 async def post_form(

@@ -23,7 +23,8 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
-from support import ACCOUNT_SID, CALL_SID, FROM, TO, status_form
+from support import ACCOUNT_SID, CALL_SID, FROM, TO
+from support import status_callback as callback
 from twilio.request_validator import RequestValidator
 
 from mise_twilio.core.lifecycle import CallLifecycle
@@ -39,16 +40,6 @@ SIGNED_URL = PUBLIC + WEBHOOK_PATH
 MAX_BODY = 16 * 1024
 WINDOW_S = 0.3
 RAW_NUMBERS = (FROM, TO, FROM[1:], TO[1:], "%2B14155550123", "%2B919876543210")
-
-
-def callback(status: str, seq: int, **extra: str) -> dict[str, str]:
-    """A status callback with the real field set of twilio-protocol.md §5."""
-    fields = {
-        "CallStatus": status,
-        "SequenceNumber": str(seq),
-        "Timestamp": f"Thu, 12 Feb 2026 11:48:{25 + seq:02d} +0000",
-    }
-    return status_form(**(fields | extra))
 
 
 def sign(url: str, params: dict[str, str] | None = None, token: str = TOKEN) -> str:

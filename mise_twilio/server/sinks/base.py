@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from mise_twilio.core.errors import SinkError
+from mise_twilio.core.errors import DeliveryError, SinkError
+
+__all__ = ["SINK_NAME_RE", "DeliveryError", "Envelope", "Sink", "SinkError"]
 from mise_twilio.core.records import AnyRecord, to_json
 
 SINK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -49,30 +51,6 @@ class Envelope:
         if not isinstance(record_id, str) or not isinstance(record_type, str):
             raise ValueError("record JSON lacks a string id or type")
         return cls(id=record_id, type=record_type, json=text)
-
-
-class DeliveryError(SinkError):
-    """A ``SinkError`` with details the hub uses.
-
-    - ``reason``: short metric label, e.g. ``connect``, ``timeout``, ``http_503``, ``redis``.
-    - ``retry_after_s``: the receiver asked us to wait this long before retrying (seconds,
-      e.g. from HTTP ``Retry-After``); the hub waits at least this long instead of its backoff.
-    - ``status_code``: the HTTP status, when there was one.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool = True,
-        reason: str = "error",
-        retry_after_s: float | None = None,
-        status_code: int | None = None,
-    ) -> None:
-        super().__init__(message, retryable=retryable)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-        self.status_code = status_code
 
 
 @runtime_checkable

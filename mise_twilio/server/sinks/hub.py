@@ -152,10 +152,6 @@ class _Lane:
         self.dead_lettered = 0
         self.spooled = 0
 
-    @property
-    def spool_empty(self) -> bool:
-        return self.spool.is_empty and not self.buffer and not self.flushing_records
-
 
 class SinkHub:
     """Fan-out of published records to ``sinks`` (each ``Sink`` with a unique ``name``).
