@@ -117,7 +117,7 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_timeline.py",),
     ),
     Mutant(
-        "call_lost_ms_halved",
+        "turn_lost_ms_halved",
         "mise_twilio/core/call.py",
         "lost_ms=closed.lost_samples // audio.SAMPLES_PER_MS,",
         "lost_ms=closed.lost_samples // (2 * audio.SAMPLES_PER_MS),",
@@ -131,14 +131,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_call_fuzz.py",),
     ),
     Mutant(
-        "call_api_key_forwarded",
+        "messages_api_key_forwarded",
         "mise_twilio/core/messages.py",
         'params.pop("api_key", None)',
         "None",
         ("tests/test_call.py", "tests/e2e/test_secure_server.py"),
     ),
     Mutant(
-        "call_silence_incident_threshold_doubled",
+        "summary_silence_incident_threshold_doubled",
         "mise_twilio/core/summary.py",
         "if s2 - e1 > SILENCE_INCIDENT_MS",
         "if s2 - e1 > 2 * SILENCE_INCIDENT_MS",
@@ -153,14 +153,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "    def _release(self, call: _Call, event: CallStatusEvent, now_s: float)"
         " -> list[StatusEvent]:\n"
         "        if False:\n",
-        ("tests/test_status.py",),
+        ("tests/test_lifecycle.py",),
     ),
     Mutant(
         "status_duplicate_sequence_accepted",
         "mise_twilio/core/lifecycle.py",
         "if seq is not None and seq in call.seen_seqs:",
         "if False:",
-        ("tests/test_status.py",),
+        ("tests/test_lifecycle.py",),
     ),
     Mutant(
         "hub_in_flight_batch_redelivered",

@@ -36,7 +36,7 @@ def comparable(record: AnyRecord | dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in WALL_CLOCK_FIELDS}
 
 
-# A status callback with every field of the real ``initiated`` one in twilio-protocol.md §5
+# A status callback with every field of the real ``initiated`` one in docs/protocol.md §5
 # (outbound-api, a US caller to an Indian number); values are fakes of the right shape.
 CALL_SID = "CA0123456789abcdef0123456789abcdef"
 ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"

@@ -24,7 +24,7 @@ from mise_twilio.core.messages import (
     parse_message,
 )
 
-# Verbatim from twilio-protocol.md §1.2 / §1.3 (real capture, jremi fixture).
+# Verbatim from docs/protocol.md §1.2 / §1.3 (real capture, jremi fixture).
 REAL_START = (
     '{"event":"start","sequenceNumber":"1","start":{"accountSid":"AC437bfe093bc08b7c0e971c080618c83e",'
     '"streamSid":"MZ726559aad844c8e924c9d32545e4e46f","callSid":"CAc17e4a124d5375ccacd5f673ac6764b4",'

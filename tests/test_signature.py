@@ -13,7 +13,7 @@ TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC = "https://ingest.example.com"
 PATH = "/v1/webhook/twilio"
 
-# A status callback in the shape of the real one in twilio-protocol.md §5 (initiated).
+# A status callback in the shape of the real one in docs/protocol.md §5 (initiated).
 PARAMS = status_form()
 
 

@@ -88,7 +88,7 @@ async def replay_websocket(
 
 def sign_websocket(url: str, auth_token: str) -> dict[str, str]:
     """``X-Twilio-Signature`` for a WebSocket upgrade to ``url`` (wss://…, empty params), as
-    Twilio computes it (twilio-protocol.md §6), with the twilio package's ``RequestValidator``."""
+    Twilio computes it (docs/protocol.md §6), with the twilio package's ``RequestValidator``."""
     from twilio.request_validator import RequestValidator
 
     return {"X-Twilio-Signature": RequestValidator(auth_token).compute_signature(url, {})}

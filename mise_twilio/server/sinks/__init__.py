@@ -1,5 +1,5 @@
 """Sinks: where records go. ``SinkHub`` fans records out to ``Sink`` implementations (JSONL
-file, HTTP, Redis Streams) with bounded queues, an on-disk spool and retries (DESIGN.md §5)."""
+file, HTTP, Redis Streams) with bounded queues, an on-disk spool and retries (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fan-out of records to sinks: never blocks the read loop, never drops (DESIGN.md §5).
+"""Fan-out of records to sinks: never blocks the read loop, never drops (docs/architecture.md).
 
 Per sink ("lane") the hub keeps:
 

@@ -1,4 +1,4 @@
-"""Turns do not depend on how Twilio cuts the audio into media messages (acceptance 4)."""
+"""core/lockstep.py: both tracks on one grid; results independent of how chunks arrive."""
 
 from __future__ import annotations
 
