@@ -1,5 +1,6 @@
 """Sinks: where records go. ``SinkHub`` fans records out to ``Sink`` implementations (JSONL
-file, HTTP, Redis Streams) with bounded queues, an on-disk spool and retries (docs/architecture.md)."""
+file, HTTP, Redis Streams) with bounded queues, an on-disk spool and retries
+(``docs/architecture.md``)."""
 
 from __future__ import annotations
 
