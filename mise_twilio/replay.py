@@ -7,6 +7,7 @@ same lines sent to a live server as Twilio would: ``mise_twilio.server.replay_cl
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from mise_twilio.core.call import CallSession, SessionParams
@@ -21,8 +22,12 @@ def read_fixture(path: str | Path) -> list[str]:
 
 def replay_offline(lines: list[str], params: SessionParams | None = None) -> list[AnyRecord]:
     """Feed ``lines`` through one ``CallSession`` (no clock: wall-clock fields stay null) and
-    return every record, ending with ``stream.stopped``."""
-    session = CallSession(params)
+    return every record, ending with ``stream.stopped``.
+
+    Offline there is no reason to go on without a lagging track, so ``max_track_skew_ms`` is
+    ``None`` (wait for everything): the records do not depend on how the two tracks' messages
+    interleave in the file, even one track wholly before the other."""
+    session = CallSession(dataclasses.replace(params or SessionParams(), max_track_skew_ms=None))
     records: list[AnyRecord] = []
     for line in lines:
         session.receive_text(line)

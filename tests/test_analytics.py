@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from support import expected
 
+from fixtures import real_calls as rc
 from mise_twilio.core.audio import FRAME_MS
 from mise_twilio.core.records import AnyRecord, StreamStopped, TurnRecord
+from mise_twilio.replay import replay_offline
 
 GRID_TOLERANCE_MS = 3 * FRAME_MS
 """A detected gap is the difference of two boundaries on the 20 ms frame grid (±20 ms each
@@ -99,3 +102,48 @@ def test_bleed_does_not_open_turns(offline_records: dict[str, list[AnyRecord]]) 
     records = offline_records["bleed_two_track"]
     turns = [r for r in records if isinstance(r, TurnRecord)]
     assert len(turns) == len(expected("bleed_two_track")["turns"])
+
+
+# -- echo and double-talk on real speech (AMI, ../shared/real-speech) -------------------------
+
+
+def _delayed(x: np.ndarray, delay_ms: int, gain_db: float) -> np.ndarray:
+    y = np.zeros_like(x)
+    d = delay_ms * 8
+    y[d:] = x[: x.size - d] * 10 ** (gain_db / 20)
+    return y
+
+
+@pytest.mark.parametrize("delay_ms", [0, 40])
+def test_an_echo_of_the_agent_24_db_down_opens_no_caller_turn(delay_ms: int) -> None:
+    agent = rc.load_file("trn06")
+    agent = agent + rc.line_noise(agent.size, "echo-agent")
+    caller = rc.line_noise(agent.size, "echo-caller") + _delayed(agent, delay_ms, -24.0)
+    call = rc.make_call({"inbound": caller, "outbound": agent}, {"inbound": [], "outbound": []})
+    turns = [r for r in replay_offline(rc.wire_lines(call)) if isinstance(r, TurnRecord)]
+    assert [t for t in turns if t.track == "inbound"] == []
+    assert sum(t.speech_ms for t in turns if t.track == "outbound") > 5000  # the agent talks
+
+
+def test_double_talk_at_equal_level_is_counted_as_overlap() -> None:
+    a, b = rc.load_file("trn04"), rc.load_file("trn07")
+    regions = rc.load_regions()
+    ta = rc.merge_spans(r for rr in regions["trn04"].values() for r in rr)
+    tb = rc.merge_spans(r for rr in regions["trn07"].values() for r in rr)
+    b = b * (rc.active_rms(a, ta) / rc.active_rms(b, tb))  # the same active level
+    n = min(a.size, b.size)
+    call = rc.make_call(
+        {
+            "inbound": a[:n] + rc.line_noise(n, "dt-a"),
+            "outbound": b[:n] + rc.line_noise(n, "dt-b"),
+        },
+        {"inbound": ta, "outbound": tb},
+    )
+    records = replay_offline(rc.wire_lines(call))
+    summary = next(r for r in records if isinstance(r, StreamStopped)).summary
+    true_overlap_ms = sum(max(0, min(e1, e2) - max(s1, s2)) for s1, e1 in ta for s2, e2 in tb)
+    assert true_overlap_ms > 2000
+    assert summary.overlap_ms is not None
+    # labels are good to about ±100 ms per boundary: most of the double-talk must be found
+    assert summary.overlap_ms >= 0.8 * true_overlap_ms
+    assert summary.turn_counts["caller"] >= 2 and summary.turn_counts["agent"] >= 2

@@ -35,13 +35,16 @@ def match(turns: list[TurnRecord], truth: dict[str, Any]) -> TurnRecord:
 def test_turns_match_ground_truth_within_100ms(
     name: str, offline_records: dict[str, list[AnyRecord]]
 ) -> None:
+    # 100 ms, plus the generator's own uncertainty at that edge (labelled speech too close to
+    # the line noise, or under the other speaker's voice, to be told from it)
     truth = expected(name)
     turns = turns_of(offline_records[name])
     assert len(turns) == len(truth["turns"])
     for t in truth["turns"]:
         got = match(turns, t)
-        assert abs(got.start_ms - t["start_ms"]) <= BOUNDARY_TOLERANCE_MS, (got, t)
-        assert abs(got.end_ms - t["end_ms"]) <= BOUNDARY_TOLERANCE_MS, (got, t)
+        start_tol, end_tol = (BOUNDARY_TOLERANCE_MS + u for u in t["edge_uncertainty_ms"])
+        assert abs(got.start_ms - t["start_ms"]) <= start_tol, (got, t)
+        assert abs(got.end_ms - t["end_ms"]) <= end_tol, (got, t)
         assert got.speaker == ("caller" if t["track"] == "inbound" else "agent")
 
 

@@ -109,8 +109,10 @@ class SessionParams:
       (``bad_timestamp``): no Twilio call streams for six hours, and a wild value must not
       become the call's clock origin.
     - ``max_gap_ms``: a timestamp jump above this is a discontinuity, not filled with silence.
-    - ``max_track_skew_ms``: how far one track may run ahead of a silent one before the silent
-      one is taken as silence (bounds how late a turn record can be).
+    - ``max_track_skew_ms``: how far one track may lag the other before the other goes on
+      without it (bounds how late a turn record can be; late audio is still analysed, see
+      ``lockstep.py``). ``None`` waits for everything: records are then exactly independent of
+      how the tracks interleave, at the cost of holding a leading track in memory.
     - ``max_diagnostics_per_code``: diagnostics of one code beyond this are only counted, and
       one summary diagnostic is emitted at the end.
     - ``max_custom_parameters``: Twilio allows 99 (REST); more are dropped with a diagnostic.
@@ -127,7 +129,7 @@ class SessionParams:
     max_chunk_ms: int = 1000
     max_gap_ms: int = 5000
     max_timestamp_ms: int = 6 * 3600 * 1000
-    max_track_skew_ms: int = 1000
+    max_track_skew_ms: int | None = 5000
     max_diagnostics_per_code: int = 10
     max_custom_parameters: int = 99
     expected_api_key: str | None = None
@@ -493,6 +495,7 @@ class CallSession:
             interrupted=turn.interrupted,
             backchannel=turn.backchannel,
             lost_ms=closed.lost_samples // audio.SAMPLES_PER_MS,
+            cross_track_partial=closed.cross_track_partial,
             energy=acoustics.energy if acoustics else None,
             pitch=acoustics.pitch if acoustics else None,
             speech_rate_hz=acoustics.speech_rate_hz if acoustics else None,

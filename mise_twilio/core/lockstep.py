@@ -1,19 +1,28 @@
-"""Both tracks of a stream on one 20 ms grid, analysed frame by frame together.
+"""Both tracks of a stream on one 20 ms grid, analysed together, whatever order they arrive in.
 
 Each track's chunks are placed by ``TrackTimeline`` (timestamp → frame index on the call's
-grid). Frame ``k`` of every track is then decoded (``audioop.ulaw2lin``), measured
-(``audioop.rms``) and fed to that track's ``EnergyVad`` with the other track's recent level
-(the bleed check), and the ``TurnTracker`` cuts turns from the VAD transitions. Stepping both
-tracks together is what makes the cross-track fields of a turn final when it closes, and what
-lets one track's VAD see the other's level.
+grid). Frame ``k`` is analysed once every track has delivered it: both tracks' frames are
+decoded (``audioop.ulaw2lin``), measured in blocks of up to five frames (``vad.frame_features``,
+numpy) and stepped through one ``BandVad`` (each track's echo check sees the other track), and
+the ``TurnTracker`` replays the VAD's decisions frame by frame. So records depend only on each
+track's timestamps and payloads, never on how the two tracks' messages interleave on the
+socket, and every cross-track field of a turn is final when the turn closes.
 
-A track that falls more than ``max_track_skew_ms`` behind the other is taken as silent for the
-frames it has not delivered, so one stalled track cannot hold the other back (audio of it that
-arrives later than that is dropped as ``late_media``).
+Skew. A track may lag the other by up to ``max_track_skew_ms``: until then the other waits
+for it (records come out that much later, never more). Beyond it (a stalled track, or Twilio
+not sending a track while it is silent), the lagging track is taken as silent for the frames
+it has not delivered and the call goes on; turns whose span had the other track missing that
+way are flagged ``cross_track_partial``. Audio of it that then arrives late is still analysed,
+never dropped: a separate one-track VAD goes over it and its turns join the tracker (also
+flagged), with a ``late_media`` diagnostic; filled gaps (timestamp jumps: audio Twilio never
+sent) are silence and are only counted in ``lost_ms``. ``max_track_skew_ms=None`` waits for
+everything (offline replay: the result is exactly order-independent).
 
-Memory: each track keeps the decoded PCM of its open turn (or the last ~0.6 s when no turn is
-open), 320 bytes per 20 ms, trimmed in 64-frame blocks; a turn is at most
-``TurnParams.max_turn_ms`` long.
+Memory per call, bounded: the frames a leading track delivers while the other lags (μ-law,
+160 bytes per 20 ms: 40 KB at the 5 s default, unbounded with ``None``), the decoded PCM of
+each track's open turn (or its last ~0.6 s: 320 bytes per 20 ms, up to
+``TurnParams.max_turn_ms``: 1.9 MB for a 120 s monologue, ~100 KB for a typical 3 s turn), the
+VAD's state (~10 KB) and the turn tracker's history (a few hundred segments).
 """
 
 from __future__ import annotations
@@ -22,17 +31,21 @@ from array import array
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from mise_twilio.core import audio
 from mise_twilio.core.errors import ProtocolError
 from mise_twilio.core.messages import TRACKS, Track
 from mise_twilio.core.timeline import DISCONTINUITY, TrackTimeline
 from mise_twilio.core.turns import Turn, TurnParams, TurnTracker
-from mise_twilio.core.vad import EnergyVad, VadParams
+from mise_twilio.core.vad import N_FEATURES, BandVad, VadModel, VadParams, frame_features
 
-_SILENT_PCM = bytes(audio.FRAME_SAMPLES * audio.SAMPLE_WIDTH_BYTES)
 _FRAME_BYTES = audio.FRAME_SAMPLES * audio.SAMPLE_WIDTH_BYTES
+_SILENT_PCM = bytes(_FRAME_BYTES)
+_BLOCK_FRAMES = 5  # 100 ms: the VAD's numpy work is batched over this many frames
 _TRIM_BLOCK_FRAMES = 64  # del on a bytearray moves memory: trim in blocks
 _KEEP_BEHIND_FRAMES = 32  # with no open turn: VAD confirmation + pre-roll look back less
+_RELEASED_SPANS = 64  # per track: the spans it was taken as silent (for the partial flag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,45 +69,48 @@ _VERDICTS = {
 class ClosedTurn:
     """A turn the tracker closed, with its audio: ``pcm`` is 16-bit 8 kHz mono PCM from
     ``turn.start_frame`` to ``turn.end_frame`` (320 bytes per frame), ``lost_samples`` the
-    samples in that span Twilio never sent (filled with silence)."""
+    samples in that span Twilio never sent (filled with silence). ``cross_track_partial``:
+    the other track's audio for part of the span was not known when the turn was analysed
+    (it lagged beyond the skew bound, or this turn was analysed late)."""
 
     turn: Turn
     pcm: bytes
     lost_samples: int
+    cross_track_partial: bool
 
 
 class _TrackPipe:
-    """Timeline, VAD and the recent decoded audio of one track."""
+    """Timeline and recent decoded audio of one track, and how it kept up."""
 
     __slots__ = (
         "buf_start",
-        "late_frames",
+        "late_next",
+        "late_vad",
         "lost",
         "media_messages",
         "pcm",
-        "recent_levels",
+        "released",
+        "released_from",
         "timeline",
         "track",
-        "vad",
     )
 
-    def __init__(self, track: Track, origin: int, vad: VadParams, max_gap_ms: int) -> None:
+    def __init__(self, track: Track, origin: int, max_gap_ms: int) -> None:
         self.track = track
         self.timeline = TrackTimeline(origin, max_gap_ms=max_gap_ms)
-        self.vad = EnergyVad(vad)
         self.pcm = bytearray()  # decoded 16-bit PCM from frame ``buf_start`` on
         self.lost = array("H")  # lost samples per buffered frame
         self.buf_start: int | None = None
-        # this track's last few frame levels: the other track's bleed reference (VadParams)
-        self.recent_levels: deque[float] = deque(
-            [audio.SILENCE_DBFS], maxlen=max(1, vad.bleed_lag_ms // audio.FRAME_MS + 1)
-        )
         self.media_messages = 0
-        self.late_frames = 0
+        # [start, end) frame spans in which the track was taken as silent (skew bound)
+        self.released: deque[tuple[int, int]] = deque(maxlen=_RELEASED_SPANS)
+        self.released_from: int | None = None
+        self.late_vad: BandVad | None = None  # analyses audio that came after its time
+        self.late_next = 0
 
 
 class Lockstep:
-    """The frame grid, the tracks' pipes and the turn tracker of one stream.
+    """The frame grid, the tracks' pipes, the VAD and the turn tracker of one stream.
 
     Usage: ``push()`` each valid media chunk and ``take_output()`` after it; ``finish()`` once
     at the stream's end, then ``take_output()`` again. Frame indices are on the grid anchored
@@ -108,15 +124,21 @@ class Lockstep:
         vad: VadParams,
         turns: TurnParams,
         max_gap_ms: int,
-        max_track_skew_ms: int,
+        max_track_skew_ms: int | None,
+        vad_model: VadModel | None = None,
     ) -> None:
         """``tracks``: the tracks listed in ``start`` (media on another one before analysis
-        begins adds it; after, it is refused)."""
+        begins adds it; after, it is refused). ``max_track_skew_ms``: how far one track may
+        lag before the other goes on without it; ``None`` waits for everything."""
         self._tracks = list(tracks)
-        self._vad = vad
+        self._vad_params = vad
+        self._vad_model = vad_model
         self._turn_params = turns
         self._max_gap_ms = max_gap_ms
-        self._skew_frames = max(1, max_track_skew_ms // audio.FRAME_MS)
+        self._skew_frames = (
+            None if max_track_skew_ms is None else max(1, max_track_skew_ms // audio.FRAME_MS)
+        )
+        self._skew_ms = max_track_skew_ms
         self._pipes: dict[Track, _TrackPipe] = {}
         self._pipe_list: list[_TrackPipe] = []
         self._origin: int | None = None
@@ -124,7 +146,11 @@ class Lockstep:
         """Stream-clock ms of frame 0 (the first chunk's timestamp)."""
         self._cursor: int | None = None
         self._first_frame: int | None = None
+        self._vad: BandVad | None = None
         self._turns: TurnTracker | None = None
+        self._block: list[bytes] = []  # PCM of the frames stepped but not yet through the VAD
+        self._block_start = 0
+        self._last_tick: int | None = None
         self._output: list[ClosedTurn | Notice] = []
 
     # -- input -----------------------------------------------------------------------------
@@ -164,15 +190,20 @@ class Lockstep:
         """End of stream: flush the timelines, analyse what is left, close every open turn."""
         for pipe in self._pipe_list:
             if pipe.timeline.finish():
-                self._output.append(
-                    Notice(
-                        "timestamp_outlier", "a timestamp jump was never confirmed; chunk dropped"
-                    )
-                )
+                text = "a timestamp jump was never confirmed; chunk dropped"
+                self._output.append(Notice("timestamp_outlier", text))
         self._advance(final=True)
-        if self._turns is not None and self._cursor is not None:
-            for turn in self._turns.flush(self._cursor):
-                self._close(turn)
+        self._run_block()
+        turns = self._turns
+        if turns is None or self._cursor is None:
+            return
+        now = self._cursor
+        for pipe in self._pipe_list:
+            self._end_late(pipe, now)
+        assert self._vad is not None
+        for ti, (_, frame) in self._vad.flush():
+            self._close_all(turns.on_end(self._pipe_list[ti].track, frame, now))
+        self._close_all(turns.flush(now))
 
     # -- output ----------------------------------------------------------------------------
 
@@ -213,18 +244,14 @@ class Lockstep:
         return self.origin_ms + pipe.timeline.end_frame * audio.FRAME_MS
 
     def lost_ms(self) -> dict[str, int]:
-        """Per track: audio never sent (timestamp gaps) plus audio that came too late, ms."""
-        return {
-            p.track: p.timeline.lost_samples // audio.SAMPLES_PER_MS
-            + p.late_frames * audio.FRAME_MS
-            for p in self._pipe_list
-        }
+        """Per track: audio Twilio never sent (timestamp gaps, filled with silence), ms."""
+        return {p.track: p.timeline.lost_samples // audio.SAMPLES_PER_MS for p in self._pipe_list}
 
     def media_messages(self) -> dict[str, int]:
         """Per track: media chunks pushed."""
         return {p.track: p.media_messages for p in self._pipe_list}
 
-    # -- internals -------------------------------------------------------------------------
+    # -- set-up ----------------------------------------------------------------------------
 
     def _admit(self, track: Track, sequence_number: int | None) -> None:
         if self._turns is not None:
@@ -242,40 +269,45 @@ class Lockstep:
 
     def _new_pipe(self, track: Track) -> _TrackPipe:
         assert self._origin is not None
-        pipe = _TrackPipe(track, self._origin, self._vad, self._max_gap_ms)
+        pipe = _TrackPipe(track, self._origin, self._max_gap_ms)
         self._pipes[track] = pipe
         self._pipe_list = [self._pipes[t] for t in TRACKS if t in self._pipes]
         return pipe
 
-    def _start_analysis(self) -> TurnTracker:
-        """Once, at the first frames: a pipe for every listed track, and the turn tracker."""
+    def _start_analysis(self) -> None:
+        """Once, at the first frames: a pipe for every listed track, the VAD, the tracker."""
         for track in self._tracks:
             if track not in self._pipes:
                 self._new_pipe(track)
+        n = len(self._pipe_list)
+        self._vad = BandVad(n, self._vad_params, self._vad_model)
         self._turns = TurnTracker(
             [p.track for p in self._pipe_list],
             self._turn_params,
-            cross_track=len(self._pipe_list) == 2,
-            vad_lookback_frames=self._vad.lookback_frames,
+            cross_track=n == 2,
+            vad_lookback_frames=self._vad_params.lookback_frames,
         )
-        return self._turns
+
+    # -- stepping --------------------------------------------------------------------------
 
     def _advance(self, *, final: bool) -> None:
-        """Process every frame that all tracks have delivered (or that skew/finality allows)."""
+        """Step every frame that all tracks have delivered (or that the skew bound or the end
+        of the stream releases)."""
         if self._origin is None:
             return
         if self._turns is None:
             self._start_analysis()
         pipes = self._pipe_list
+        skew = self._skew_frames
         if self._cursor is None:
             firsts = [p.timeline.frames[0][0] for p in pipes if p.timeline.frames]
             if not firsts:
                 return
-            waiting = [p for p in pipes if p.timeline.end_frame is None]
+            waiting = any(p.timeline.end_frame is None for p in pipes)
             lead = max((p.timeline.end_frame or 0) for p in pipes)
-            if waiting and not final and lead - min(firsts) <= self._skew_frames:
+            if waiting and not final and (skew is None or lead - min(firsts) <= skew):
                 return
-            self._cursor = min(firsts)
+            self._cursor = self._block_start = min(firsts)
             self._first_frame = self._cursor
         while True:
             k = self._cursor
@@ -284,74 +316,108 @@ class Lockstep:
                 end = p.timeline.end_frame
                 if end is not None and end > lead:
                     lead = end
+            ready = True
             any_frame = False
             for p in pipes:
                 frames = p.timeline.frames
-                if frames and frames[0][0] <= k:
-                    any_frame = True
-                    continue
-                if final or lead - k > self._skew_frames:
-                    continue
-                return  # this track has not delivered frame k yet: wait for it
-            if not any_frame and (final or not any(p.timeline.frames for p in pipes)):
+                if frames:
+                    # its frame k, or its next frame is later: frame k is silence for it
+                    # (frames come in order, so nothing for k can still arrive but late audio)
+                    any_frame = any_frame or frames[0][0] <= k
+                elif not final and (skew is None or lead - k <= skew):
+                    ready = False  # this track has not delivered frame k yet: wait for it
+                    break
+            if not ready:
+                return
+            if not any_frame and not any(p.timeline.frames for p in pipes):
                 return  # nothing left at or after k
-            self._step(k)
+            self._step(k, final)
             self._cursor = k + 1
+            if self._cursor % _BLOCK_FRAMES == 0:
+                self._run_block()
 
-    def _step(self, k: int) -> None:
-        pipes = self._pipe_list
-        levels: list[float] = []
-        for p in pipes:
+    def _step(self, k: int, final: bool) -> None:
+        """Take frame ``k`` of every track: its audio, or silence for a track whose frames
+        start after ``k`` (before its first chunk, after a discontinuity) or that the skew
+        bound released (remembered, for the partial flag)."""
+        taken: list[tuple[bytes, int]] = []
+        jumped: list[_TrackPipe] = []
+        for p in self._pipe_list:
             frames = p.timeline.frames
-            level = audio.SILENCE_DBFS
-            pcm = _SILENT_PCM
-            lost = 0
+            pcm, lost = _SILENT_PCM, 0
+            behind = not frames  # nothing at or after k yet
             while frames and frames[0][0] <= k:
                 idx, ulaw, lost_samples = frames.popleft()
                 if ulaw == DISCONTINUITY:
-                    self._discontinuity(p, k)
-                    continue
-                if idx < k:
-                    p.late_frames += 1
-                    self._output.append(
-                        Notice("late_media", f"{p.track} audio arrived after its time; dropped")
-                    )
-                    continue
-                pcm = audio.ulaw_to_pcm16(ulaw)
-                level = audio.rms_dbfs(pcm)
-                lost = lost_samples
+                    jumped.append(p)
+                elif idx < k:
+                    self._late(p, idx, ulaw, lost_samples)
+                    behind = not frames
+                else:
+                    pcm, lost = audio.ulaw_to_pcm16(ulaw), lost_samples
+                    behind = False
+            if behind and not final:
+                if p.released_from is None:
+                    p.released_from = k
+            else:
+                self._end_late(p, k)
+                if p.released_from is not None:
+                    p.released.append((p.released_from, k))
+                    p.released_from = None
+            taken.append((pcm, lost))
+        for p in jumped:
+            self._discontinuity(p, k)
+        for p, (pcm, lost) in zip(self._pipe_list, taken, strict=True):
             if p.buf_start is None:
                 p.buf_start = k
             p.pcm += pcm
             p.lost.append(lost)
-            p.recent_levels.append(level)
-            levels.append(level)
-        turns = self._turns
-        assert turns is not None
-        closed: list[Turn] = []
-        two = len(pipes) == 2
-        for i, p in enumerate(pipes):
-            other = max(pipes[1 - i].recent_levels) if two else None
-            transition = p.vad.step(k, levels[i], other)
-            if transition is not None:
-                kind, frame = transition
+            self._block.append(pcm)
+
+    def _run_block(self) -> None:
+        """Put the stepped frames through the VAD, then the tracker, frame by frame."""
+        n_frames = len(self._block) // max(1, len(self._pipe_list))
+        if not n_frames:
+            return
+        vad, turns = self._vad, self._turns
+        assert vad is not None and turns is not None
+        n_tracks = len(self._pipe_list)
+        first = self._block_start
+        pcm = np.frombuffer(b"".join(self._block), dtype=np.int16)
+        # frames were appended track by track per frame: (n, tracks, 160) → (tracks, n, F)
+        feats = frame_features(pcm.reshape(n_frames * n_tracks, audio.FRAME_SAMPLES))
+        feats = feats.reshape(n_frames, n_tracks, N_FEATURES).transpose(1, 0, 2)
+        # in frame order, inbound before outbound at the same frame (the VAD lists them track
+        # by track)
+        decisions = sorted(
+            vad.step_block(first, np.ascontiguousarray(feats)), key=lambda d: (d[2], d[0])
+        )
+        self._block = []
+        self._block_start = first + n_frames
+        i = 0
+        for j in range(first, first + n_frames):
+            closed: list[Turn] = []
+            while i < len(decisions) and decisions[i][2] == j:
+                ti, (kind, frame), _ = decisions[i]
+                track = self._pipe_list[ti].track
                 if kind == "start":
-                    closed += turns.on_start(p.track, frame, k)
+                    closed += turns.on_start(track, frame, j)
                 else:
-                    closed += turns.on_end(p.track, frame, k)
-        closed += turns.tick(k)
-        for turn in closed:
-            self._close(turn)
-        for p in pipes:
-            self._trim(p, k)
+                    closed += turns.on_end(track, frame, j)
+                i += 1
+            closed += turns.tick(j)
+            self._last_tick = j
+            self._close_all(closed)
+            for p in self._pipe_list:
+                self._trim(p, j)
 
     def _discontinuity(self, pipe: _TrackPipe, k: int) -> None:
-        turns = self._turns
-        assert turns is not None
-        transition = pipe.vad.reset_speech()
-        if transition is not None:
-            for turn in turns.on_end(pipe.track, transition[1], k):
-                self._close(turn)
+        self._run_block()  # the VAD and the tracker catch up to frame k first
+        vad, turns = self._vad, self._turns
+        assert vad is not None and turns is not None
+        ended = vad.reset_speech(self._pipe_list.index(pipe))
+        if ended is not None:
+            self._close_all(turns.on_end(pipe.track, ended[1], k))
         self._output.append(
             Notice(
                 "discontinuity",
@@ -359,22 +425,89 @@ class Lockstep:
             )
         )
 
+    # -- audio that came after its time ----------------------------------------------------
+
+    def _late(self, pipe: _TrackPipe, idx: int, ulaw: bytes, lost_samples: int) -> None:
+        """A frame of ``pipe`` for a position already analysed (it lagged beyond the skew
+        bound). Filled gaps are silence and only counted lost; audio is analysed by the
+        track's late VAD and its turns join the tracker."""
+        filled = lost_samples == audio.FRAME_SAMPLES
+        if pipe.late_vad is None:
+            if filled:
+                return
+            pipe.late_vad = BandVad(1, self._vad_params, self._vad_model)
+            pipe.late_next = idx
+            self._output.append(
+                Notice(
+                    "late_media",
+                    f"{pipe.track} audio arrived more than {self._skew_ms} ms after the other "
+                    "track's; analysed late, cross-track fields around it are partial",
+                )
+            )
+        if idx != pipe.late_next:
+            # not contiguous with the late audio so far (a discontinuity in between)
+            self._end_late(pipe, idx)
+            pipe.late_vad = BandVad(1, self._vad_params, self._vad_model)
+        vad, turns = pipe.late_vad, self._turns
+        assert vad is not None and turns is not None
+        pcm = audio.ulaw_to_pcm16(ulaw)
+        if pipe.buf_start is not None and pipe.buf_start <= idx:
+            at = (idx - pipe.buf_start) * _FRAME_BYTES
+            pipe.pcm[at : at + _FRAME_BYTES] = pcm  # the turn's audio is the real audio
+        feats = frame_features(np.frombuffer(pcm, dtype=np.int16).reshape(1, -1))
+        now = self._last_tick if self._last_tick is not None else idx
+        for _, (kind, frame), _ in vad.step_block(idx, feats[None]):
+            if kind == "start":
+                self._close_all(turns.on_start(pipe.track, frame, now), late=True)
+            else:
+                self._close_all(turns.on_end(pipe.track, frame, now), late=True)
+        pipe.late_next = idx + 1
+
+    def _end_late(self, pipe: _TrackPipe, now: int) -> None:
+        """The track caught up (or the stream ended): end speech its late VAD left open."""
+        vad = pipe.late_vad
+        if vad is None:
+            return
+        pipe.late_vad = None
+        turns = self._turns
+        assert turns is not None
+        tick = self._last_tick if self._last_tick is not None else now
+        for _, (_, frame) in vad.flush():
+            self._close_all(turns.on_end(pipe.track, frame, tick), late=True)
+
+    # -- turns out -------------------------------------------------------------------------
+
     def _trim(self, pipe: _TrackPipe, k: int) -> None:
         """Drop buffered audio no open or future turn can need (bounded memory per track)."""
         assert self._turns is not None and pipe.buf_start is not None
         keep_from = self._turns.open_turn_start(pipe.track)
         if keep_from is None:
             keep_from = k - _KEEP_BEHIND_FRAMES
-        drop = keep_from - pipe.buf_start
+        drop = min(keep_from, k - _KEEP_BEHIND_FRAMES) - pipe.buf_start
         if drop >= _TRIM_BLOCK_FRAMES:
             del pipe.pcm[: drop * _FRAME_BYTES]
             del pipe.lost[:drop]
             pipe.buf_start += drop
 
-    def _close(self, turn: Turn) -> None:
-        pipe = self._pipes[turn.track]
-        assert pipe.buf_start is not None
-        lo = max(0, turn.start_frame - pipe.buf_start)
-        hi = max(lo, turn.end_frame - pipe.buf_start)
-        pcm = bytes(pipe.pcm[lo * _FRAME_BYTES : hi * _FRAME_BYTES])
-        self._output.append(ClosedTurn(turn, pcm, sum(pipe.lost[lo:hi])))
+    def _close_all(self, turns: list[Turn], *, late: bool = False) -> None:
+        for turn in turns:
+            pipe = self._pipes[turn.track]
+            assert pipe.buf_start is not None
+            lo = max(0, turn.start_frame - pipe.buf_start)
+            hi = max(lo, turn.end_frame - pipe.buf_start)
+            pcm = bytes(pipe.pcm[lo * _FRAME_BYTES : hi * _FRAME_BYTES])
+            partial = late or self._released_during(turn)
+            self._output.append(ClosedTurn(turn, pcm, sum(pipe.lost[lo:hi]), partial))
+
+    def _released_during(self, turn: Turn) -> bool:
+        """A track (the other: its audio was missing; this one: its audio came late) was taken
+        as silent by the skew bound during the turn's span."""
+        if len(self._pipe_list) < 2:
+            return False
+        for p in self._pipe_list:
+            spans = list(p.released)
+            if p.released_from is not None:
+                spans.append((p.released_from, turn.end_frame))
+            if any(s < turn.end_frame and turn.start_frame < e for s, e in spans):
+                return True
+        return False

@@ -90,6 +90,12 @@ class TurnRecord(_RecordBase):
     interrupted: bool | None = None
     backchannel: bool | None = None
     lost_ms: int = Field(default=0, ge=0, description="Audio Twilio never sent in this span, ms.")
+    cross_track_partial: bool = Field(
+        default=False,
+        description="The other track's audio for part of this turn was not known when it was "
+        "analysed (it lagged more than MISE_MAX_TRACK_SKEW_MS, or this turn's audio did): the "
+        "cross-track fields take the missing audio as silence.",
+    )
     energy: Energy | None = None
     pitch: Pitch | None = None
     speech_rate_hz: float | None = Field(default=None, description="Syllable nuclei per second.")

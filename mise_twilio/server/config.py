@@ -88,7 +88,9 @@ class Settings(BaseSettings):
         default=6 * 3600 * 1000, ge=1, description="media.timestamp above this is rejected."
     )
     max_track_skew_ms: int = Field(
-        default=1000, ge=20, description="One track may run this far ahead of the other."
+        default=5000,
+        ge=20,
+        description="One track may lag the other this long before the other goes on without it.",
     )
     max_diagnostics_per_code: int = Field(
         default=10, ge=0, description="Diagnostics of one code beyond this are only counted."

@@ -145,3 +145,23 @@ async def test_bad_frames_do_not_end_the_stream(
     records = by_stream(read_jsonl(settings.resolved_jsonl_path), stream_sid_of(lines))
     assert len([r for r in records if r["type"] == "turn"]) == 3
     assert any(r["type"] == "diagnostic" for r in records)
+
+
+@pytest.mark.parametrize(("arrival", "skew_ms"), [("skew", 2000), ("skew", 4500)])
+async def test_tracks_skewed_within_the_bound_give_the_offline_records(
+    server_settings: Callable[..., Settings],
+    offline_records: dict[str, list[AnyRecord]],
+    arrival: str,
+    skew_ms: int,
+) -> None:
+    from test_lockstep import interleave
+
+    lines = interleave(fixture_lines("fork_two_track"), arrival, skew_ms, seed=skew_ms)
+    settings = server_settings()  # MISE_MAX_TRACK_SKEW_MS: the 5000 ms default
+    assert settings.max_track_skew_ms == 5000
+    async with running_server(settings) as (_http_url, ws_base, app):
+        await replay_websocket(lines, ws_base + STREAM_PATH, speed=0)
+        await wait_until(lambda: not app.state.bridge.sessions, 10.0, "streams closed")
+    got = by_stream(read_jsonl(settings.resolved_jsonl_path), stream_sid_of(lines))
+    assert got == [comparable(r) for r in offline_records["fork_two_track"]]
+    assert not [r for r in got if r["type"] == "diagnostic"]  # no late_media below the bound
