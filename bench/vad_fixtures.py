@@ -21,7 +21,7 @@ connect_inbound (garbage_lines has connect_inbound's audio); ``bleed24`` is blee
 alone. Metrics are pooled over fixtures and tracks (micro-averaged); ``bench/README.md`` says
 what each column means. Prints tables, asserts nothing.
 
-Run: ``.venv/bin/python bench/vad_accuracy.py [--json PATH] [--vad NAME=VALUE ...] [--sweep]
+Run: ``.venv/bin/python bench/vad_fixtures.py [--json PATH] [--vad NAME=VALUE ...] [--sweep]
 [--explain FIXTURE:CONDITION]``
 """
 
@@ -48,7 +48,7 @@ import _fixture_audio as fa
 from mise_twilio.core import audio as mt_audio
 from mise_twilio.core.call import SessionParams
 from mise_twilio.core.records import TurnRecord
-from mise_twilio.core.vad import EnergyVad, VadParams
+from mise_twilio.core.vad import BandVad, VadParams, frame_features
 from mise_twilio.replay import replay_offline
 
 try:
@@ -203,30 +203,21 @@ def frame_levels(case: Case) -> dict[str, list[float]]:
 
 
 def vad_step_us(case: Case, params: VadParams) -> float:
-    """µs per frame per track of ``EnergyVad.step`` alone, over precomputed levels."""
-    levels = frame_levels(case)
+    """µs per frame per track of the VAD alone (band features + ``BandVad.step_block`` in
+    5-frame blocks, both tracks together), lost frames as digital silence."""
     tracks = case.fx.tracks
     n = case.fx.n_frames
+    pcm = np.stack([case.pcm[t][: n * 160].reshape(n, 160).copy() for t in tracks])
+    for ti, t in enumerate(tracks):
+        pcm[ti, sorted(case.lost[t])] = 0
     best = math.inf
     for _ in range(TIMING_REPS):
-        if len(tracks) == 2:
-            a, b = levels[tracks[0]], levels[tracks[1]]
-            # the session passes the other track's loudest level over the last bleed_lag_ms
-            # (when the installed VadParams has it); precompute that reference too
-            lag = getattr(params, "bleed_lag_ms", 0) // fa.FRAME_MS
-            ra = [max(a[max(0, k - lag) : k + 1]) for k in range(n)]
-            rb = [max(b[max(0, k - lag) : k + 1]) for k in range(n)]
-            va, vb = EnergyVad(params), EnergyVad(params)
-            t0 = time.process_time()
-            for k in range(n):
-                va.step(k, a[k], rb[k])
-                vb.step(k, b[k], ra[k])
-        else:
-            a = levels[tracks[0]]
-            va = EnergyVad(params)
-            t0 = time.process_time()
-            for k in range(n):
-                va.step(k, a[k])
+        vad = BandVad(len(tracks), params)
+        t0 = time.process_time()
+        for k in range(0, n, 5):
+            m = min(5, n - k)
+            f = frame_features(pcm[:, k : k + m].reshape(len(tracks) * m, 160))
+            vad.step_block(k, f.reshape(len(tracks), m, -1))
         best = min(best, time.process_time() - t0)
     return best / (n * len(tracks)) * 1e6
 
@@ -764,61 +755,16 @@ def report(res: dict[str, Any], conditions: Sequence[str]) -> dict[str, Any]:
 
 SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("defaults", {}),
-    ("warmup_rise 20", {"warmup_max_rise_db": 20.0}),
-    ("warmup_rise 30", {"warmup_max_rise_db": 30.0}),
-    ("margins 10/5", {"start_margin_db": 10.0}),
-    ("margins 10/6", {"start_margin_db": 10.0, "stop_margin_db": 6.0}),
-    ("margins 9/4", {"stop_margin_db": 4.0}),
-    ("margins 8/4", {"start_margin_db": 8.0, "stop_margin_db": 4.0}),
-    ("margins 6/3", {"start_margin_db": 6.0, "stop_margin_db": 3.0}),
-    ("hangover 140", {"hangover_ms": 140}),
-    ("hangover 240", {"hangover_ms": 240}),
-    ("hangover 300", {"hangover_ms": 300}),
-    ("post_roll 80", {"post_roll_ms": 80}),
-    ("pre_roll 120", {"pre_roll_ms": 120}),
-    ("min_speech 40", {"min_speech_ms": 40}),
-    ("min_speech 100", {"min_speech_ms": 100}),
-    ("noise_floor_window 1500", {"noise_floor_window_ms": 1500}),
-    ("noise_floor_window 5000", {"noise_floor_window_ms": 5000}),
-    ("noise_floor_smoothing 60", {"noise_floor_smoothing_ms": 60}),
-    ("bleed_margin 12", {"bleed_margin_db": 12.0}),
-    ("bleed_margin 20", {"bleed_margin_db": 20.0}),
-    ("bleed_lag 20", {"bleed_lag_ms": 20}),
-    ("bleed_lag 100", {"bleed_lag_ms": 100}),
-    ("w30 + 10/5", {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0}),
-    ("w30 + 9/4", {"warmup_max_rise_db": 30.0, "stop_margin_db": 4.0}),
-    (
-        "w30 + 10/6 + hang 240",
-        {
-            "warmup_max_rise_db": 30.0,
-            "start_margin_db": 10.0,
-            "stop_margin_db": 6.0,
-            "hangover_ms": 240,
-        },
-    ),
-    (
-        "w30 + 10/5 + hang 240",
-        {"warmup_max_rise_db": 30.0, "start_margin_db": 10.0, "hangover_ms": 240},
-    ),
-    (
-        "w24 + 10/6 + hang 240",
-        {
-            "warmup_max_rise_db": 24.0,
-            "start_margin_db": 10.0,
-            "stop_margin_db": 6.0,
-            "hangover_ms": 240,
-        },
-    ),
-    (
-        "w24 + 10/6 + hang 240 + bleed 20",
-        {
-            "warmup_max_rise_db": 24.0,
-            "start_margin_db": 10.0,
-            "stop_margin_db": 6.0,
-            "hangover_ms": 240,
-            "bleed_margin_db": 20.0,
-        },
-    ),
+    ("start 1.0", {"start_logit": 1.0}),
+    ("stop 0.0", {"stop_logit": 0.0}),
+    ("hangover 160", {"hangover_ms": 160}),
+    ("hangover 320", {"hangover_ms": 320}),
+    ("pre_roll 60", {"pre_roll_ms": 60}),
+    ("pre_roll 200", {"pre_roll_ms": 200}),
+    ("post_roll 0", {"post_roll_ms": 0}),
+    ("edge 6", {"edge_snr_db": 6.0}),
+    ("echo loss 12", {"echo_min_loss_db": 12.0}),
+    ("echo loss 20", {"echo_min_loss_db": 20.0}),
 ]
 
 
