@@ -47,15 +47,14 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from mise_twilio.server.app import create_app, uvicorn_config
+    from mise_twilio.server.app import create_app
+    from mise_twilio.server.drain import DrainingServer
     from mise_twilio.server.logs import configure_logging
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn_config(app, settings))
+    server = DrainingServer(app, settings)  # SIGTERM: unready, drain, then stop
     print(
         f"mise-twilio {__version__} listening on http://{settings.host}:{settings.port} "
         f"(stream: /v1/stream/twilio, webhooks: /v1/webhook/twilio)",
