@@ -178,7 +178,7 @@ class HAProxy:
 
 @asynccontextmanager
 async def cluster(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[HAProxy, list[Any]]]:
-    executable = shutil.which("haproxy")
+    executable = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
     if executable is None:
         pytest.skip("haproxy is not installed (CI installs it: apt-get install haproxy)")
     env = REPLICA_ENV | {"MISE_REDIS_URL": redis_url}
@@ -446,3 +446,32 @@ def check_document(document: dict[str, Any], call: Call, sent: int, *, cut: bool
     # in-progress was posted before the stream began, completed right after it ended: the
     # stop reached Redis before or after completed did (never None: the join found it)
     assert stopped["last_call_status"] in ("in-progress", "completed")
+
+
+def test_compose_runs_the_topology_this_test_runs() -> None:
+    """docker-compose.yml: two replicas with the settings above (timings scaled to its check
+    interval), HAProxy with deploy/haproxy.cfg and the variables this test sets, Redis."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "mise-a", "mise-b", "haproxy"} <= set(services)
+    haproxy = services["haproxy"]
+    assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in haproxy["volumes"]
+    lb_env = haproxy["environment"]
+    assert set(lb_env) == set(HAProxy(Path("."), 0, [0, 0]).env) - set(os.environ)
+    check_inter_s = float(lb_env["MISE_LB_CHECK_INTER"].removesuffix("s"))
+    cfg = HAPROXY_CFG.read_text()
+    assert "fall 2" in cfg and "timeout check 1s" in cfg and "/readyz" in cfg
+    for name in ("mise-a", "mise-b"):
+        env = services[name]["environment"]
+        assert set(REPLICA_ENV) <= set(env)
+        assert env["MISE_REDIS_URL"].startswith("redis://redis:")
+        drain_s = float(env["MISE_DRAIN_DELAY_S"])
+        # HAProxy takes a replica out after 2 failed checks (each up to the 1 s timeout)
+        assert drain_s >= 2 * check_inter_s + 1.0
+        budget_s = drain_s + float(env["MISE_STREAM_GRACE_S"])
+        budget_s += float(env["MISE_SHUTDOWN_DEADLINE_S"])
+        assert float(services[name]["stop_grace_period"].removesuffix("s")) > budget_s
+    # the same proportion in this test: drain >= 2 checks + the check timeout, scaled
+    assert float(REPLICA_ENV["MISE_DRAIN_DELAY_S"]) >= 3 * CHECK_INTER_MS / 1000
