@@ -462,6 +462,10 @@ def run_cli(
     def stop(sig: int, frame: FrameType | None) -> None:
         consumer.stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    return consumer.run(exit_when_idle_s=exit_when_idle_s)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return consumer.run(exit_when_idle_s=exit_when_idle_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        consumer.client.close()

@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from conftest_redis import CallRecordsFactory, RedisServer
 
@@ -140,3 +141,28 @@ def test_two_workers_share_a_call_and_stale_calls_are_written_incomplete(
     stats = stale.run(exit_when_idle_s=0.6)
     assert stats.incomplete == 1
     assert documents(out)[lost[0].call_sid or ""]["complete"] is False
+
+
+def test_cli_errors_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mise_twilio.cli import main
+
+    monkeypatch.delenv("MISE_REDIS_URL", raising=False)
+    assert main(["consume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MISE_REDIS_URL" in err
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    assert main(["consume", "--redis-url", closed, "--block-ms", "100"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: redis at {closed}")
+    assert "Traceback" not in err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
