@@ -166,3 +166,15 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def test_an_idle_stream_does_not_crash_the_worker(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # redis-py's default socket_timeout equal to the BLOCK time makes every idle read time out
+    # (issue 10); ``Consumer.connect`` sets it above, so blocked reads on an empty stream end
+    # normally, again and again.
+    client = Consumer.connect(redis_server.url, 500)
+    worker = Consumer(client, Output(tmp_path), stream=STREAM, name="idle", block_ms=500)
+    stats = worker.run(exit_when_idle_s=1.2)  # at least two blocked reads that get nothing
+    assert (stats.read, stats.documents) == (0, 0)
