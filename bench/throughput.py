@@ -153,8 +153,8 @@ def main() -> None:
         f"  {srv['media_messages']} media messages, server CPU {srv['server_cpu_s']:.2f} s → "
         f"{srv['server_us_per_media_message']:.1f} µs CPU per media message "
         f"(WebSocket + session + sinks); {srv['server_x_realtime_per_core']:.0f}× real time "
-        f"per core ≈ {srv['concurrent_calls_per_core_at_100_msgs_per_s']:.0f} single-track "
-        f"calls per core at 100 msg/s"
+        f"per core ≈ {srv['concurrent_calls_per_core_at_100_msgs_per_s']:.0f} two-track "
+        f"calls per core at 100 msg/s (50 per track)"
     )
 
 

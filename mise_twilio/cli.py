@@ -1,4 +1,4 @@
-"""``mise-twilio``: serve | demo | replay | twiml | schema | config.
+"""``mise-twilio``: serve | demo | replay | consume | twiml | schema | config.
 
 Settings come from ``MISE_*`` environment variables (``config.Settings``); flags override them.
 """
@@ -47,15 +47,14 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from mise_twilio.server.app import create_app, uvicorn_config
+    from mise_twilio.server.app import create_app
+    from mise_twilio.server.drain import DrainingServer
     from mise_twilio.server.logs import configure_logging
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn_config(app, settings))
+    server = DrainingServer(app, settings)  # SIGTERM: unready, drain, then stop
     print(
         f"mise-twilio {__version__} listening on http://{settings.host}:{settings.port} "
         f"(stream: /v1/stream/twilio, webhooks: /v1/webhook/twilio)",
@@ -238,6 +237,55 @@ def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
             )
 
 
+# -- consume ----------------------------------------------------------------------------------
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    import redis
+
+    from mise_twilio.consume import run_cli
+    from mise_twilio.server.config import Settings
+
+    settings = Settings()
+    url = args.redis_url or settings.redis_url
+    if not url:
+        print("error: give --redis-url or set MISE_REDIS_URL", file=sys.stderr)
+        return 2
+    try:
+        stats = run_cli(
+            url=url,
+            stream=args.stream or settings.redis_stream,
+            group=args.group,
+            name=args.consumer,
+            out=args.out,
+            count=args.count,
+            block_ms=args.block_ms,
+            claim_idle_s=args.claim_idle_s,
+            stale_after_s=args.stale_after_s,
+            start_id=args.start,
+            exit_when_idle_s=args.exit_when_idle_s,
+        )
+    except redis.RedisError as exc:
+        print(f"error: redis at {url}: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "read": stats.read,
+                "claimed": stats.claimed,
+                "records": stats.records,
+                "calls": len(stats.calls),
+                "documents": stats.documents,
+                "incomplete": stats.incomplete,
+                "unusable": stats.unusable,
+                "unattributed": stats.unattributed,
+            }
+        ),
+        file=sys.stderr,
+    )
+    return 0
+
+
 # -- twiml ------------------------------------------------------------------------------------
 
 
@@ -331,6 +379,39 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--auth-token", help="sign the upgrade with this Twilio auth token")
     replay.add_argument("--sign-url", help="URL to sign (the public wss:// URL); default --to")
     replay.set_defaults(func=cmd_replay)
+
+    consume = sub.add_parser(
+        "consume",
+        help="consumer-group worker: one JSON document per finished call from Redis Streams",
+    )
+    consume.add_argument("--redis-url", help="default MISE_REDIS_URL")
+    consume.add_argument("--stream", help="records stream (default MISE_REDIS_STREAM)")
+    consume.add_argument("--group", default="mise-consume", help="consumer group name")
+    consume.add_argument("--consumer", help="this worker's name in the group (default host:pid)")
+    consume.add_argument("--out", default="-", help="folder for CALLSID.json files; - = stdout")
+    consume.add_argument("--count", type=int, default=100, help="entries per read")
+    consume.add_argument("--block-ms", type=int, default=5000, help="how long a read waits")
+    consume.add_argument(
+        "--claim-idle-s",
+        type=float,
+        default=60.0,
+        help="take over entries pending this long on another (dead) worker",
+    )
+    consume.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=900.0,
+        help="write an unfinished call (complete: false) once idle this long",
+    )
+    consume.add_argument(
+        "--start", default="0", help="where a new group starts: 0 (everything) or $ (new only)"
+    )
+    consume.add_argument(
+        "--exit-when-idle-s",
+        type=float,
+        help="exit once nothing arrived this long and nothing is pending (batch runs, tests)",
+    )
+    consume.set_defaults(func=cmd_consume)
 
     twiml = sub.add_parser("twiml", help="print TwiML that streams a call to mise-twilio")
     twiml.add_argument("--url", required=True, help="wss://HOST/v1/stream/twilio")

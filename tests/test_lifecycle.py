@@ -16,7 +16,13 @@ from test_status import (
     stream_form,
 )
 
-from mise_twilio.core.lifecycle import CallLifecycle, SummaryJoin
+from mise_twilio.core.lifecycle import (
+    CallLifecycle,
+    JoinOutput,
+    SharedCall,
+    SummaryJoin,
+    furthest_status,
+)
 from mise_twilio.core.records import CallStatusEvent, CallSummary, StreamStatusEvent, StreamStopped
 from mise_twilio.core.status import StatusEvent
 
@@ -360,4 +366,192 @@ def test_shutdown_flushes_held_events_and_the_summary_cache_is_bounded() -> None
     assert isinstance(out.records[0], CallStatusEvent)
     assert out.records[0].summary is None  # CA0's summary was evicted (oldest of three)
     join.on_status(call(completed_form()), stream_open=True, now_s=0.0)
-    assert [e.type for e in join.flush()] == ["call.completed"]
+    assert [e.type for e in join.flush().records] == ["call.completed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# SummaryJoin across replicas (shared mode)
+#
+# ``FakeHash`` has the semantics of the Redis hash in server/shared_join.py (HSETNX, HSET, read
+# back in the same transaction); the real one runs in tests/e2e/test_shared_join.py.
+
+
+class FakeHash:
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+
+    def state(self) -> SharedCall:
+        f = self.fields
+        return SharedCall(
+            summary=SUMMARY if "summary" in f else None,
+            call_statuses=frozenset(k[7:] for k in f if k.startswith("status:")),
+            open_streams=sum(1 for k, v in f.items() if k.startswith("stream:") and v == "open"),
+            completed=COMPLETED if "completed" in f else None,
+            completed_claimed="claimed" in f,
+        )
+
+    def started(self, stream_sid: str) -> None:
+        self.fields.setdefault(f"stream:{stream_sid}", "open")
+
+    def status(self, event: CallStatusEvent) -> SharedCall:
+        self.fields[f"status:{event.call_status}"] = "1"
+        if event.type == "call.completed":
+            self.fields["completed"] = event.id
+        return self.state()
+
+    def stopped(self, stream_sid: str) -> SharedCall:
+        self.fields[f"stream:{stream_sid}"] = "stopped"
+        self.fields["summary"] = "…"
+        return self.state()
+
+    def claim(self, owner: str) -> tuple[bool, SharedCall]:
+        won = "claimed" not in self.fields
+        self.fields.setdefault("claimed", owner)
+        return won, self.state()
+
+
+COMPLETED = call(completed_form())
+
+
+class Replica:
+    """One process's SummaryJoin fed through the shared hash, claims resolved at once."""
+
+    def __init__(self, name: str, store: FakeHash) -> None:
+        self.name, self.store = name, store
+        self.join = SummaryJoin(hold_s=5.0, close_grace_s=2.0, remote_hold_s=30.0)
+        self.published: list[StatusEvent | StreamStopped] = []
+
+    def settle(self, out: JoinOutput) -> None:
+        self.published += out.records
+        for call_sid in out.claims:
+            won, state = self.store.claim(self.name)
+            self.settle(self.join.on_claim(call_sid, won, state))
+
+    def status(self, event: CallStatusEvent, now_s: float, *, stream_open: bool = False) -> None:
+        shared = self.store.status(event)
+        self.settle(self.join.on_status(event, stream_open=stream_open, now_s=now_s, shared=shared))
+
+    def stop(self, last: str | None = None) -> None:
+        shared = self.store.stopped("MZ1")
+        self.settle(self.join.on_stream_stopped(_stopped(), last, shared))
+
+    def poll(self, now_s: float) -> None:
+        self.settle(self.join.poll(now_s))
+
+
+def _completed(replicas: list[Replica]) -> list[CallStatusEvent]:
+    return [
+        r for rep in replicas for r in rep.published if isinstance(r, CallStatusEvent)
+        and r.type == "call.completed"
+    ]  # fmt: skip
+
+
+def test_furthest_status_follows_the_call_progress() -> None:
+    assert furthest_status([]) is None
+    assert furthest_status({"ringing", "in-progress", "initiated"}) == "in-progress"
+    assert furthest_status({"in-progress", "completed"}) == "completed"
+    assert furthest_status({"bogus", "queued"}) == "queued"
+
+
+def test_shared_stop_first_then_completed_elsewhere_carries_the_summary() -> None:
+    store = FakeHash()
+    a, b = Replica("a", store), Replica("b", store)
+    store.started("MZ1")
+    b.status(call(answered_form()), 0.0)
+    a.stop()
+    stopped = a.published[0]
+    assert isinstance(stopped, StreamStopped) and stopped.last_call_status == "in-progress"
+    b.status(COMPLETED, 1.0)
+    done = _completed([a, b])
+    assert [(e.id, e.summary) for e in done] == [(COMPLETED.id, SUMMARY)]
+    assert b.published[-1] is done[0]  # b saw the second half: b published it
+
+
+def test_shared_completed_while_the_stream_is_open_elsewhere_is_published_by_the_stopper() -> None:
+    store = FakeHash()
+    a, b = Replica("a", store), Replica("b", store)
+    store.started("MZ1")
+    b.status(COMPLETED, 0.0)
+    assert _completed([a, b]) == []  # held: a stream of the call is open on a
+    a.stop()
+    stopped = a.published[0]
+    assert isinstance(stopped, StreamStopped) and stopped.last_call_status == "completed"
+    assert [(e.summary, e in a.published) for e in _completed([a, b])] == [(SUMMARY, True)]
+    b.poll(30.0)  # b's deadline: its claim loses, nothing twice
+    assert len(_completed([a, b])) == 1 and b.join.held_count() == 0
+
+
+def test_shared_remote_hold_ends_without_a_summary_when_the_stream_never_stops() -> None:
+    store = FakeHash()
+    a, b = Replica("a", store), Replica("b", store)
+    store.started("MZ1")  # a dies with the stream open (SIGKILL): its stop never comes
+    b.status(COMPLETED, 0.0)
+    b.poll(29.9)
+    assert _completed([a, b]) == []
+    b.poll(30.0)
+    assert [e.summary for e in _completed([a, b])] == [None]
+    a.stop()  # ... or it comes after all: call.completed was claimed, not published again
+    assert len(_completed([a, b])) == 1
+
+
+def test_shared_no_stream_anywhere_publishes_at_once_and_duplicates_are_dropped() -> None:
+    store = FakeHash()
+    a, b = Replica("a", store), Replica("b", store)
+    a.status(COMPLETED, 0.0)
+    b.status(COMPLETED, 0.0)  # Twilio's retry reached the other replica
+    assert [e.summary for e in _completed([a, b])] == [None]
+
+
+def test_shared_every_interleaving_publishes_call_completed_once_with_the_summary() -> None:
+    # stop on a, completed on b, both deadlines: in any order (the deadlines last), one
+    # call.completed, joined whenever the stop came before the remote hold ran out.
+    import itertools
+
+    steps = ["stop", "completed"]
+    for order in itertools.permutations(steps):
+        store = FakeHash()
+        a, b = Replica("a", store), Replica("b", store)
+        store.started("MZ1")
+        for step in order:
+            if step == "stop":
+                a.stop()
+            else:
+                b.status(COMPLETED, 0.0)
+        a.poll(100.0)
+        b.poll(100.0)
+        done = _completed([a, b])
+        assert [e.summary for e in done] == [SUMMARY], order
+
+
+def test_shared_local_stream_holds_and_asks_to_close_it() -> None:
+    store = FakeHash()
+    a = Replica("a", store)
+    store.started("MZ1")
+    a.status(COMPLETED, 10.0, stream_open=True)
+    assert a.join.poll(12.0).close_streams == [CALL_SID]
+    a.stop()
+    assert [e.summary for e in _completed([a])] == [SUMMARY]
+
+
+def test_store_failure_falls_back_and_never_drops() -> None:
+    join = SummaryJoin()
+    # the claim's round trip failed: publish anyway (another replica may too: same id)
+    out = join.on_status(COMPLETED, stream_open=False, now_s=0.0, shared=SharedCall())
+    assert out.claims == [CALL_SID] and out.records == []
+    out = join.on_claim(CALL_SID, None, None)
+    assert [(r.id, getattr(r, "summary", 0)) for r in out.records] == [(COMPLETED.id, None)]
+    # a shared hold, then the stop's round trip fails: the in-process path releases it
+    join = SummaryJoin()
+    join.on_status(COMPLETED, stream_open=True, now_s=0.0, shared=SharedCall(open_streams=1))
+    out = join.on_stream_stopped(_stopped(), "in-progress", None)
+    assert [r.type for r in out.records] == ["stream.stopped", "call.completed"]
+    assert isinstance(out.records[1], CallStatusEvent) and out.records[1].summary == SUMMARY
+
+
+def test_shutdown_claims_shared_holds() -> None:
+    join = SummaryJoin()
+    join.on_status(COMPLETED, stream_open=False, now_s=0.0, shared=SharedCall(open_streams=1))
+    out = join.flush()
+    assert out.records == [] and out.claims == [CALL_SID]
+    won = join.on_claim(CALL_SID, True, SharedCall(summary=SUMMARY))
+    assert isinstance(won.records[0], CallStatusEvent) and won.records[0].summary == SUMMARY

@@ -6,7 +6,9 @@ and each call's stream summary joined with its final status.
   https://www.twilio.com/docs/voice/api/call-resource#statuscallback) and never lets a status
   through after a terminal one.
 - ``SummaryJoin`` puts a stream's call summary into ``call.completed`` and the call's last
-  status into ``stream.stopped``, whichever of the two reaches this process first.
+  status into ``stream.stopped``, whichever of the two comes first, in this process or,
+  through a store the replicas share (``SharedCall``; the edge does the reads and writes),
+  across replicas.
 
 Nothing here reads a clock, a socket, the environment or logs: time is passed in as ``now_s``
 (any monotonic seconds) and timers are deadlines the edge polls.
@@ -15,18 +17,21 @@ Nothing here reads a clock, a socket, the environment or logs: time is passed in
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from mise_twilio.core.records import CallStatusEvent, CallSummary, StreamStatusEvent, StreamStopped
-from mise_twilio.core.status import TERMINAL_TYPES, StatusEvent
+from mise_twilio.core.status import TERMINAL_STATUSES, TERMINAL_TYPES, StatusEvent
 
 __all__ = [
     "CallLifecycle",
     "DropReason",
     "Dropped",
     "JoinOutput",
+    "SharedCall",
     "SummaryJoin",
+    "furthest_status",
 ]
 
 DropReason = Literal["duplicate_sequence", "duplicate_status", "after_terminal", "duplicate_id"]
@@ -254,22 +259,76 @@ class CallLifecycle:
 # ---------------------------------------------------------------------------------------------
 # the completed / summary join
 
+_STATUS_RANK: Final[Mapping[str, int]] = {
+    "queued": 0,
+    "initiated": 1,
+    "ringing": 2,
+    "in-progress": 3,
+    **dict.fromkeys(TERMINAL_STATUSES, 4),
+}
+"""How far along its life a call is at each ``CallStatus`` (Twilio's call progress:
+queued → initiated → ringing → in-progress → a terminal status). The shared join knows which
+statuses any replica released, not in which order they arrived, so the furthest one is the
+call's last status."""
+
+
+def furthest_status(statuses: Iterable[str]) -> str | None:
+    """The ``CallStatus`` furthest along the call's progress (``_STATUS_RANK``; an unknown
+    status ranks below ``queued``), or ``None`` for none. Ties go to the alphabetically first,
+    so every replica picks the same one."""
+    ranked = sorted(statuses, key=lambda s: (-_STATUS_RANK.get(s, -1), s))
+    return ranked[0] if ranked else None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedCall:
+    """One call's join state in a store every replica shares (the edge reads it right after
+    writing its own half, in the same transaction).
+
+    - ``summary``: the summary of a stream of this call that stopped on any replica (the last
+      one written).
+    - ``call_statuses``: every ``CallStatus`` any replica released for the call.
+    - ``open_streams``: streams of this call started and not yet stopped, on any replica.
+    - ``completed``: the call's ``call.completed`` as released by a replica (without summary).
+    - ``completed_claimed``: a replica has claimed publishing ``call.completed``; the claim is
+      the one place two replicas race, and the store grants it once (``SummaryJoin.on_claim``).
+    """
+
+    summary: CallSummary | None = None
+    call_statuses: frozenset[str] = frozenset()
+    open_streams: int = 0
+    completed: CallStatusEvent | None = None
+    completed_claimed: bool = False
+
 
 @dataclass(frozen=True, slots=True)
 class JoinOutput:
-    """What ``SummaryJoin`` hands back: ``records`` to publish now, in order, and
-    ``close_streams``: call sids whose open streams the edge should end now (reason ``stop``)."""
+    """What ``SummaryJoin`` hands back: ``records`` to publish now, in order;
+    ``close_streams``: call sids whose open streams the edge should end now (reason ``stop``);
+    ``claims``: call sids whose ``call.completed`` the edge should claim in the shared store,
+    then report with ``SummaryJoin.on_claim`` (shared mode only)."""
 
     records: list[StatusEvent | StreamStopped] = field(default_factory=list)
     close_streams: list[str] = field(default_factory=list)
+    claims: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Held:
+    deadline_s: float
+    event: CallStatusEvent
+    shared: bool  # released through a claim (shared mode), not published directly
 
 
 class SummaryJoin:
     """Joins ``call.completed`` with the summary of the call's stream, and ``stream.stopped``
-    with the call's last status, for the streams and callbacks this process sees.
+    with the call's last status.
 
     Twilio sends the stream's ``stop`` before the call's ``completed`` callback, but they
-    travel separately and either can come first:
+    travel separately and either can come first, to the same process or, behind a load
+    balancer, to different replicas.
+
+    **In-process** (no shared store, or the store failed for this event):
 
     - ``stream.stopped`` first (the usual case): its summary is remembered (the last
       ``max_calls`` calls) and a later ``call.completed`` carries it.
@@ -279,39 +338,91 @@ class SummaryJoin:
       ``close_grace_s`` the join asks the edge to end the still-open stream.
     - otherwise ``call.completed`` goes out at once, without a summary.
 
-    ``stream.stopped`` gets ``last_call_status`` from the ``CallLifecycle`` status the edge
-    passes in. Record ids do not change, so a duplicate join is deduplicated downstream.
+    **Shared** (the edge passes the ``SharedCall`` it read after writing its half): each
+    replica writes what it saw (stream open/stopped with its summary, every released status,
+    ``call.completed``) and decides from the whole state:
+
+    - ``call.completed`` with a summary known (here or shared), or with no stream open
+      anywhere: claim it now. With a stream open here: hold ``hold_s`` (and end the stream
+      after ``close_grace_s``) as in-process; open on another replica only: hold
+      ``remote_hold_s`` (longer than that replica's idle timeout, so a stream whose ``stop``
+      was lost still ends and joins). At the deadline: claim.
+    - ``stream.stopped``: ``last_call_status`` is the furthest status any replica saw; if the
+      call's ``call.completed`` is in the store and unclaimed (it arrived while this stream was
+      open), claim it.
+    - ``on_claim``: the replica that wins publishes ``call.completed`` with the summary the
+      store holds; a loser publishes nothing. If the store failed, publish anyway: a record
+      is never dropped, at worst it is published twice with the same id.
+
+    Record ids never change, so any duplicate is deduplicated downstream on ``id``.
     """
 
     def __init__(
-        self, *, hold_s: float = 5.0, close_grace_s: float = 2.0, max_calls: int = 10_000
+        self,
+        *,
+        hold_s: float = 5.0,
+        close_grace_s: float = 2.0,
+        max_calls: int = 10_000,
+        remote_hold_s: float = 30.0,
     ) -> None:
-        if hold_s < 0 or close_grace_s < 0 or max_calls < 1:
-            raise ValueError("hold_s and close_grace_s must be >= 0, max_calls >= 1")
+        if hold_s < 0 or close_grace_s < 0 or remote_hold_s < 0 or max_calls < 1:
+            raise ValueError("hold_s, close_grace_s, remote_hold_s must be >= 0, max_calls >= 1")
         self.hold_s = hold_s
         self.close_grace_s = close_grace_s
+        self.remote_hold_s = remote_hold_s
         self.max_calls = max_calls
         self._summaries: OrderedDict[str, CallSummary] = OrderedDict()
-        self._held: dict[str, tuple[float, CallStatusEvent]] = {}
+        self._held: dict[str, _Held] = {}
         self._close_at: dict[str, float] = {}
+        self._claiming: dict[str, CallStatusEvent] = {}
 
-    def on_status(self, event: StatusEvent, *, stream_open: bool, now_s: float) -> JoinOutput:
-        """A released status event. ``stream_open``: a stream of this call is open here."""
+    def held_count(self) -> int:
+        """``call.completed`` events held or waiting for a claim."""
+        return len(self._held) + len(self._claiming)
+
+    def on_status(
+        self,
+        event: StatusEvent,
+        *,
+        stream_open: bool,
+        now_s: float,
+        shared: SharedCall | None = None,
+    ) -> JoinOutput:
+        """A released status event. ``stream_open``: a stream of this call is open here.
+        ``shared``: the call's shared state after this event was written (shared mode)."""
         call_sid = event.call_sid
         if not isinstance(event, CallStatusEvent) or event.type != "call.completed" or not call_sid:
             return JoinOutput([event])
         summary = self._summaries.get(call_sid)
-        if summary is not None:
-            return JoinOutput([event.model_copy(update={"summary": summary})])
-        if stream_open:
-            self._held[call_sid] = (now_s + self.hold_s, event)
-            self._close_at[call_sid] = now_s + self.close_grace_s
-            return JoinOutput()
-        return JoinOutput([event])
+        if shared is None:
+            if summary is not None:
+                return JoinOutput([event.model_copy(update={"summary": summary})])
+            if stream_open:
+                self._hold(call_sid, event, now_s + self.hold_s, shared=False)
+                self._close_at[call_sid] = now_s + self.close_grace_s
+                return JoinOutput()
+            return JoinOutput([event])
+        if shared.completed_claimed:
+            return JoinOutput()  # a duplicate: another replica has published it
+        if summary is None and shared.summary is None:
+            if stream_open:
+                self._hold(call_sid, event, now_s + self.hold_s, shared=True)
+                self._close_at[call_sid] = now_s + self.close_grace_s
+                return JoinOutput()
+            if shared.open_streams > 0:
+                self._hold(call_sid, event, now_s + self.remote_hold_s, shared=True)
+                return JoinOutput()
+        return self._claim(call_sid, event)
 
-    def on_stream_stopped(self, record: StreamStopped, last_call_status: str | None) -> JoinOutput:
-        """A stream ended here: remember its summary, fill in the status, release a held
-        ``call.completed``."""
+    def on_stream_stopped(
+        self,
+        record: StreamStopped,
+        last_call_status: str | None,
+        shared: SharedCall | None = None,
+    ) -> JoinOutput:
+        """A stream ended here: remember its summary, fill in the status (``last_call_status``
+        as this process knows it, and what ``shared`` holds), release a held
+        ``call.completed`` (in-process) or claim it (shared)."""
         call_sid = record.call_sid
         if not call_sid:
             return JoinOutput([record])
@@ -320,25 +431,76 @@ class SummaryJoin:
         while len(self._summaries) > self.max_calls:
             self._summaries.popitem(last=False)
         self._close_at.pop(call_sid, None)
-        if record.last_call_status is None and last_call_status is not None:
-            record = record.model_copy(update={"last_call_status": last_call_status})
-        out: list[StatusEvent | StreamStopped] = [record]
+        known = {last_call_status} if last_call_status is not None else set()
+        if shared is not None:
+            known |= shared.call_statuses
+        status = furthest_status(known)
+        if record.last_call_status is None and status is not None:
+            record = record.model_copy(update={"last_call_status": status})
+        out = JoinOutput([record])
         held = self._held.pop(call_sid, None)
-        if held is not None:
-            out.append(held[1].model_copy(update={"summary": record.summary}))
-        return JoinOutput(out)
+        if shared is None:
+            if held is not None:
+                out.records.append(held.event.model_copy(update={"summary": record.summary}))
+            return out
+        pending = held.event if held is not None else None
+        if pending is None and shared.completed is not None and not shared.completed_claimed:
+            pending = shared.completed  # it reached another replica while we streamed
+        if pending is not None:
+            out.claims.extend(self._claim(call_sid, pending).claims)
+        return out
+
+    def on_claim(self, call_sid: str, won: bool | None, shared: SharedCall | None) -> JoinOutput:
+        """The result of a claim the join asked for: ``won`` ``True`` (publish, with the
+        summary ``shared`` or this process knows), ``False`` (another replica publishes it),
+        ``None`` (the store failed: publish anyway, a possible duplicate with the same id)."""
+        event = self._claiming.pop(call_sid, None)
+        if event is None or won is False:
+            return JoinOutput()
+        summary = shared.summary if shared is not None else None
+        if summary is None:
+            summary = self._summaries.get(call_sid, event.summary)
+        return JoinOutput([event.model_copy(update={"summary": summary})])
 
     def poll(self, now_s: float) -> JoinOutput:
-        """Deadlines that passed: held events released without a summary, streams to end."""
+        """Deadlines that passed: held events released without a summary (in-process) or
+        claimed (shared), streams to end."""
         close = [sid for sid, at in self._close_at.items() if at <= now_s]
         for sid in close:
             del self._close_at[sid]
-        due = [sid for sid, (at, _) in self._held.items() if at <= now_s]
-        return JoinOutput([self._held.pop(sid)[1] for sid in due], close)
+        out = JoinOutput(close_streams=close)
+        for sid in [sid for sid, held in self._held.items() if held.deadline_s <= now_s]:
+            self._release(sid, out)
+        return out
 
-    def flush(self) -> list[CallStatusEvent]:
-        """Shutdown: every held event, now, without a summary."""
-        held = [event for _, event in self._held.values()]
-        self._held.clear()
+    def flush(self) -> JoinOutput:
+        """Shutdown: every held event now, without a summary (in-process) or claimed (shared:
+        the store may hold a summary by now)."""
+        out = JoinOutput()
+        for sid in list(self._held):
+            self._release(sid, out)
         self._close_at.clear()
-        return held
+        return out
+
+    def next_deadline_s(self) -> float | None:
+        """The earliest ``now_s`` at which ``poll`` will release something, or ``None``."""
+        deadlines = [h.deadline_s for h in self._held.values()] + list(self._close_at.values())
+        return min(deadlines) if deadlines else None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _hold(
+        self, call_sid: str, event: CallStatusEvent, deadline_s: float, *, shared: bool
+    ) -> None:
+        self._held[call_sid] = _Held(deadline_s, event, shared)
+
+    def _claim(self, call_sid: str, event: CallStatusEvent) -> JoinOutput:
+        self._claiming[call_sid] = event
+        return JoinOutput(claims=[call_sid])
+
+    def _release(self, call_sid: str, out: JoinOutput) -> None:
+        held = self._held.pop(call_sid)
+        if held.shared:
+            out.claims.extend(self._claim(call_sid, held.event).claims)
+        else:
+            out.records.append(held.event)

@@ -153,7 +153,9 @@ class StreamStopped(_RecordBase):
     reason: StopReason
     summary: CallSummary
     last_call_status: str | None = Field(
-        default=None, description="Latest CallStatus from status callbacks, when known here."
+        default=None,
+        description="The furthest CallStatus its status callbacks reached by the stop, as known "
+        "here or, with a shared Redis, to any replica.",
     )
     stopped_at: datetime | None = None
 
@@ -222,7 +224,9 @@ class CallStatusEvent(_RecordBase):
     forwarded_from: str | None = None
     parent_call_sid: str | None = None
     summary: CallSummary | None = Field(
-        default=None, description="The stream's summary, when the stream ended in this process."
+        default=None,
+        description="The stream's summary, when its stop was known here or, with a shared "
+        "Redis, to any replica.",
     )
 
 

@@ -33,10 +33,17 @@ from mise_twilio.core.call import CallSession
 from mise_twilio.core.errors import ConfigError
 from mise_twilio.core.lifecycle import CallLifecycle, JoinOutput, SummaryJoin
 from mise_twilio.core.pii import PiiPolicy
-from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
+from mise_twilio.core.records import (
+    AnyRecord,
+    Diagnostic,
+    StreamStarted,
+    StreamStopped,
+    TurnRecord,
+)
 from mise_twilio.core.status import StatusEvent
 from mise_twilio.server.config import Settings, session_params
 from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.shared_join import RedisJoinStore, SharedJoinEdge
 from mise_twilio.server.signature import TwilioSignature
 from mise_twilio.server.sinks import SinkHub, build_hub
 from mise_twilio.server.stream import run_stream
@@ -49,6 +56,9 @@ WS_HARD_MAX_BYTES = 1024 * 1024
 """The socket-level frame cap. Frames between ``max_message_bytes`` and this become a
 diagnostic in the session (the call goes on); only beyond it does the protocol close (1009)."""
 _TIMER_INTERVAL_S = 0.25
+_SHARED_WAIT_S = 10.0
+"""Shutdown waits this long for the shared join's Redis round trips (each is bounded by the
+store's own timeout, so this only guards against a bug)."""
 
 log = structlog.get_logger("mise_twilio.server")
 
@@ -85,8 +95,24 @@ class Bridge:
             hold_s=life.completed_hold_s,
             close_grace_s=life.completed_close_grace_s,
             max_calls=life.max_calls,
+            remote_hold_s=life.completed_remote_hold_s,
         )
+        # With Redis, the join spans replicas (server/shared_join.py); without, one process.
+        self.shared: SharedJoinEdge | None = None
+        if settings.redis_url and life.shared_join:
+            store = RedisJoinStore(
+                settings.redis_url, f"{settings.redis_stream}:join:", ttl_s=life.shared_join_ttl_s
+            )
+            self.shared = SharedJoinEdge(
+                self.join,
+                store,
+                apply=self._apply,
+                stream_open=self._stream_open,
+                metrics=self.metrics,
+                clock=time.monotonic,
+            )
         self.sessions: dict[int, CallSession] = {}
+        self.draining = False  # SIGTERM seen: /readyz 503, still serving (server/drain.py)
         self.shutting_down = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._audio_writes: set[asyncio.Task[Any]] = set()
@@ -103,6 +129,9 @@ class Bridge:
 
     def publish_status(self, record: StatusEvent) -> None:
         """A released status-callback event, through the completed/summary join."""
+        if self.shared is not None:
+            self.shared.status(record)
+            return
         call_sid = record.call_sid
         stream_open = call_sid is not None and self._stream_open(call_sid)
         self._apply(self.join.on_status(record, stream_open=stream_open, now_s=time.monotonic()))
@@ -110,6 +139,8 @@ class Bridge:
     def _apply(self, out: JoinOutput) -> None:
         for record in out.records:
             self.publish(record)
+        if out.claims and self.shared is not None:
+            self.shared.claim(out.claims)
         for call_sid in out.close_streams:
             # Twilio sends ``stop`` before the call ends; a tunnel may swallow both it and the
             # socket close (docs/protocol.md §7), so a completed call ends its open stream.
@@ -132,9 +163,14 @@ class Bridge:
                 events[i] = record = self._with_turn_audio(record, pcm_by_turn.pop(record.id))
             if isinstance(record, StreamStopped):
                 last = self.lifecycle.last_status(record.call_sid) if record.call_sid else None
-                self._apply(self.join.on_stream_stopped(record, last))
+                if self.shared is not None:
+                    self.shared.stream_stopped(record, last)
+                else:
+                    self._apply(self.join.on_stream_stopped(record, last))
             else:
                 self.publish(record)
+                if isinstance(record, StreamStarted) and self.shared is not None:
+                    self.shared.stream_started(record)
         return events
 
     def end_of_input(self, session: CallSession) -> None:
@@ -183,8 +219,18 @@ class Bridge:
             except Exception:
                 log.exception("join_poll_failed")
 
+    def begin_drain(self) -> None:
+        """SIGTERM with a drain configured (``server/drain.py``): ``/readyz`` answers 503 from
+        now on so the load balancer stops routing here; streams and webhooks are still served."""
+        if not self.draining:
+            self.draining = True
+            self.metrics.draining.set(1)
+            log.info("draining", open_streams=len(self.sessions))
+
     async def startup(self) -> None:
         await self.hub.start()
+        if self.shared is not None:
+            await self.shared.store.open()
         self.spawn(run_lifecycle_poller(self.lifecycle, self.publish_status))
         self.spawn(self._join_timers())
         if self.signature is None:
@@ -212,10 +258,18 @@ class Bridge:
             self.flush_session(session)
         for task in list(self._tasks):
             task.cancel()
+        self.metrics.draining.set(1)
         for event in self.lifecycle.flush(time.monotonic()):
             self.publish_status(event)
-        for held in self.join.flush():
-            self.publish(held)
+        if self.shared is not None:
+            # Every Redis round trip is bounded (server/shared_join.py), so this ends; the
+            # held call.completed events are then claimed, with whatever summary Redis has.
+            await self.shared.wait(_SHARED_WAIT_S)
+        self._apply(self.join.flush())
+        if self.shared is not None:
+            if not await self.shared.wait(_SHARED_WAIT_S):
+                log.warning("shared_join_unfinished")
+            await self.shared.store.close()
         deadline = time.monotonic() + self.settings.shutdown_deadline_s
         if not await self.wait_for_audio(self.settings.shutdown_deadline_s / 2):
             log.warning("turn_audio_unfinished", pending=len(self._audio_writes))
@@ -260,7 +314,7 @@ def create_app(
 
     async def readyz(_: Request) -> Response:
         ready = await bridge.hub.ready()
-        ok = all(ready.values()) and not bridge.shutting_down
+        ok = all(ready.values()) and not (bridge.draining or bridge.shutting_down)
         return JSONResponse({"ready": ok, "sinks": ready}, status_code=200 if ok else 503)
 
     async def metrics_endpoint(_: Request) -> Response:

@@ -43,6 +43,18 @@ class LifecycleSettings(BaseModel):
     completed_close_grace_s: float = Field(
         default=2.0, ge=0, description="then the open stream is ended after this long"
     )
+    completed_remote_hold_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="call.completed waits this long for a stream open on another replica "
+        "(keep it above MISE_IDLE_TIMEOUT_S)",
+    )
+    shared_join: bool = Field(
+        default=True, description="with MISE_REDIS_URL: join across replicas through Redis"
+    )
+    shared_join_ttl_s: float = Field(
+        default=6 * 3600.0, ge=1, description="a call's join hash in Redis expires after this"
+    )
 
 
 class Settings(BaseSettings):
@@ -123,6 +135,18 @@ class Settings(BaseSettings):
     spool_dir: Path | None = Field(default=None, description="Default DATA_DIR/spool.")
     shutdown_deadline_s: float = Field(
         default=10.0, gt=0, description="SIGTERM: close streams, drain sinks within this."
+    )
+    drain_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="SIGTERM: /readyz answers 503 and everything is served this long first, "
+        "so the load balancer stops routing here (>= its check interval x fall count).",
+    )
+    stream_grace_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="then open streams get this long to end on their own before they are "
+        "closed (reason shutdown).",
     )
     turn_audio: Literal["none", "wav"] = Field(
         default="none", description="wav: each turn also saved as a 16 kHz WAV file"

@@ -58,6 +58,10 @@ class Metrics:
       (buckets ``MESSAGE_PROCESSING_BUCKETS_S``).
     - ``webhook_requests_total{outcome}``: Counter, status callbacks by outcome (accepted,
       rejected, forbidden…).
+    - ``join_fallback_total{op}``: Counter, completed/summary join steps that fell back to the
+      in-process join because the shared Redis store failed (``op``: ``stream_started``,
+      ``status``, ``stream_stopped``, ``claim``).
+    - ``draining``: Gauge, 1 from SIGTERM until exit (``/readyz`` answers 503 meanwhile).
     """
 
     def __init__(self) -> None:
@@ -111,6 +115,16 @@ class Metrics:
         )
         self.webhook_requests_total = Counter(
             "mise_webhook_requests_total", "Status callbacks by outcome.", ["outcome"], registry=r
+        )
+
+        self.join_fallback_total = Counter(
+            "mise_join_fallback_total",
+            "Join steps done in-process because the shared Redis store failed.",
+            ["op"],
+            registry=r,
+        )
+        self.draining = Gauge(
+            "mise_draining", "1 while the server drains after SIGTERM.", registry=r
         )
 
     def render(self) -> tuple[bytes, str]:
