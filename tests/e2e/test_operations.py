@@ -258,7 +258,11 @@ async def test_readyz_follows_redis(
     async with running_server(settings) as (http_url, _, _), httpx.AsyncClient() as client:
         response = await client.get(http_url + "/readyz")
         assert response.status_code == 200
-        assert response.json() == {"ready": True, "sinks": {"jsonl": True, "redis": True}}
+        assert response.json() == {
+            "ready": True,
+            "started": True,
+            "sinks": {"jsonl": True, "redis": True},
+        }
         redis_server.stop()
         response = await client.get(http_url + "/readyz")
         assert response.status_code == 503
