@@ -38,6 +38,7 @@ from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnR
 from mise_twilio.core.status import StatusEvent
 from mise_twilio.server.config import Settings, session_params
 from mise_twilio.server.limits import MAX_HEADER_BYTES, RequestLimits
+from mise_twilio.server.logs import uvicorn_log_config
 from mise_twilio.server.metrics import Metrics
 from mise_twilio.server.signature import TwilioSignature
 from mise_twilio.server.sinks import SinkHub, build_hub
@@ -385,6 +386,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> Any:
         ws_ping_timeout=20.0,
         lifespan="on",
         log_level="warning",
+        log_config=uvicorn_log_config(settings.log_format),
         access_log=False,
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_deadline_s) + 1,

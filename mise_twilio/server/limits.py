@@ -5,7 +5,8 @@ uvicorn's h11 server caps only a request head that has *not yet* arrived whole
 parsed and passed on, and h11 accepts any ``HTTP/d.d`` version. This ASGI middleware refuses
 them before any route runs: ``505`` for an HTTP version other than 1.0/1.1 (2 and 3 when the
 server speaks them), ``431`` for more than ``max_header_count`` headers or more than
-``max_header_bytes`` of header names and values. Each refusal is one structlog warning, with
+``max_header_bytes`` of header names and values, ``400`` for a body framed twice
+(``Content-Length`` and ``Transfer-Encoding``). Each refusal is one structlog warning, with
 no header value in it. A WebSocket upgrade is refused the same way (a denial response where the
 server supports the ``websocket.http.response`` extension, a 403 otherwise).
 
@@ -58,6 +59,11 @@ class RequestLimits:
         size = sum(len(name) + len(value) for name, value in headers)
         if size > self.max_header_bytes:
             return 431, f"headers over {self.max_header_bytes} bytes"
+        names = {name for name, _ in headers}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # Two framings for one body is how requests are smuggled past proxies; h11 takes
+            # the chunked one and would wait for chunks that never come (RFC 9112 §6.1).
+            return 400, "both Content-Length and Transfer-Encoding"
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -26,7 +26,7 @@ mise_twilio.server.ws_protocol:MiseWebSocketProtocol`` (docs/embedding.md).
 from __future__ import annotations
 
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -75,6 +75,13 @@ class MiseWebSocketProtocol(WebSocketsSansIOProtocol):
             self.close_sent = True
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.transport.close()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # The denial response is on the wire: without this uvicorn logs "ASGI callable
+            # returned without completing handshake" for every 404/503 (uvicorn PR #3138).
+            self.handshake_complete = True
 
     def send_receive_event_to_app(self) -> None:
         if self.curr_msg_data_type == "text" and not self.close_sent:
