@@ -276,6 +276,7 @@ class _Progress:
         self.last_line = time.monotonic()
         self.messages = 0
         self.done_s = 0.0
+        self.tenths = 0
         self.bar: Any = None
         if tty:
             from tqdm import tqdm
@@ -293,9 +294,10 @@ class _Progress:
         self.messages = messages_sent
         done_s = media_ms / 1000
         if self.bar is not None:
-            if done_s - self.done_s >= 0.1:
-                self.bar.update(round(done_s - self.done_s, 1))
-                self.done_s = round(done_s, 1)
+            tenths = media_ms // 100  # the bar moves in 0.1 s steps of audio
+            if tenths > self.tenths:
+                self.bar.update((tenths - self.tenths) / 10)
+                self.tenths = tenths
             return
         self.done_s = done_s
         now = time.monotonic()
