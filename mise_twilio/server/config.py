@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     )
     sink_queue_max: int = Field(default=10_000, ge=1, description="Records queued per sink.")
     sink_batch_max: int = Field(default=500, ge=1, description="Records per delivery.")
+    sink_write_ahead: bool = Field(
+        default=True,
+        description="Every record on every sink's spool before any sink delivers it (SIGKILL "
+        "loses none a sink has seen); false: deliver from memory while a sink keeps up.",
+    )
     spool_dir: Path | None = Field(default=None, description="Default DATA_DIR/spool.")
     shutdown_deadline_s: float = Field(
         default=10.0, gt=0, description="SIGTERM: close streams, drain sinks within this."

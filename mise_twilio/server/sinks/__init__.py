@@ -103,4 +103,5 @@ def build_hub(settings: Settings, metrics: Metrics | None = None) -> SinkHub:
         batch_max_records=settings.sink_batch_max,
         spool_dir=settings.resolved_spool_dir,
         metrics=metrics,
+        write_ahead=settings.sink_write_ahead,
     )
