@@ -1,4 +1,4 @@
-"""``mise-twilio``: serve | demo | replay | twiml | schema | config.
+"""``mise-twilio``: serve | demo | replay | report | twiml | schema | config.
 
 Settings come from ``MISE_*`` environment variables (``config.Settings``); flags override them.
 
@@ -387,6 +387,60 @@ def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
             )
 
 
+# -- report -----------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mise_twilio.report import (
+        build_report,
+        levels_from_capture,
+        records_from_capture,
+        records_of_call,
+    )
+
+    if (args.capture is None) == (args.events is None):
+        raise UsageError("give a capture file or --events EVENTS.jsonl (one of them)")
+    levels = None
+    if args.capture is not None:
+        lines = _read_capture(args.capture)
+        records: list[dict[str, Any]] = records_from_capture(lines)
+        levels = levels_from_capture(lines)
+    else:
+        records = _read_record_file(args.events)
+    try:
+        chosen = records_of_call(records, args.call, args.stream)
+    except ValueError as exc:
+        raise UsageError(f"{args.capture or args.events}: {exc}") from None
+    page = build_report(chosen, levels)
+    try:
+        args.output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    turns = sum(1 for r in chosen if r.get("type") == "turn")
+    print(f"wrote {args.output} ({turns} turns)", file=sys.stderr)
+    return 0
+
+
+def _read_record_file(path: Path) -> list[dict[str, Any]]:
+    """A sink's JSONL (one record per line) as dicts; torn or foreign lines are skipped (a
+    killed writer leaves a torn last line), a file with no record at all is a ``UsageError``."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a JSONL file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("type"), str) and "id" in record:
+                records.append(record)
+    if not records:
+        raise UsageError(f"{path}: no mise_twilio records in it (one JSON record per line)")
+    return records
+
+
 # -- twiml ------------------------------------------------------------------------------------
 
 
@@ -483,6 +537,14 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet", "-q", action="store_true", help="no progress on stderr while sending (--to)"
     )
     replay.set_defaults(func=cmd_replay)
+
+    report = sub.add_parser("report", help="draw one call as a self-contained HTML page")
+    report.add_argument("capture", type=Path, nargs="?", help="a capture (Twilio's messages)")
+    report.add_argument("--events", type=Path, help="or: a sink's JSONL of records")
+    report.add_argument("--call", help="CallSid (default: the first call in the file)")
+    report.add_argument("--stream", help="StreamSid (default: the call's first stream)")
+    report.add_argument("-o", "--output", type=Path, required=True, help="the HTML file")
+    report.set_defaults(func=cmd_report)
 
     twiml = sub.add_parser("twiml", help="print TwiML that streams a call to mise-twilio")
     twiml.add_argument("--url", required=True, help="wss://HOST/v1/stream/twilio")
