@@ -2,7 +2,7 @@
 
 ``MiseWebSocketProtocol`` is ``uvicorn.protocols.websockets.websockets_sansio_impl.
 WebSocketsSansIOProtocol`` (websockets' ``ServerProtocol`` under uvicorn's asyncio transport)
-with three changes:
+with four changes:
 
 - **Shutdown is announced first.** On SIGTERM uvicorn stops listening, calls ``shutdown()`` on
   every open connection (a WebSocket gets close 1012 and its app sees ``websocket.disconnect``),
@@ -14,6 +14,9 @@ with three changes:
   ``MAX_NUM_HEADERS``) by queueing the response in ``data_to_send()`` without an event;
   uvicorn (≤ 0.54) only writes on events, so the client waited forever. Here the response is
   sent and the connection closed.
+- **Messages before a fatal frame are kept.** A frame over ``ws_max_size`` fails the
+  connection (1009); uvicorn also dropped every message that arrived in the same read before
+  it. Here they reach the app first, so the call keeps what was said before the bad frame.
 - **A text frame that is not UTF-8 is a bad message, not a crash.** uvicorn logs a traceback
   and closes 1007. Here it reaches the app as a binary message: the session reports it as a
   ``diagnostic`` (``invalid_json``) and the call goes on, as for any other malformed message
@@ -64,7 +67,13 @@ class MiseWebSocketProtocol(WebSocketsSansIOProtocol):
         super().shutdown()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        self.conn.receive_data(data)
+        # Frames parsed before a protocol error (a frame over ``ws_max_size``: 1009) are the
+        # peer's messages all the same; uvicorn drops them when they share a read with it.
+        self.handle_events()
+        if self.conn.parser_exc is not None:
+            self.handle_parser_exception()
+            return
         if (
             not self.handshake_initiated
             and self.conn.handshake_exc is not None
