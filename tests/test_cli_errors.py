@@ -294,3 +294,37 @@ def test_progress_line_and_bar(capsys: pytest.CaptureFixture[str]) -> None:
     bar.close()
     err = capsys.readouterr().err
     assert "replay: 100%" in err and "10.0/10.0 s of audio" in err
+
+
+def test_listening_is_a_json_line_once_the_port_is_bound(tmp_path: Path) -> None:
+    """``MISE_PORT=0``: the line names the port actually bound, and it answers at once."""
+    import json
+    import urllib.request
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MISE_")}
+    env = base | {"MISE_PORT": "0", "MISE_DATA_DIR": str(tmp_path / "data")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mise_twilio.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    lines: list[dict[str, object]] = []
+    try:
+        while True:
+            line = server.stderr.readline()
+            assert line, f"server exited: {lines}"
+            lines.append(json.loads(line))  # every line JSON, the banner included
+            if lines[-1]["event"] == "listening":
+                break
+        url = str(lines[-1]["url"])
+        assert not url.endswith(":0") and lines[-1]["stream_path"] == STREAM_PATH
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
+            assert response.status == 200
+        assert [e["event"] for e in lines].index("sinks") < len(lines) - 1  # sinks first
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert server.returncode == 0

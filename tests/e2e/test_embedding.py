@@ -193,3 +193,32 @@ async def test_mounted_without_its_lifespan_refuses_loudly(tmp_path: Path) -> No
     errors = [line for line in h.log().splitlines() if "not_started" in line]
     assert len(errors) == 2 and all("error" in line for line in errors), h.log()
     assert read_jsonl(h.data_dir / "events.jsonl") == []
+
+
+async def test_mounted_at_the_root_next_to_host_routes(tmp_path: Path) -> None:
+    """The page's other claim: mounted at ``/`` after the host's own routes, the bridge serves
+    its paths unprefixed and the host's routes still answer (in-process, over ASGI)."""
+    from fastapi import FastAPI
+
+    from mise_twilio.server.app import WEBHOOK_PATH, create_app
+    from mise_twilio.server.config import Settings
+
+    mise = create_app(Settings(data_dir=tmp_path / "data"))
+    host = FastAPI()
+
+    @host.get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    host.mount("/", mise)
+    transport = httpx.ASGITransport(app=host)
+    async with (
+        mise.state.bridge.running(),
+        httpx.AsyncClient(transport=transport, base_url="http://host") as client,
+    ):
+        assert (await client.get("/hello")).json() == {"hello": "world"}
+        assert (await client.get("/readyz")).json()["started"] is True
+        response = await client.post(WEBHOOK_PATH, data=status_callback("initiated", 0))
+        assert response.status_code == 204
+    records = read_jsonl(tmp_path / "data" / "events.jsonl")
+    assert [r["type"] for r in records] == ["call.initiated"]
