@@ -366,9 +366,10 @@ def _ws_protocol_for(bridge: Bridge) -> type[MiseWebSocketProtocol]:
     return BridgeWebSocketProtocol
 
 
-def uvicorn_config(app: Starlette, settings: Settings) -> Any:
+def uvicorn_config(app: Starlette, settings: Settings, *, lifespan: str = "on") -> Any:
     """A ``uvicorn.Config`` for ``app``: h11 with a cap on the request head, websockets'
-    sans-I/O protocol (``MiseWebSocketProtocol``), our own logging."""
+    sans-I/O protocol (``MiseWebSocketProtocol``), our own logging. ``lifespan="off"`` when
+    the caller runs ``Bridge.running()`` around the server itself (``serve.py``)."""
     import uvicorn
 
     bridge = getattr(app.state, "bridge", None)
@@ -384,7 +385,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> Any:
         ws_max_size=WS_HARD_MAX_BYTES,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
-        lifespan="on",
+        lifespan=lifespan,
         log_level="warning",
         log_config=uvicorn_log_config(settings.log_format),
         access_log=False,

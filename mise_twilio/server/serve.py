@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import socket
-from typing import Any
 
 import structlog
 import uvicorn
@@ -74,10 +73,8 @@ def serve(settings: Settings) -> None:
     check_sink_paths(settings)
     app = create_app(settings)
     bridge: Bridge = app.state.bridge
-    config: Any = uvicorn_config(app, settings)
-    config.lifespan = "off"  # the bridge runs around the server (_serve)
     sock = bind_socket(settings.host, settings.port)
-    server = _Server(config)
+    server = _Server(uvicorn_config(app, settings, lifespan="off"))  # the bridge: _serve
     # uvicorn re-raises the signal that stopped it once its own graceful shutdown is over,
     # before the bridge's (streams closed, sinks drained) has run: with the default actions the
     # process would die "killed by SIGTERM" (143) or raise KeyboardInterrupt out of the loop
