@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from starlette.applications import Starlette
@@ -366,7 +366,9 @@ def _ws_protocol_for(bridge: Bridge) -> type[MiseWebSocketProtocol]:
     return BridgeWebSocketProtocol
 
 
-def uvicorn_config(app: Starlette, settings: Settings, *, lifespan: str = "on") -> Any:
+def uvicorn_config(
+    app: Starlette, settings: Settings, *, lifespan: Literal["on", "off"] = "on"
+) -> Any:
     """A ``uvicorn.Config`` for ``app``: h11 with a cap on the request head, websockets'
     sans-I/O protocol (``MiseWebSocketProtocol``), our own logging. ``lifespan="off"`` when
     the caller runs ``Bridge.running()`` around the server itself (``serve.py``)."""
