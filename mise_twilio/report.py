@@ -583,32 +583,40 @@ _SCRIPT = r"""
     const lv = D.levels[L.track];
     const color = COLOR[L.track];
     if (lv && lv.dbfs.length) {
-      // one (min, max) per pixel column of the visible window
-      const cols = Math.ceil(plotW);
-      const lo = new Array(cols).fill(null), hi = new Array(cols).fill(null);
-      const i0 = Math.max(0, Math.floor((t0 - lv.origin_ms) / lv.step_ms));
-      const i1 = Math.min(lv.dbfs.length - 1, Math.ceil((t1 - lv.origin_ms) / lv.step_ms));
-      for (let i = i0; i <= i1; i++) {
-        const v = lv.dbfs[i];
-        if (v === null) { continue; }
-        const c = Math.floor(X(lv.origin_ms + (i + 0.5) * lv.step_ms) - LEFT);
-        if (c < 0 || c >= cols) { continue; }
-        lo[c] = lo[c] === null ? v : Math.min(lo[c], v);
-        hi[c] = hi[c] === null ? v : Math.max(hi[c], v);
+      const i0 = Math.max(0, Math.floor((t0 - lv.origin_ms) / lv.step_ms) - 1);
+      const i1 = Math.min(lv.dbfs.length - 1, Math.ceil((t1 - lv.origin_ms) / lv.step_ms) + 1);
+      const at = (i) => X(lv.origin_ms + (i + 0.5) * lv.step_ms);
+      let d = "", band = "", open = false;
+      if ((lv.step_ms / (t1 - t0)) * plotW >= 1) {
+        // zoomed in: a point per frame, broken only where there is no audio
+        for (let i = i0; i <= i1; i++) {
+          const v = lv.dbfs[i];
+          if (v === null) { open = false; continue; }
+          d += (open ? "L" : "M") + at(i).toFixed(1) + "," + Y(v).toFixed(1);
+          open = true;
+        }
+      } else {
+        // zoomed out: the loudest and quietest frame of each pixel column
+        const cols = Math.ceil(plotW);
+        const lo = new Array(cols).fill(null), hi = new Array(cols).fill(null);
+        for (let i = i0; i <= i1; i++) {
+          const v = lv.dbfs[i];
+          const c = Math.floor(at(i) - LEFT);
+          if (v === null || c < 0 || c >= cols) { continue; }
+          lo[c] = lo[c] === null ? v : Math.min(lo[c], v);
+          hi[c] = hi[c] === null ? v : Math.max(hi[c], v);
+        }
+        for (let c = 0; c < cols; c++) {
+          if (hi[c] === null) { open = false; continue; }
+          d += (open ? "L" : "M") + (LEFT + c) + "," + Y(hi[c]).toFixed(1);
+          band += "M" + (LEFT + c + 0.5) + "," + Y(hi[c]).toFixed(1) + "V" + Y(lo[c]).toFixed(1);
+          open = true;
+        }
       }
-      let d = "", open = false;
-      for (let c = 0; c < cols; c++) {
-        if (hi[c] === null) { open = false; continue; }
-        d += (open ? "L" : "M") + (LEFT + c) + "," + Y(hi[c]).toFixed(1);
-        open = true;
+      el("path", { d: d, fill: "none", stroke: color, "stroke-width": 1.2, class: "trace" }, g);
+      if (band) {
+        el("path", { d: band, stroke: color, "stroke-opacity": 0.35, fill: "none" }, g);
       }
-      el("path", { d: d, fill: "none", stroke: color, "stroke-width": 1.2 }, g);
-      let band = "";
-      for (let c = 0; c < cols; c++) {
-        if (hi[c] === null) { continue; }
-        band += "M" + (LEFT + c + 0.5) + "," + Y(hi[c]).toFixed(1) + "V" + Y(lo[c]).toFixed(1);
-      }
-      el("path", { d: band, stroke: color, "stroke-opacity": 0.35, fill: "none" }, g);
     } else {
       // records only: each turn's mean (bar) and p95 (tick) level
       for (const t of D.turns) {

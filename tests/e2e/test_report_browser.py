@@ -107,6 +107,11 @@ def test_a_zoomed_window_draws_only_its_turns(
     result = browse(chromium, tmp_path / "profile", page.as_uri() + "#t=10-16", "--dump-dom")
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(drawn_turns(result.stdout)) == in_window
+    # Zoomed in past one frame per pixel, each level trace is a line through every 20 ms frame
+    # of the window (6 s: 300 frames), not a scatter of unconnected points.
+    traces = re.findall(r'<path d="([^"]*)"[^>]*class="trace"', result.stdout)
+    assert len(traces) == 2
+    assert all(d.count("L") >= 290 for d in traces), [d.count("L") for d in traces]
     assert 0 < len(in_window) < len(records_from_capture(fixture_lines("fork_two_track"))) // 2
 
 
