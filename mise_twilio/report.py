@@ -493,13 +493,13 @@ _SCRIPT = r"""
   let y = 22;
   function lane(kind, track, h, label) { lanes.push({ kind, track, y, h, label }); y += h + 6; }
   if (tracks.includes("inbound")) {
-    lane("level", "inbound", LEVEL_H, "caller dBFS");
+    lane("level", "inbound", LEVEL_H, D.levels.inbound ? "caller dBFS" : "caller turn dB");
     lane("turns", "inbound", TURN_H, "caller");
   }
   if (tracks.length > 1) { lane("overlap", null, 10, "overlap"); }
   if (tracks.includes("outbound")) {
     lane("turns", "outbound", TURN_H, "agent");
-    lane("level", "outbound", LEVEL_H, "agent dBFS");
+    lane("level", "outbound", LEVEL_H, D.levels.outbound ? "agent dBFS" : "agent turn dB");
   }
   lane("events", null, 20, "marks/DTMF");
   if (hasArousal) { lane("arousal", null, 40, "arousal"); }
