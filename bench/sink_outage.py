@@ -6,7 +6,8 @@ Two runs over the same synthetic records (realistic turn / stream JSON from ``re
 2. down: a ``RedisStreamSink`` pointed at a closed loopback port, so every delivery fails,
    the hub backs off and every record goes through the on-disk spool.
 
-Publishing is paced at ``--rate`` records/s (0: as fast as possible) and yields to the event
+The hub runs write-ahead (the server's mode; ``--memory-first`` for the other). Publishing is
+paced at ``--rate`` records/s (0: as fast as possible) and yields to the event
 loop every ``--yield-every`` records, as a server handling Twilio messages would, so the writer
 and spool flusher tasks run concurrently. Prints per-call latency (median, p99, p99.9, max,
 µs), RSS growth (and, with ``--tracemalloc``, traced Python memory growth; tracing slows every
@@ -139,6 +140,7 @@ async def run(
     yield_every: int,
     rate: float,
     trace: bool,
+    write_ahead: bool,
 ) -> Result:
     hub = SinkHub(
         [sink],
@@ -147,6 +149,7 @@ async def run(
         spool_dir=spool_dir,
         backoff_initial_s=0.2,
         backoff_max_s=5.0,
+        write_ahead=write_ahead,
     )
     await hub.start()
     # Serialisation is part of publish(): time publish(record), not publish_envelope.
@@ -210,6 +213,9 @@ async def main() -> None:
     parser.add_argument("--yield-every", type=int, default=50, help="records between loop yields")
     parser.add_argument("--rate", type=float, default=10_000, help="records/s; 0 = unpaced")
     parser.add_argument("--tracemalloc", action="store_true", help="also trace Python memory")
+    parser.add_argument(
+        "--memory-first", action="store_true", help="SinkHub(write_ahead=False), not write-ahead"
+    )
     args = parser.parse_args()
 
     records = synthetic_records(args.records)
@@ -232,6 +238,7 @@ async def main() -> None:
             yield_every=args.yield_every,
             rate=args.rate,
             trace=args.tracemalloc,
+            write_ahead=not args.memory_first,
         )
         show(healthy)
         down = await run(
@@ -242,6 +249,7 @@ async def main() -> None:
             yield_every=args.yield_every,
             rate=args.rate,
             trace=args.tracemalloc,
+            write_ahead=not args.memory_first,
         )
         show(down)
 

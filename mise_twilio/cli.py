@@ -1,6 +1,12 @@
-"""``mise-twilio``: serve | demo | replay | consume | twiml | schema | config.
+"""``mise-twilio``: serve | demo | replay | report | consume | twiml | schema | config.
 
 Settings come from ``MISE_*`` environment variables (``config.Settings``); flags override them.
+
+A user error (a bad setting, a file that cannot be read, a server that cannot be reached) is
+one line on stderr, ``mise-twilio: error: …``, and exit status 2, as argparse does for bad
+flags; Ctrl-C is ``mise-twilio: interrupted`` and 130 (128 + SIGINT, what a shell reports for a
+command it interrupted); a reader that closes the pipe early (``mise-twilio config | head``) ends
+the command quietly. Anything else that escapes is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +15,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
+import os
 import socket
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -20,16 +27,63 @@ from typing import Any
 from mise_twilio import __version__
 from mise_twilio.core.records import AnyRecord, StreamStopped, TurnRecord, json_schema_text, to_json
 
+EXIT_USAGE = 2
+"""A user error: bad flags, settings, input files or addresses (argparse's own status)."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: 128 + SIGINT."""
+EXIT_BROKEN_PIPE = 141
+"""The reader of stdout went away: 128 + SIGPIPE, as a program killed by it reports."""
+
+
+class UsageError(Exception):
+    """A user error the command reports as one line (exit ``EXIT_USAGE``)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mise-twilio`` console script; returns the exit status."""
+    from pydantic import ValidationError
+
+    from mise_twilio.core.errors import ConfigError
+    from mise_twilio.server.config import validation_error_lines
+
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        return 2
-    result: int = args.func(args)
+        return EXIT_USAGE
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except (UsageError, ConfigError) as exc:
+        return _error(str(exc))
+    except ValidationError as exc:
+        for line in validation_error_lines(exc):
+            _error(line)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Python's recipe (docs: "Note on SIGPIPE"): point stdout at /dev/null so the flush at
+        # exit does not raise again, and end quietly: the reader has all it wanted.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return result
+
+
+def _os_reason(exc: BaseException) -> str:
+    """An ``OSError``'s plain reason ("Connection refused"), without the address asyncio and
+    socket add to the text."""
+    errno = getattr(exc, "errno", None)
+    if isinstance(errno, int):
+        return os.strerror(errno)
+    return str(exc) or type(exc).__name__
+
+
+def _error(message: str) -> int:
+    print(f"mise-twilio: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -47,25 +101,12 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mise_twilio.server.app import create_app
-    from mise_twilio.server.drain import DrainingServer
     from mise_twilio.server.logs import configure_logging
+    from mise_twilio.server.serve import serve
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    server = DrainingServer(app, settings)  # SIGTERM: unready, drain, then stop
-    print(
-        f"mise-twilio {__version__} listening on http://{settings.host}:{settings.port} "
-        f"(stream: /v1/stream/twilio, webhooks: /v1/webhook/twilio)",
-        file=sys.stderr,
-    )
-    # uvicorn re-raises the signal that stopped it once its graceful shutdown is over; with
-    # SIGTERM's default action the process would then die "killed by SIGTERM" (143) after a
-    # clean drain. A no-op handler makes that re-raise harmless (uvicorn installs its own
-    # handlers on start, so this one only ever sees the re-raise), and the exit status is 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
+    serve(settings)
     return 0
 
 
@@ -157,30 +198,139 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- replay -----------------------------------------------------------------------------------
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from mise_twilio.replay import read_fixture, replay_offline
-    from mise_twilio.server.replay_client import replay_websocket, sign_websocket
+def _read_capture(path: Path) -> list[str]:
+    """The capture's lines; ``UsageError`` when it cannot be read or holds no Twilio
+    ``start`` message (not a Media Streams capture: a record file, a binary, …)."""
+    from mise_twilio.core.errors import ProtocolError
+    from mise_twilio.core.messages import StartMessage, parse_message
+    from mise_twilio.replay import read_fixture
 
-    lines = read_fixture(args.path)
+    try:
+        lines = read_fixture(path)
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a capture file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for line in lines[:1000]:
+        with contextlib.suppress(ProtocolError):
+            if isinstance(parse_message(line), StartMessage):
+                return lines
+    raise UsageError(
+        f"{path}: no Twilio Media Streams 'start' message in its first {min(len(lines), 1000)} "
+        "lines; a capture has one JSON message per line, as Twilio sent it (fixtures/README.md)"
+    )
+
+
+async def _replay_to(
+    lines: list[str], args: argparse.Namespace, headers: dict[str, str]
+) -> dict[str, Any]:
+    from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+    from mise_twilio.server.replay_client import media_timestamp_ms, replay_websocket
+
+    stamps = [ts for line in lines if (ts := media_timestamp_ms(line)) is not None]
+    span_ms = max(stamps) - stamps[0] if stamps else 0
+    progress = None if args.quiet else _Progress(span_ms, tty=sys.stderr.isatty())
+    try:
+        stats = await replay_websocket(
+            lines,
+            args.to,
+            speed=args.speed,
+            headers=headers,
+            progress=progress.update if progress else None,
+        )
+    except InvalidURI:
+        raise UsageError(f"--to {args.to}: not a ws:// or wss:// URL") from None
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        hint = {
+            403: " (a missing or wrong --auth-token, or --sign-url not the URL Twilio signs?)",
+            404: " (the stream is at /v1/stream/twilio)",
+        }.get(status, "")
+        message = f"{args.to} refused the WebSocket handshake: HTTP {status}{hint}"
+        raise UsageError(message) from None
+    except InvalidHandshake as exc:
+        raise UsageError(f"{args.to}: WebSocket handshake failed: {exc}") from None
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"cannot connect to {args.to}: {_os_reason(exc)}") from None
+    finally:
+        if progress is not None:
+            progress.close()
+    return {
+        "messages_sent": stats.messages_sent,
+        "wall_s": round(stats.wall_s, 3),
+        "media_span_ms": stats.media_span_ms,
+        "speed_x_realtime": round(stats.media_span_ms / 1000 / stats.wall_s, 1)
+        if stats.wall_s > 0
+        else None,
+        "close_code": stats.close_code,
+    }
+
+
+class _Progress:
+    """Replay progress on stderr: a tqdm bar on a terminal, else a line every ``every_s``."""
+
+    def __init__(self, span_ms: int, *, tty: bool, every_s: float = 10.0) -> None:
+        self.span_s = span_ms / 1000
+        self.every_s = every_s
+        self.last_line = time.monotonic()
+        self.messages = 0
+        self.done_s = 0.0
+        self.tenths = 0
+        self.bar: Any = None
+        if tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=round(self.span_s, 1),
+                unit="s",
+                desc="replay",
+                file=sys.stderr,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+                "[{elapsed}<{remaining}]",
+            )
+
+    def update(self, messages_sent: int, media_ms: int) -> None:
+        self.messages = messages_sent
+        done_s = media_ms / 1000
+        if self.bar is not None:
+            tenths = media_ms // 100  # the bar moves in 0.1 s steps of audio
+            if tenths > self.tenths:
+                self.bar.update((tenths - self.tenths) / 10)
+                self.tenths = tenths
+            return
+        self.done_s = done_s
+        now = time.monotonic()
+        if now - self.last_line >= self.every_s:
+            self.last_line = now
+            self._line()
+
+    def _line(self) -> None:
+        share = f" ({100 * self.done_s / self.span_s:.0f} %)" if self.span_s else ""
+        print(
+            f"replay: {self.done_s:.1f} of {self.span_s:.1f} s of call audio sent{share}, "
+            f"{self.messages} messages",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from mise_twilio.replay import replay_offline
+    from mise_twilio.server.replay_client import sign_websocket
+
+    lines = _read_capture(args.path)
     if args.to:
         headers: dict[str, str] = {}
         if args.auth_token:
             signed_url = args.sign_url or args.to
             headers = sign_websocket(signed_url, args.auth_token)
-        stats = asyncio.run(replay_websocket(lines, args.to, speed=args.speed, headers=headers))
-        print(
-            json.dumps(
-                {
-                    "messages_sent": stats.messages_sent,
-                    "wall_s": round(stats.wall_s, 3),
-                    "media_span_ms": stats.media_span_ms,
-                    "speed_x_realtime": round(stats.media_span_ms / 1000 / stats.wall_s, 1)
-                    if stats.wall_s > 0
-                    else None,
-                    "close_code": stats.close_code,
-                }
-            )
-        )
+        summary = asyncio.run(_replay_to(lines, args, headers))
+        print(json.dumps(summary))
         return 0
     records = replay_offline(lines)
     if args.format == "jsonl":
@@ -286,6 +436,60 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- report -----------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mise_twilio.report import (
+        build_report,
+        levels_from_capture,
+        records_from_capture,
+        records_of_call,
+    )
+
+    if (args.capture is None) == (args.events is None):
+        raise UsageError("give a capture file or --events EVENTS.jsonl (one of them)")
+    levels = None
+    if args.capture is not None:
+        lines = _read_capture(args.capture)
+        records: list[dict[str, Any]] = records_from_capture(lines)
+        levels = levels_from_capture(lines)
+    else:
+        records = _read_record_file(args.events)
+    try:
+        chosen = records_of_call(records, args.call, args.stream)
+    except ValueError as exc:
+        raise UsageError(f"{args.capture or args.events}: {exc}") from None
+    page = build_report(chosen, levels)
+    try:
+        args.output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    turns = sum(1 for r in chosen if r.get("type") == "turn")
+    print(f"wrote {args.output} ({turns} turns)", file=sys.stderr)
+    return 0
+
+
+def _read_record_file(path: Path) -> list[dict[str, Any]]:
+    """A sink's JSONL (one record per line) as dicts; torn or foreign lines are skipped (a
+    killed writer leaves a torn last line), a file with no record at all is a ``UsageError``."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a JSONL file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("type"), str) and "id" in record:
+                records.append(record)
+    if not records:
+        raise UsageError(f"{path}: no mise_twilio records in it (one JSON record per line)")
+    return records
+
+
 # -- twiml ------------------------------------------------------------------------------------
 
 
@@ -378,6 +582,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--speed", type=float, default=1.0, help="× real time; 0 = flat out")
     replay.add_argument("--auth-token", help="sign the upgrade with this Twilio auth token")
     replay.add_argument("--sign-url", help="URL to sign (the public wss:// URL); default --to")
+    replay.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress on stderr while sending (--to)"
+    )
     replay.set_defaults(func=cmd_replay)
 
     consume = sub.add_parser(
@@ -412,6 +619,13 @@ def _parser() -> argparse.ArgumentParser:
         help="exit once nothing arrived this long and nothing is pending (batch runs, tests)",
     )
     consume.set_defaults(func=cmd_consume)
+    report = sub.add_parser("report", help="draw one call as a self-contained HTML page")
+    report.add_argument("capture", type=Path, nargs="?", help="a capture (Twilio's messages)")
+    report.add_argument("--events", type=Path, help="or: a sink's JSONL of records")
+    report.add_argument("--call", help="CallSid (default: the first call in the file)")
+    report.add_argument("--stream", help="StreamSid (default: the call's first stream)")
+    report.add_argument("-o", "--output", type=Path, required=True, help="the HTML file")
+    report.set_defaults(func=cmd_report)
 
     twiml = sub.add_parser("twiml", help="print TwiML that streams a call to mise-twilio")
     twiml.add_argument("--url", required=True, help="wss://HOST/v1/stream/twilio")

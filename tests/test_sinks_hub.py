@@ -1,4 +1,5 @@
-"""SinkHub: queue → spool → retry, drain, order, dead letters, restart replay.
+"""SinkHub: write-ahead and memory-first modes, queue → spool → retry, drain, order, dead
+letters, restart replay. Tests without ``write_ahead`` run the server's mode (write-ahead).
 
 The sink here is an in-memory ``Sink`` whose behaviour each test scripts (fail, hang, slow);
 the spool, threads and files are real.
@@ -106,7 +107,7 @@ async def test_publishes_records_to_every_sink_in_order(tmp_path: Path) -> None:
 async def test_queue_full_spills_to_spool_and_order_holds(tmp_path: Path) -> None:
     sink = ScriptedSink()
     sink.gate = asyncio.Event()
-    hub = make_hub([sink], tmp_path, queue_max_records=20, batch_max_records=8)
+    hub = make_hub([sink], tmp_path, queue_max_records=20, batch_max_records=8, write_ahead=False)
     await hub.start()
     for e in envs(200):
         hub.publish_envelope(e)
@@ -129,7 +130,7 @@ async def test_a_batch_spooled_while_in_flight_that_then_succeeds_is_not_redeliv
     # without a second delivery.
     sink = ScriptedSink()
     sink.gate = asyncio.Event()
-    hub = make_hub([sink], tmp_path, queue_max_records=10, batch_max_records=3)
+    hub = make_hub([sink], tmp_path, queue_max_records=10, batch_max_records=3, write_ahead=False)
     await hub.start()
     for e in envs(3):
         hub.publish_envelope(e)
@@ -324,3 +325,80 @@ def test_rejects_bad_sink_names(tmp_path: Path) -> None:
         make_hub([ScriptedSink("a"), ScriptedSink("a")], tmp_path)
     with pytest.raises(ValueError):
         make_hub([ScriptedSink("../etc")], tmp_path)
+
+
+def spooled_on_disk(directory: Path) -> set[str]:
+    ids: set[str] = set()
+    for path in directory.glob("seg-*.jsonl"):
+        for line in path.read_bytes().splitlines():
+            ids.add(json.loads(line)["id"])
+    return ids
+
+
+async def test_write_ahead_a_record_one_sink_delivered_is_on_every_spool(tmp_path: Path) -> None:
+    # The fast sink looks at the slow sink's spool at the moment each batch reaches it: every
+    # record it receives must already be on the slow sink's disk (or delivered by it), so a
+    # SIGKILL at that moment could not lose it for the slow sink.
+    slow = ScriptedSink("slow")
+    slow.delay_s = 0.05
+    seen_missing: list[str] = []
+
+    class Watching(ScriptedSink):
+        async def deliver(self, batch: list[Envelope]) -> None:
+            on_disk = spooled_on_disk(tmp_path / "slow") | set(slow.delivered)
+            seen_missing.extend(e.id for e in batch if e.id not in on_disk)
+            await super().deliver(batch)
+
+    fast = Watching("fast")
+    metrics = Metrics()
+    hub = make_hub([fast, slow], tmp_path, batch_max_records=5, metrics=metrics)
+    await hub.start()
+    for i in range(6):
+        for e in envs(10, start=10 * i):
+            hub.publish_envelope(e)
+        await asyncio.sleep(0.01)
+    await wait_for(lambda: len(fast.delivered) == 60)
+    assert seen_missing == []
+    await hub.drain(10.0)
+    await hub.close()
+    assert fast.delivered == slow.delivered == [e.id for e in envs(60)]
+
+
+async def test_write_ahead_counts_a_record_published_once_it_is_on_disk(tmp_path: Path) -> None:
+    sink = ScriptedSink()
+    sink.gate = asyncio.Event()  # never delivers while we look
+    metrics = Metrics()
+    hub = make_hub([sink], tmp_path, metrics=metrics)
+    await hub.start()
+    for e in envs(5):
+        hub.publish_envelope(e)
+    counted = metrics.records_total.labels("turn")
+    assert counted._value.get() == 0  # nothing awaited yet: nothing written
+    await wait_for(lambda: counted._value.get() == 5)
+    assert spooled_on_disk(tmp_path / "mem") == {e.id for e in envs(5)}
+    sink.gate.set()
+    await hub.drain(5.0)
+    await hub.close()
+    assert sink.delivered == [e.id for e in envs(5)]
+    assert not spooled_on_disk(tmp_path / "mem")
+
+
+async def test_write_ahead_slow_sink_restart_replays_everything_counted(tmp_path: Path) -> None:
+    # A sink that takes a batch and never answers; the hub is abandoned (what SIGKILL leaves:
+    # its spool files), and a new hub on the same directory delivers every counted record.
+    stuck = ScriptedSink()
+    stuck.gate = asyncio.Event()
+    metrics = Metrics()
+    hub = make_hub([stuck], tmp_path, metrics=metrics)
+    await hub.start()
+    for e in envs(30):
+        hub.publish_envelope(e)
+    await wait_for(lambda: metrics.records_total.labels("turn")._value.get() == 30)
+    assert len(stuck.attempts) == 1 and not stuck.delivered  # the first batch hangs in flight
+
+    fresh = ScriptedSink()
+    again = make_hub([fresh], tmp_path)
+    await again.start()
+    await again.drain(5.0)
+    await again.close()
+    assert fresh.delivered == [e.id for e in envs(30)], "in order, nothing lost"

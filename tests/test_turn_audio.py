@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import stat
 import wave
 from pathlib import Path
 
@@ -103,3 +105,15 @@ def test_path_layout_and_unsafe_call_sid(tmp_path: Path) -> None:
     assert path.name == "7-agent.wav" and ".." not in path.parts
     anonymous = record.model_copy(update={"call_sid": None, "stream_sid": None})
     assert turn_audio_path(tmp_path, anonymous).parent.parts[-2:] == ("unknown", "unknown")
+
+
+def test_wav_files_are_owner_only(tmp_path: Path) -> None:
+    # Recordings of voices: mode 0600 whatever the umask (mkstemp's mode, kept by the rename),
+    # as docs/operations.md §7 says.
+    old = os.umask(0o022)
+    try:
+        path = write_turn_wav(tmp_path / "a" / "1-caller.wav", b"\x00\x01" * 800)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not list(path.parent.glob(".tmp-*"))

@@ -89,16 +89,13 @@ USED_FIELDS: Final[frozenset[str]] = frozenset(
 )  # fmt: skip
 """Form fields ``parse_status_callback`` reads (the edge rejects these when repeated)."""
 
-_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SID_PREFIX = {"CallSid": "CA", "ParentCallSid": "CA", "AccountSid": "AC", "StreamSid": "MZ"}
+"""Twilio SIDs are a two-letter type prefix and 32 hex digits
+(https://www.twilio.com/docs/glossary/what-is-a-sid)."""
+_SID_HEX = re.compile(r"[0-9a-fA-F]{32}")
 _UINT = re.compile(r"[0-9]{1,10}")
-_MAX_SHOWN = 40
-
-
-def _show(value: str) -> str:
-    """A bounded, quoted rendering of an attacker-controlled value for error messages."""
-    if len(value) > _MAX_SHOWN:
-        value = value[:_MAX_SHOWN] + "…"
-    return repr(value)
+# Error messages (the 400 body, the log line) name the field and what it must be, never the
+# value: the form is unauthenticated input and may carry a phone number in any field.
 
 
 def _opt(params: Mapping[str, str], name: str) -> str | None:
@@ -112,8 +109,9 @@ def _sid(params: Mapping[str, str], name: str, *, required: bool) -> str | None:
         if required:
             raise WebhookError(f"missing {name}")
         return None
-    if _SID.fullmatch(value) is None:
-        raise WebhookError(f"{name} is not a Twilio SID: {_show(value)}")
+    prefix = _SID_PREFIX[name]
+    if len(value) != 34 or value[:2] != prefix or _SID_HEX.fullmatch(value, 2) is None:
+        raise WebhookError(f"{name} is not a Twilio SID ({prefix} and 32 hex digits)")
     return value
 
 
@@ -122,7 +120,7 @@ def _uint(params: Mapping[str, str], name: str) -> int | None:
     if value is None:
         return None
     if _UINT.fullmatch(value) is None:
-        raise WebhookError(f"{name} is not a non-negative integer: {_show(value)}")
+        raise WebhookError(f"{name} is not a non-negative integer")
     return int(value)
 
 
@@ -154,7 +152,7 @@ def _timestamp(params: Mapping[str, str], *, iso_first: bool) -> datetime | None
                 return parsed.replace(tzinfo=UTC)
             return parsed.astimezone(UTC)
     expected = "ISO 8601" if iso_first else "RFC 2822, e.g. 'Thu, 12 Feb 2026 11:48:25 +0000'"
-    raise WebhookError(f"Timestamp is not {expected}: {_show(value)}")
+    raise WebhookError(f"Timestamp is not {expected}")
 
 
 def parse_status_callback(
@@ -177,10 +175,11 @@ def parse_status_callback(
     ``f"{StreamSid}:status:{stream_event}"``.
 
     Raises ``WebhookError`` (status 400) with a message naming the field: missing ``CallSid``
-    (call) or ``StreamSid`` (stream), a SID that is not ``[A-Za-z0-9_-]{1,64}``, unknown
+    (call) or ``StreamSid`` (stream), a SID without its type prefix and 32 hex digits
+    (``CA…`` call, ``AC…`` account, ``MZ…`` stream), unknown
     ``CallStatus`` or ``StreamEvent``, unparseable ``Timestamp``, a ``SequenceNumber``/
     ``CallDuration``/``SipResponseCode`` that is not a non-negative integer, or neither
-    ``CallStatus`` nor ``StreamEvent``. Messages never contain From/To values.
+    ``CallStatus`` nor ``StreamEvent``. Messages name the field, never its value.
     """
     stream_event_raw = _opt(params, "StreamEvent")
     if stream_event_raw is not None:
@@ -192,7 +191,7 @@ def parse_status_callback(
     event_type = CALL_STATUS_TYPES.get(call_status)
     if event_type is None:
         known = ", ".join(CALL_STATUS_TYPES)
-        raise WebhookError(f"unknown CallStatus {_show(call_status)} (expected one of {known})")
+        raise WebhookError(f"unknown CallStatus (expected one of {known})")
     return CallStatusEvent(
         type=event_type,
         id=f"{call_sid}:{event_type}",
@@ -216,8 +215,7 @@ def _parse_stream(params: Mapping[str, str], raw_event: str) -> StreamStatusEven
     stream_event = STREAM_EVENTS.get(raw_event)
     if stream_event is None:
         raise WebhookError(
-            f"unknown StreamEvent {_show(raw_event)} "
-            "(expected stream-started, stream-stopped or stream-error)"
+            "unknown StreamEvent (expected stream-started, stream-stopped or stream-error)"
         )
     stream_sid = _sid(params, "StreamSid", required=True)
     return StreamStatusEvent(

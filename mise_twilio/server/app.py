@@ -19,10 +19,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -30,7 +31,7 @@ from starlette.websockets import WebSocket
 
 from mise_twilio import __version__
 from mise_twilio.core.call import CallSession
-from mise_twilio.core.errors import ConfigError
+from mise_twilio.core.errors import ConfigError, SinkError
 from mise_twilio.core.lifecycle import CallLifecycle, JoinOutput, SummaryJoin
 from mise_twilio.core.pii import PiiPolicy
 from mise_twilio.core.records import (
@@ -42,6 +43,8 @@ from mise_twilio.core.records import (
 )
 from mise_twilio.core.status import StatusEvent
 from mise_twilio.server.config import Settings, session_params
+from mise_twilio.server.limits import MAX_HEADER_BYTES, RequestLimits
+from mise_twilio.server.logs import uvicorn_log_config
 from mise_twilio.server.metrics import Metrics
 from mise_twilio.server.shared_join import RedisJoinStore, SharedJoinEdge
 from mise_twilio.server.signature import TwilioSignature
@@ -49,6 +52,7 @@ from mise_twilio.server.sinks import SinkHub, build_hub
 from mise_twilio.server.stream import run_stream
 from mise_twilio.server.turn_audio import turn_audio_path, write_turn_wav
 from mise_twilio.server.webhook import make_webhook_endpoint, run_lifecycle_poller
+from mise_twilio.server.ws_protocol import MiseWebSocketProtocol, register_shutdown_listener
 
 STREAM_PATH = "/v1/stream/twilio"
 WEBHOOK_PATH = "/v1/webhook/twilio"
@@ -113,6 +117,7 @@ class Bridge:
             )
         self.sessions: dict[int, CallSession] = {}
         self.draining = False  # SIGTERM seen: /readyz 503, still serving (server/drain.py)
+        self.started = False
         self.shutting_down = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._audio_writes: set[asyncio.Task[Any]] = set()
@@ -227,8 +232,30 @@ class Bridge:
             self.metrics.draining.set(1)
             log.info("draining", open_streams=len(self.sessions))
 
+    def begin_shutdown(self) -> None:
+        """The server began to shut down: new streams are refused, open ones end as
+        ``shutdown`` (called by ``MiseWebSocketProtocol`` before connections are closed)."""
+        self.shutting_down = True
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Bridge]:
+        """``startup()`` on entry, ``shutdown()`` on exit: the app's lifespan, for a host that
+        mounts the app (Starlette does not run a mounted app's lifespan; docs/embedding.md)."""
+        await self.startup()
+        try:
+            yield self
+        finally:
+            await self.shutdown()
+
     async def startup(self) -> None:
-        await self.hub.start()
+        """Start the sinks (replaying their spools) and the lifecycle timers. Raises
+        ``ConfigError`` when a sink cannot work at all (an unwritable JSONL file or spool)."""
+        try:
+            await self.hub.start()
+        except (SinkError, OSError) as exc:
+            raise ConfigError(f"the sinks cannot start: {exc}") from exc
+        self.started = True
+        register_shutdown_listener(self)
         if self.shared is not None:
             await self.shared.store.open()
         self.spawn(run_lifecycle_poller(self.lifecycle, self.publish_status))
@@ -279,8 +306,22 @@ class Bridge:
 
     # -- the stream -----------------------------------------------------------------------
 
+    def not_started(self) -> str | None:
+        """Why nothing can be recorded yet (the app's lifespan never ran), or ``None``."""
+        if self.started:
+            return None
+        return (
+            "mise_twilio's app was never started, so no sink runs and records would be lost: "
+            "a host that mounts create_app() must run `async with app.state.bridge.running()` "
+            "in its own lifespan (docs/embedding.md)"
+        )
+
     async def stream(self, ws: WebSocket) -> None:
         path = ws.url.path
+        if (problem := self.not_started()) is not None:
+            log.error("not_started", detail=problem, path=path)
+            await ws.send_denial_response(PlainTextResponse(problem, status_code=503))
+            return
         if self.shutting_down:
             await ws.close(code=1013)  # try again later: another replica takes it
             return
@@ -314,8 +355,11 @@ def create_app(
 
     async def readyz(_: Request) -> Response:
         ready = await bridge.hub.ready()
-        ok = all(ready.values()) and not (bridge.draining or bridge.shutting_down)
-        return JSONResponse({"ready": ok, "sinks": ready}, status_code=200 if ok else 503)
+        ok = (
+            bridge.started and all(ready.values()) and not (bridge.draining or bridge.shutting_down)
+        )
+        body = {"ready": ok, "started": bridge.started, "sinks": ready}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_endpoint(_: Request) -> Response:
         body, content_type = bridge.metrics.render()
@@ -324,21 +368,30 @@ def create_app(
     async def not_found(_: Request) -> Response:
         return PlainTextResponse("not found", status_code=404)
 
-    webhook = make_webhook_endpoint(
+    async def ws_not_found(ws: WebSocket) -> None:
+        # Starlette closes an unrouted WebSocket before accepting it, which the server answers
+        # with 403: it reads as a signature failure. A wrong path is a 404.
+        await ws.send_denial_response(PlainTextResponse("not found", status_code=404))
+
+    webhook_endpoint = make_webhook_endpoint(
         signature=bridge.signature,
         lifecycle=bridge.lifecycle,
         pii=bridge.pii,
         publish=bridge.publish_status,
         max_body_bytes=settings.max_webhook_bytes,
+        count=lambda outcome: bridge.metrics.webhook_requests_total.labels(outcome=outcome).inc(),
     )
+
+    async def webhook(request: Request) -> Response:
+        if (problem := bridge.not_started()) is not None:
+            log.error("not_started", detail=problem, path=request.url.path)
+            return PlainTextResponse(problem, status_code=503)
+        return await webhook_endpoint(request)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await bridge.startup()
-        try:
+        async with bridge.running():
             yield
-        finally:
-            await bridge.shutdown()
 
     app = Starlette(
         routes=[
@@ -349,33 +402,32 @@ def create_app(
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             Route("/", not_found),
+            WebSocketRoute("/{path:path}", ws_not_found),
         ],
+        middleware=[Middleware(RequestLimits)],
         lifespan=lifespan,
     )
     app.state.bridge = bridge
     return app
 
 
-def _shutdown_aware_ws_protocol(bridge: Bridge) -> type[Any]:
-    """uvicorn's websockets sans-I/O protocol, telling ``bridge`` when shutdown begins.
+def _ws_protocol_for(bridge: Bridge) -> type[MiseWebSocketProtocol]:
+    """``MiseWebSocketProtocol`` announcing shutdown to ``bridge`` alone (several servers can
+    share one process: tests, ``demo``)."""
 
-    On SIGTERM uvicorn stops listening, calls ``shutdown()`` on every open connection (a
-    WebSocket gets close 1012 and its app sees ``websocket.disconnect``), waits for them up to
-    ``timeout_graceful_shutdown`` and only then runs the lifespan shutdown
-    (``Bridge.shutdown``). Marking the bridge as shutting down in the first step lets the read
-    loop end those streams with reason ``shutdown`` and refuse new ones, promptly."""
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    class BridgeWebSocketProtocol(MiseWebSocketProtocol):
+        def notify_shutdown(self) -> None:
+            bridge.begin_shutdown()
 
-    class ShutdownAwareWebSocket(WebSocketsSansIOProtocol):
-        def shutdown(self) -> None:
-            bridge.shutting_down = True
-            super().shutdown()
-
-    return ShutdownAwareWebSocket
+    return BridgeWebSocketProtocol
 
 
-def uvicorn_config(app: Starlette, settings: Settings) -> Any:
-    """A ``uvicorn.Config`` for ``app``: websockets' sans-I/O protocol, our own logging."""
+def uvicorn_config(
+    app: Starlette, settings: Settings, *, lifespan: Literal["on", "off"] = "on"
+) -> Any:
+    """A ``uvicorn.Config`` for ``app``: h11 with a cap on the request head, websockets'
+    sans-I/O protocol (``MiseWebSocketProtocol``), our own logging. ``lifespan="off"`` when
+    the caller runs ``Bridge.running()`` around the server itself (``serve.py``)."""
     import uvicorn
 
     bridge = getattr(app.state, "bridge", None)
@@ -383,12 +435,17 @@ def uvicorn_config(app: Starlette, settings: Settings) -> Any:
         app,
         host=settings.host,
         port=settings.port,
-        ws=_shutdown_aware_ws_protocol(bridge) if bridge is not None else "websockets-sansio",
+        http="h11",
+        # h11 refuses a request head that grows past this before it is complete (the rest is
+        # RequestLimits' job: h11 does not measure a head that arrives in one read).
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES + 4096,
+        ws=_ws_protocol_for(bridge) if bridge is not None else MiseWebSocketProtocol,
         ws_max_size=WS_HARD_MAX_BYTES,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
-        lifespan="on",
+        lifespan=lifespan,
         log_level="warning",
+        log_config=uvicorn_log_config(settings.log_format),
         access_log=False,
         proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_deadline_s) + 1,

@@ -14,15 +14,51 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mise_twilio.core.call import SessionParams
 from mise_twilio.core.features import FeatureParams
 from mise_twilio.core.turns import TurnParams
 from mise_twilio.core.vad import VadParams
+
+_HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
+_REDIS_URL: TypeAdapter[AnyUrl] = TypeAdapter(
+    Annotated[AnyUrl, UrlConstraints(allowed_schemes=["redis", "rediss", "unix"])]
+)
+
+
+def _http_url(value: str) -> str:
+    # pydantic's URL types check it; the string is kept as given (``AnyHttpUrl`` would add a
+    # trailing slash to a bare host, and signatures are computed over the exact text).
+    _HTTP_URL.validate_python(value)
+    return value
+
+
+def _redis_url(value: str) -> str:
+    _REDIS_URL.validate_python(value)
+    return value
+
+
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+"""An ``http://`` or ``https://`` URL with a host, kept as the string given."""
+RedisUrlText = Annotated[str, AfterValidator(_redis_url)]
+"""A ``redis://``, ``rediss://`` or ``unix://`` URL (redis-py's ``from_url`` schemes)."""
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class LifecycleSettings(BaseModel):
@@ -66,12 +102,12 @@ class Settings(BaseSettings):
     # --- listening -----------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Bind address.")
     port: int = Field(default=8080, ge=0, le=65535, description="Bind port (0: any free port).")
-    public_url: str | None = Field(
+    public_url: HttpUrlText | None = Field(
         default=None,
         description="Public base URL Twilio uses, e.g. https://ingest.example.com. Signatures "
         "are checked against it (wss:// for the stream, https:// for webhooks), never Host.",
     )
-    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field(default="info", description="debug, info, warning or error.")
     log_format: Literal["json", "console"] = Field(
         default="json", description="structlog output on stderr."
     )
@@ -123,15 +159,24 @@ class Settings(BaseSettings):
         default=None, description="JSONL sink file; default DATA_DIR/events.jsonl. 'off' = none."
     )
     jsonl_enabled: bool = Field(default=True, description="Write the JSONL sink.")
-    http_url: str | None = Field(default=None, description="HTTP ingest endpoint (POST batches).")
+    http_url: HttpUrlText | None = Field(
+        default=None, description="HTTP ingest endpoint (POST batches)."
+    )
     http_token: SecretStr | None = Field(default=None, description="Bearer token for http_url.")
-    redis_url: str | None = Field(default=None, description="e.g. redis://localhost:6379/0")
+    redis_url: RedisUrlText | None = Field(
+        default=None, description="e.g. redis://localhost:6379/0"
+    )
     redis_stream: str = Field(default="mise:events", description="Redis Streams key.")
     redis_maxlen: int = Field(
         default=1_000_000, ge=1, description="Approximate MAXLEN trim of the stream."
     )
     sink_queue_max: int = Field(default=10_000, ge=1, description="Records queued per sink.")
     sink_batch_max: int = Field(default=500, ge=1, description="Records per delivery.")
+    sink_write_ahead: bool = Field(
+        default=True,
+        description="Every record on every sink's spool before any sink delivers it (SIGKILL "
+        "loses none a sink has seen); false: deliver from memory while a sink keeps up.",
+    )
     spool_dir: Path | None = Field(default=None, description="Default DATA_DIR/spool.")
     shutdown_deadline_s: float = Field(
         default=10.0, gt=0, description="SIGTERM: close streams, drain sinks within this."
@@ -162,6 +207,17 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("public_url", "http_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # ``MISE_HTTP_URL=`` (set but empty, as compose files often leave it) means "off".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def resolved_jsonl_path(self) -> Path:
@@ -294,3 +350,19 @@ def _bullet_docs(doc: str) -> dict[str, str]:
         text = match.group(2).split(". ")[0].strip().rstrip(".")
         found.setdefault(match.group(1), text)
     return found
+
+
+def validation_error_lines(exc: ValidationError) -> list[str]:
+    """A ``Settings`` ``ValidationError`` as one line per bad setting, named by its
+    environment variable: ``MISE_PORT='abc': Input should be a valid integer, …``. Secret
+    settings never show their value."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        names = [str(part) for part in error["loc"]]
+        env = "MISE_" + "__".join(n.upper() for n in names) if names else "settings"
+        shown = error.get("input")
+        secret = bool(names) and names[0] in _SECRET
+        value = "" if secret or not isinstance(shown, str | int | float) else f"={shown!r}"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{env}{value}: {message}")
+    return lines

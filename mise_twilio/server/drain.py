@@ -23,6 +23,7 @@ from __future__ import annotations
 import signal
 import time
 from types import FrameType
+from typing import Literal
 
 import structlog
 import uvicorn
@@ -40,8 +41,12 @@ class DrainingServer(uvicorn.Server):
     """A ``uvicorn.Server`` for ``create_app(settings)`` whose SIGTERM drains first (module
     docstring). ``app.state.bridge`` must be the app's ``Bridge``."""
 
-    def __init__(self, app: Starlette, settings: Settings) -> None:
-        super().__init__(uvicorn_config(app, settings))
+    def __init__(
+        self, app: Starlette, settings: Settings, *, lifespan: Literal["on", "off"] = "on"
+    ) -> None:
+        """``lifespan``: uvicorn's, ``off`` when the caller runs the bridge around the server
+        (``serve.py``)."""
+        super().__init__(uvicorn_config(app, settings, lifespan=lifespan))
         self.bridge: Bridge = app.state.bridge
         self.drain_delay_s = settings.drain_delay_s
         self.stream_grace_s = settings.stream_grace_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _YIELD_EVERY = 64  # messages between event-loop yields at --speed 0
@@ -39,12 +40,17 @@ async def replay_websocket(
     *,
     speed: float = 1.0,
     headers: dict[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayStats:
     """Act as Twilio: open ``url``, send each line as a text frame, close.
 
     ``speed``: 1.0 paces media by ``media.timestamp`` in real time, N is N× faster, 0 sends as
     fast as possible. ``headers`` (e.g. ``X-Twilio-Signature``) go on the upgrade request.
-    Raises ``websockets.exceptions.InvalidStatus`` when the server refuses the handshake.
+    ``progress(messages_sent, media_ms)`` is called after each message (``media_ms``: the
+    stream time sent so far, from the first media timestamp).
+
+    Raises ``websockets.exceptions.InvalidStatus`` when the server refuses the handshake,
+    ``InvalidURI`` for a URL that is not ws:// or wss://, ``OSError`` when it cannot connect.
     """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
@@ -71,6 +77,8 @@ async def replay_websocket(
                             await asyncio.sleep(delay)
                 await ws.send(line)
                 sent += 1
+                if progress is not None:
+                    progress(sent, last_ts - first_ts if first_ts is not None else 0)
                 if speed <= 0 and sent % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         except ConnectionClosed as exc:

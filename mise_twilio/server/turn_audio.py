@@ -4,7 +4,8 @@ The session keeps a closed turn's 8 kHz PCM (``CallSession.take_turn_audio()``);
 names its file and writes it. The path is a pure function of the turn record, so the server
 sets ``TurnRecord.audio`` before the file exists and writes it off the event loop
 (``asyncio.to_thread(write_turn_wav, ...)``). Files appear atomically (written to a temporary
-name, then renamed), so a reader that sees the path never sees half a file.
+name, then renamed), so a reader that sees the path never sees half a file, and are mode 0600
+(``mkstemp``'s, kept by the rename): they are recordings of people's voices.
 
 Layout: ``DATA_DIR/audio/<call_sid>/<stream_sid>/<turn index>-<speaker>.wav`` (a call can have
 several streams: a fork and a ``<Connect>``; turn indexes are per stream).

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import parse_qsl
 
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
 from mise_twilio.core.errors import WebhookError
@@ -54,6 +54,7 @@ _SID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Publish = Callable[[StatusEvent], None]
 Endpoint = Callable[[Request], Awaitable[Response]]
+Count = Callable[[str], None]
 
 _log = structlog.get_logger("mise_twilio.server.webhook")
 
@@ -164,6 +165,7 @@ def make_webhook_endpoint(
     publish: Publish,
     max_body_bytes: int,
     clock: Callable[[], float] = time.monotonic,
+    count: Count | None = None,
 ) -> Endpoint:
     """A Starlette endpoint (``async (Request) -> Response``) for Twilio status callbacks.
 
@@ -175,26 +177,43 @@ def make_webhook_endpoint(
     ``lifecycle``: dedupe/reorder state (``CallLifecycle``), fed with ``clock()`` seconds.
     ``pii``: redaction of From/To/CallerName/ForwardedFrom. ``publish``: called once per
     released record (``CallStatusEvent`` | ``StreamStatusEvent``); it must not block (enqueue).
-    ``max_body_bytes``: body (POST) or query string (GET) cap, bytes.
+    ``max_body_bytes``: body (POST) or query string (GET) cap, bytes. ``count``: called once
+    per request with its outcome (``accepted``, ``rejected``, ``forbidden``, ``too_large``,
+    ``unsupported``, ``disconnected``, ``error``), e.g. to count ``mise_webhook_requests_total``.
 
     Responses: ``204`` accepted (also for duplicates and held or dropped events, so Twilio does
     not retry); ``400`` malformed form or callback; ``403`` bad or missing signature; ``405``
     other methods; ``413`` body over ``max_body_bytes`` (refused from ``Content-Length`` before
     reading, or while streaming); ``415`` a POST that is not
-    ``application/x-www-form-urlencoded``; ``500`` when ``publish`` raised.
+    ``application/x-www-form-urlencoded``; ``500`` when ``publish`` raised. A client that goes
+    away before its body arrived whole gets nothing (one log line). Reasons name the field and
+    what it must be, never its value.
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
+    tally: Count = count or (lambda _: None)
+
+    def refuse(exc: WebhookError, log: structlog.typing.FilteringBoundLogger) -> Response:
+        log.warning("webhook_rejected", status_code=exc.status_code, reason=exc.message)
+        outcome = {413: "too_large", 415: "unsupported"}.get(exc.status_code, "rejected")
+        tally(outcome)
+        return PlainTextResponse(exc.message, status_code=exc.status_code)
 
     async def endpoint(request: Request) -> Response:
         log = _log.bind(method=request.method, path=request.url.path)
         if request.method not in ("GET", "POST"):
+            tally("rejected")
             return PlainTextResponse("method not allowed", status_code=405)
         try:
             pairs = await _read_pairs(request, max_body_bytes)
         except WebhookError as exc:
-            log.warning("webhook_rejected", status_code=exc.status_code, reason=exc.message)
-            return PlainTextResponse(exc.message, status_code=exc.status_code)
+            return refuse(exc, log)
+        except ClientDisconnect:
+            # The body never arrived whole (a cut chunked body, a dropped connection): there is
+            # nobody to answer.
+            log.warning("webhook_client_disconnected", reason="body incomplete")
+            tally("disconnected")
+            return Response(status_code=400)
 
         log = log.bind(call_sid=_call_sid_for_log(pairs))
         if signature is not None:
@@ -215,20 +234,22 @@ def make_webhook_endpoint(
                 reason = ""
             if reason:
                 log.warning("webhook_forbidden", status_code=403, reason=reason)
+                tally("forbidden")
                 return PlainTextResponse("invalid Twilio signature", status_code=403)
 
         try:
             params: Mapping[str, str] = _as_params(pairs)
             event = parse_status_callback(params, pii=pii)
         except WebhookError as exc:
-            log.warning("webhook_rejected", status_code=exc.status_code, reason=exc.message)
-            return PlainTextResponse(exc.message, status_code=exc.status_code)
+            return refuse(exc, log)
 
         released = lifecycle.accept(event, clock())
         _log_dropped(lifecycle.take_dropped())
         if _emit(released, publish):
+            tally("error")
             return PlainTextResponse("could not publish the event", status_code=500)
         log.debug("webhook_accepted", record_id=event.id, released=len(released))
+        tally("accepted")
         return Response(status_code=204)
 
     return endpoint

@@ -229,6 +229,30 @@ async def test_metrics_match_records(server_settings: Callable[..., Settings]) -
     assert delivered == {"jsonl": len(records)}
 
 
+async def test_webhook_requests_total_counts_status_callbacks(
+    server_settings: Callable[..., Settings],
+) -> None:
+    from support import status_callback
+
+    from mise_twilio.server.app import WEBHOOK_PATH
+
+    async with (
+        running_server(server_settings()) as (http_url, _, _),
+        httpx.AsyncClient(base_url=http_url) as client,
+    ):
+        for seq, status in enumerate(["initiated", "ringing", "in-progress"]):
+            response = await client.post(WEBHOOK_PATH, data=status_callback(status, seq))
+            assert response.status_code == 204
+        bad = await client.post(WEBHOOK_PATH, data=status_callback("ringing", 9, CallSid="CA1"))
+        assert bad.status_code == 400
+        huge = await client.post(WEBHOOK_PATH, content=b"a=" + b"x" * 100_000)
+        assert huge.status_code in (413, 415)
+        samples = await scrape(http_url)
+    outcomes = labelled(samples, "mise_webhook_requests_total", "outcome")
+    assert outcomes["accepted"] == 3 and outcomes["rejected"] == 1
+    assert sum(outcomes.values()) == 5
+
+
 async def test_messages_total_is_live_during_a_call(
     server_settings: Callable[..., Settings],
 ) -> None:
@@ -258,7 +282,11 @@ async def test_readyz_follows_redis(
     async with running_server(settings) as (http_url, _, _), httpx.AsyncClient() as client:
         response = await client.get(http_url + "/readyz")
         assert response.status_code == 200
-        assert response.json() == {"ready": True, "sinks": {"jsonl": True, "redis": True}}
+        assert response.json() == {
+            "ready": True,
+            "started": True,
+            "sinks": {"jsonl": True, "redis": True},
+        }
         redis_server.stop()
         response = await client.get(http_url + "/readyz")
         assert response.status_code == 503

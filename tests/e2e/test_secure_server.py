@@ -375,6 +375,10 @@ async def test_wrong_api_key_closes_1008_and_emits_nothing(
     assert read_jsonl(settings.resolved_jsonl_path) == []
     text = logs()
     assert [e["reason"] for e in warnings_named(text, "stream_rejected")] == ["api_key"]
+    (rejected,) = warnings_named(text, "stream_rejected")
+    start = json.loads(next(line for line in lines if '"event":"start"' in line))
+    assert rejected["stream_sid"] == start["streamSid"]  # the refusal names its call
+    assert rejected["call_sid"] == start["start"]["callSid"]
     assert API_KEY not in text
 
 

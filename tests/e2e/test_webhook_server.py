@@ -250,7 +250,7 @@ async def test_malformed_requests_get_clear_4xx_and_the_server_keeps_serving(
         (await harness.post_raw(b"CallSid=CA1&From=%FF%FE"), 400, "not valid UTF-8"),
         (await harness.post_raw(b"CallSid=CA1&From=%zz1"), 400, "malformed percent-encoding"),
         (await harness.post(no_sid), 400, "missing CallSid"),
-        (await harness.post(unknown), 400, "unknown CallStatus 'answered'"),
+        (await harness.post(unknown), 400, "unknown CallStatus (expected one of"),
         (await harness.post({"Foo": "bar"}), 400, "neither CallStatus nor StreamEvent"),
         (await harness.post(callback("ringing", 0, Timestamp="soon")), 400, "Timestamp is not"),
         (await harness.post_raw(b"A=" + b"x" * (1 << 20)), 413, f"over {MAX_BODY} bytes"),

@@ -4,6 +4,11 @@ file, HTTP, Redis Streams) with bounded queues, an on-disk spool and retries
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
+from mise_twilio.core.errors import ConfigError
 from mise_twilio.server.config import Settings
 from mise_twilio.server.metrics import Metrics
 from mise_twilio.server.sinks.base import DeliveryError, Envelope, Sink
@@ -26,7 +31,44 @@ __all__ = [
     "Spool",
     "build_hub",
     "build_sinks",
+    "check_sink_paths",
 ]
+
+
+def _jsonl_off(settings: Settings) -> bool:
+    return settings.jsonl_path is not None and str(settings.jsonl_path).lower() == "off"
+
+
+def check_sink_paths(settings: Settings) -> None:
+    """Create and try every local path the sinks will write: the JSONL file (opened for
+    appending), the spool directory and, with turn audio on, the audio directory. Raises
+    ``ConfigError`` naming the setting and the OS error; writes nothing into a file."""
+
+    def fail(setting: str, path: Path, exc: OSError) -> ConfigError:
+        return ConfigError(f"{setting}={path}: {exc.strerror or exc}")
+
+    if settings.jsonl_enabled and not _jsonl_off(settings):
+        path = settings.resolved_jsonl_path
+        setting = "MISE_JSONL_PATH" if settings.jsonl_path is not None else "MISE_DATA_DIR"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            raise fail(setting, path, exc) from None
+    dirs = [
+        ("MISE_SPOOL_DIR" if settings.spool_dir else "MISE_DATA_DIR", settings.resolved_spool_dir)
+    ]
+    if settings.turn_audio != "none":
+        dirs.append(("MISE_DATA_DIR", settings.data_dir / "audio"))
+    for setting, directory in dirs:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".probe-", dir=directory)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise fail(setting, directory, exc) from None
 
 
 def build_sinks(settings: Settings) -> list[Sink]:
@@ -35,8 +77,7 @@ def build_sinks(settings: Settings) -> list[Sink]:
     ``http_token``), Redis Streams (``redis_url``, ``redis_stream``, ``redis_maxlen``).
     May be empty."""
     sinks: list[Sink] = []
-    jsonl_off = settings.jsonl_path is not None and str(settings.jsonl_path).lower() == "off"
-    if settings.jsonl_enabled and not jsonl_off:
+    if settings.jsonl_enabled and not _jsonl_off(settings):
         sinks.append(JsonlSink(settings.resolved_jsonl_path))
     if settings.http_url:
         token = settings.http_token.get_secret_value() if settings.http_token else None
@@ -62,4 +103,5 @@ def build_hub(settings: Settings, metrics: Metrics | None = None) -> SinkHub:
         batch_max_records=settings.sink_batch_max,
         spool_dir=settings.resolved_spool_dir,
         metrics=metrics,
+        write_ahead=settings.sink_write_ahead,
     )

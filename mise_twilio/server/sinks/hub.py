@@ -1,5 +1,18 @@
 """Fan-out of records to sinks: never blocks the read loop, never drops (docs/architecture.md).
 
+Two modes. **Write-ahead** (``write_ahead=True``, what the server uses): every published
+record is written to every sink's spool before any sink may deliver it, so a record that one
+sink has delivered (or that ``mise_records_total`` counts) is on disk for all of them, and a
+SIGKILL cannot lose it, however slow a sink is. ``publish()`` appends the envelope to one
+hub-wide buffer; the write-ahead flusher appends the buffer to every lane's spool (one write per
+lane, on the lanes' I/O threads, then one fsync each) and only then wakes the writers, which
+deliver from the spools. What a SIGKILL can lose is the buffer not yet written: records
+published in the last few milliseconds (one flush), which no sink has seen either. The cost:
+each record is written and read back once per sink (bench/sink_outage.py).
+
+**Memory-first** (``write_ahead=False``): the description below, where a lane that keeps up
+delivers from memory and only spills to the spool when it falls behind, fails or shuts down.
+
 Per sink ("lane") the hub keeps:
 
 - a bounded in-memory queue (``queue_max_records``), used while the sink keeps up;
@@ -35,9 +48,10 @@ it repeats). A non-retryable ``SinkError`` bisects the batch until the failing r
 isolated; those go to ``spool_dir/<sink>/dead-letter.jsonl`` with the error, the rest is
 delivered.
 
-Memory lost on SIGKILL: the queue, the one batch in flight and the spool buffer not yet
-flushed. The spool on disk survives. SIGTERM should call ``drain``, which delivers what it can
-within the deadline and spools the rest.
+Memory lost on SIGKILL in memory-first mode: the queue, the one batch in flight and the spool
+buffer not yet flushed; in write-ahead mode only the hub buffer not yet flushed (above). The
+spool on disk survives. SIGTERM should call ``drain``, which delivers what it can within the
+deadline and spools the rest.
 """
 
 from __future__ import annotations
@@ -165,6 +179,8 @@ class SinkHub:
       writes them synchronously (see the module docstring for the trade-off).
     - ``spool_segment_max_bytes``, ``spool_fsync``: passed to each ``Spool``.
     - ``ready_timeout_s``: per-sink bound on ``ready()``.
+    - ``write_ahead``: every record reaches every spool before any sink delivers it (the
+      module docstring); ``False`` delivers from memory while a sink keeps up.
 
     Lifecycle: ``await start()``, ``publish(...)`` any number of times from the event loop's
     thread, ``await drain(deadline_s)`` on shutdown, ``await close()``. Raises ``ValueError``
@@ -185,6 +201,7 @@ class SinkHub:
         spool_segment_max_bytes: int = 64 * 1024 * 1024,
         spool_fsync: bool = True,
         ready_timeout_s: float = 2.0,
+        write_ahead: bool = True,
     ) -> None:
         if queue_max_records < 1 or batch_max_records < 1:
             raise ValueError("queue_max_records and batch_max_records must be >= 1")
@@ -215,6 +232,14 @@ class SinkHub:
         ]
         self._record_counters: dict[str, Counter] = {}
         self._started = False
+        self.write_ahead = write_ahead
+        # Write-ahead: published, not yet on any spool; flushed by one task for all lanes.
+        self._wal: deque[Envelope] = deque()
+        self._wal_bytes = 0
+        self._wal_writing = 0
+        self._wal_needed = asyncio.Event()
+        self._wal_lock = asyncio.Lock()
+        self._wal_task: asyncio.Task[None] | None = None
         self._draining = False
         self._drain_event = asyncio.Event()
         self._closed = False
@@ -238,6 +263,8 @@ class SinkHub:
             lane.spilling = not lane.spool.is_empty
             await lane.sink.open()
             self._bind_metrics(lane)
+        if self.write_ahead:
+            self._wal_task = asyncio.create_task(self._run_wal_flusher(), name="mise-sink-wal")
         for lane in self._lanes:
             lane.writer_task = asyncio.create_task(
                 self._run_writer(lane), name=f"mise-sink-writer-{lane.name}"
@@ -253,6 +280,8 @@ class SinkHub:
         ``DrainReport`` per sink name."""
         self._draining = True
         self._drain_event.set()
+        if self.write_ahead:
+            await self._flush_wal()
         delivered_before = {lane.name: lane.delivered for lane in self._lanes}
         for lane in self._lanes:
             lane.kick.set()
@@ -266,6 +295,8 @@ class SinkHub:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.write_ahead:
+            await self._flush_wal()  # what was published while the writers drained
         reports: dict[str, DrainReport] = {}
         for lane in self._lanes:
             spooled = await self._persist(lane)
@@ -293,6 +324,11 @@ class SinkHub:
                 for lane in self._lanes:
                     await self._persist(lane)
         self._closed = True
+        if self._wal_task is not None:
+            self._wal_task.cancel()
+            await asyncio.gather(self._wal_task, return_exceptions=True)
+        if self._wal:
+            await self._flush_wal()
         for lane in self._lanes:
             if lane.flusher_task is not None:
                 lane.flusher_task.cancel()
@@ -317,18 +353,106 @@ class SinkHub:
         """``publish`` for an already serialised record."""
         if self._closed:
             raise RuntimeError("SinkHub is closed")
-        if self._metrics is not None:
-            counter = self._record_counters.get(envelope.type)
-            if counter is None:
-                counter = self._metrics.records_total.labels(envelope.type)
-                self._record_counters[envelope.type] = counter
-            counter.inc()
+        if self.write_ahead:
+            self._wal.append(envelope)
+            self._wal_bytes += len(envelope.json) + _ENVELOPE_OVERHEAD_BYTES
+            if self._wal_bytes > self.spool_buffer_max_bytes:
+                self._flush_wal_sync()
+            else:
+                self._wal_needed.set()
+            return
+        self._count_published((envelope,))
         for lane in self._lanes:
             if lane.spilling or self._draining or len(lane.queue) >= self.queue_max_records:
                 self._spill(lane, (envelope,))
             else:
                 lane.queue.append(envelope)
                 lane.kick.set()
+
+    def _count_published(self, envelopes: Sequence[Envelope]) -> None:
+        if self._metrics is None:
+            return
+        for envelope in envelopes:
+            counter = self._record_counters.get(envelope.type)
+            if counter is None:
+                counter = self._metrics.records_total.labels(envelope.type)
+                self._record_counters[envelope.type] = counter
+            counter.inc()
+
+    # ---------------------------------------------------------------------------------------
+    # write-ahead
+
+    async def _run_wal_flusher(self) -> None:
+        while True:
+            await self._wal_needed.wait()
+            self._wal_needed.clear()
+            try:
+                await self._flush_wal()
+            except Exception:
+                log.exception("sink_wal_flush_error")
+                await asyncio.sleep(1.0)
+                self._wal_needed.set()
+
+    def _take_wal(self) -> list[Envelope]:
+        items = list(self._wal)
+        self._wal.clear()
+        self._wal_bytes = 0
+        return items
+
+    async def _flush_wal(self) -> None:
+        """Append the hub buffer to every lane's spool (fsynced), count the records as
+        published, then wake the writers. A lane whose disk refuses keeps the records in its
+        own spool buffer (retried by its flusher; in memory until then)."""
+        async with self._wal_lock:
+            items = self._take_wal()
+            if not items:
+                return
+            self._wal_writing = len(items)
+            try:
+                direct = [
+                    lane for lane in self._lanes if not (lane.buffer or lane.flushing_records)
+                ]
+                results = await asyncio.gather(
+                    *(self._io(lane, lane.spool.append, items) for lane in direct),
+                    return_exceptions=True,
+                )
+            finally:
+                self._wal_writing = 0
+            for lane, result in zip(direct, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error(
+                        "spool_write_failed", sink=lane.name, error=str(result), records=len(items)
+                    )
+                    self._to_lane_buffer(lane, items)
+                else:
+                    lane.kick.set()
+            for lane in self._lanes:
+                if lane not in direct:  # older records wait in its buffer: keep the order
+                    self._to_lane_buffer(lane, items)
+            self._count_published(items)
+
+    def _flush_wal_sync(self) -> None:
+        """The hub buffer over ``spool_buffer_max_bytes``: write it from the loop's thread to
+        every lane (no fsync: the next flush does it), after any write already running."""
+        items = self._take_wal()
+        for lane in self._lanes:
+            if lane.buffer or lane.flushing_records:
+                self._to_lane_buffer(lane, items)
+                continue
+            try:
+                lane.io.submit(lane.spool.append, items, sync=False).result()
+            except OSError as exc:
+                log.error("spool_write_failed", sink=lane.name, error=str(exc), records=len(items))
+                self._to_lane_buffer(lane, items)
+            lane.flush_needed.set()
+            lane.kick.set()
+        self._count_published(items)
+
+    def _to_lane_buffer(self, lane: _Lane, items: list[Envelope]) -> None:
+        lane.buffer.extend(items)
+        lane.buffer_bytes += sum(len(e.json) + _ENVELOPE_OVERHEAD_BYTES for e in items)
+        lane.spilling = True
+        lane.flush_needed.set()
 
     def _spill(self, lane: _Lane, envelopes: Sequence[Envelope]) -> None:
         """Divert ``envelopes`` to the lane's spool buffer. When the lane was not spilling yet,
@@ -380,8 +504,8 @@ class SinkHub:
             lane.name: SinkStats(
                 name=lane.name,
                 queue_depth=len(lane.queue),
-                spool_bytes=lane.spool.pending_bytes + lane.buffer_bytes,
-                spool_buffered_records=len(lane.buffer),
+                spool_bytes=lane.spool.pending_bytes + lane.buffer_bytes + self._wal_bytes,
+                spool_buffered_records=len(lane.buffer) + len(self._wal) + self._wal_writing,
                 delivered=lane.delivered,
                 failures=lane.failures,
                 dead_lettered=lane.dead_lettered,
@@ -411,7 +535,7 @@ class SinkHub:
         # Gauges read at scrape time: publish() pays nothing for them.
         self._metrics.sink_queue_depth.labels(lane.name).set_function(lambda: len(lane.queue))
         self._metrics.sink_spool_bytes.labels(lane.name).set_function(
-            lambda: lane.spool.pending_bytes + lane.buffer_bytes
+            lambda: lane.spool.pending_bytes + lane.buffer_bytes + self._wal_bytes
         )
         # Touch the counters so every sink shows up at 0 before its first event.
         self._metrics.sink_delivered_total.labels(lane.name)
@@ -511,6 +635,9 @@ class SinkHub:
                 if batch:
                     return batch, _Source.SPOOL
                 continue  # only torn lines were left; peek stepped over them
+            if self._wal or self._wal_writing:
+                await self._flush_wal()  # published, on its way to the spools: wait for it
+                continue
             # Nothing anywhere: new records may use the queue again.
             lane.spilling = False
             lane.spool_skip = 0
