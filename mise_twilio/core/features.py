@@ -39,10 +39,12 @@ Methods:
   are voiced.
 * Pitch range: F0 10th to 90th percentile, in semitones, over the voiced frames within
   ``pitch_range_level_db`` of the turn's loudest voiced frame (the quiet edges of voicing carry
-  most octave errors, and come and go with the line's gain).
+  most octave errors, and come and go with the line's gain), measured modulo the octave
+  around the turn's dominant pitch class (``_octave_folded``).
 * Final contour (the "tone" of a turn's end, e.g. a question's rise): the Theil-Sen slope
   (median of pairwise slopes, robust to an octave error or two at a phrase end) of F0 in
-  semitones over the voiced frames in the last ``contour_window_ms`` of voicing, times the
+  semitones, octave jumps between consecutive frames unwrapped (``_octave_unwrapped``), over
+  the voiced frames in the last ``contour_window_ms`` of voicing, times the
   time they span; at least ``contour_threshold_semitones`` of rise or fall is ``rising`` or
   ``falling``, less is ``level``. 1.5 semitones is well above the tracker's noise and
   micro-prosody, and above the glissando threshold for 0.5 s ('t Hart 1976: 0.16 / T² st/s,
@@ -324,12 +326,9 @@ class ProsodyFeatures:
     contour_change_semitones: float | None
     """F0 change over the final contour span (Theil-Sen slope times the span), semitones."""
     level_dbfs: float | None
-    """Active speech level: the mean *power* of the speech frames (digital silence aside), in
-    dBFS. Dominated by the loud frames, so a constant gain moves it by exactly the gain (a
-    mean of dB values also moves with the quiet frames μ-law distorts)."""
-    level_range_db: float | None
-    """p95 minus p10 of the speech frames' levels, dB, without frames of digital silence
-    (which would read as a -100 dBFS pause inside speech); ``None`` when there are none."""
+    """Active speech level: the mean *power* of the speech frames, in dBFS (``None`` when all of
+    them are digital silence). Dominated by the loud frames, so a constant gain moves it by
+    exactly the gain (a mean of dB values also moves with the quiet frames μ-law distorts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +346,7 @@ class TurnFeatures:
     or not), or ``None``."""
 
 
-_NO_PROSODY = ProsodyFeatures(0, None, None, None, None, None, None)
+_NO_PROSODY = ProsodyFeatures(0, None, None, None, None, None)
 _EMPTY_TURN = TurnFeatures(
     EnergyFeatures(SILENCE_DBFS, SILENCE_DBFS, SILENCE_DBFS, 0.0),
     PitchFeatures(None, None, 0.0, None),
@@ -462,7 +461,6 @@ def arousal_inputs(features: TurnFeatures) -> dict[str, float | None]:
         "iqr_semitones": features.pitch.iqr_semitones,
         "alpha_ratio_db": features.voice.alpha_ratio_db,
         "speech_rate_hz": features.speech_rate_hz,
-        "level_range_db": features.prosody.level_range_db,
         "dynamic_range_db": features.energy.dynamic_range_db,
         "voiced_ratio": features.pitch.voiced_ratio,
         "hnr_db": features.voice.hnr_db,
@@ -933,15 +931,12 @@ def _prosody(
     heard = frame_db[speech]
     heard = heard[heard > _DIGITAL_SILENCE_DBFS]
     level_dbfs: float | None = None
-    level_range: float | None = None
     if heard.shape[0]:
-        q10, q95 = _quantiles(heard, (0.10, 0.95))
-        level_range = q95 - q10
         level_dbfs = float(_power_db(np.asarray([speech_power.mean()]))[0])
     if n_voiced < params.min_voiced_frames:
-        return ProsodyFeatures(n_voiced, None, None, None, None, level_dbfs, level_range)
+        return ProsodyFeatures(n_voiced, None, None, None, None, level_dbfs)
     idx = np.flatnonzero(voiced)
-    st = 12.0 * np.log2(f0[idx])
+    st = _octave_folded(12.0 * np.log2(f0[idx]))
     lv = frame_db[idx]
     loud = lv >= float(lv.max()) - params.pitch_range_level_db
     p10, p90 = _quantiles(st[loud], (0.10, 0.90))
@@ -951,7 +946,8 @@ def _prosody(
     tail = t >= t[-1] - params.contour_window_ms / 1000.0 + 0.5 * hop_s
     if np.count_nonzero(tail) * hop_s * 1000.0 >= params.contour_min_voiced_ms:
         tt = t[tail]
-        change = _theil_sen(tt, st[tail]) * float(tt[-1] - tt[0])
+        raw = 12.0 * np.log2(f0[idx[tail]])
+        change = _theil_sen(tt, _octave_unwrapped(raw)) * float(tt[-1] - tt[0])
         if change >= params.contour_threshold_semitones:
             contour = "rising"
         elif change <= -params.contour_threshold_semitones:
@@ -965,8 +961,34 @@ def _prosody(
         contour=contour,
         contour_change_semitones=change,
         level_dbfs=level_dbfs,
-        level_range_db=level_range,
     )
+
+
+def _octave_folded(st: NDArray[np.float64]) -> NDArray[np.float64]:
+    """F0 in semitones, each frame moved by whole octaves to within ±6 semitones of the
+    turn's dominant pitch class (the circular mean of ``st`` modulo 12), lifted to the octave
+    of the turn's median.
+
+    YIN through the phone band (no fundamental below 300 Hz) reads whole syllables an octave
+    off, and which ones changes with a few dB of line gain: on the rated clips a pitch range
+    over raw F0 jumped between 2 and 12 semitones. Errors are octaves, so measured modulo the
+    octave they vanish; a real spread of more than an octave inside one turn's 10th-90th
+    percentiles is rare."""
+    angle = np.angle(np.exp(2j * np.pi * st / 12.0).mean())
+    centre = 12.0 * float(angle) / (2.0 * np.pi)
+    centre += 12.0 * round((_median(st) - centre) / 12.0)
+    folded: NDArray[np.float64] = centre + np.mod(st - centre + 6.0, 12.0) - 6.0
+    return folded
+
+
+def _octave_unwrapped(st: NDArray[np.float64]) -> NDArray[np.float64]:
+    """F0 in semitones with every frame-to-frame step wrapped to ±6 semitones (an octave jump
+    between consecutive voiced frames is an error; a real glide moves far less in 20 ms),
+    anchored on the median of the span."""
+    steps = np.mod(np.diff(st) + 6.0, 12.0) - 6.0
+    out = np.concatenate(([0.0], np.cumsum(steps)))
+    out += 12.0 * np.round((_median(st) - _median(out)) / 12.0)
+    return out
 
 
 def _theil_sen(t: NDArray[np.float64], y: NDArray[np.float64]) -> float:
