@@ -14,20 +14,18 @@ own turn audio is measured again (``features.measure_turn`` with the record's se
 mask, which is what the session did) to get the unrounded model inputs. A clip that became
 several turns counts as the speech-weighted mean of its turns.
 
-Printed: Spearman's ρ with the ratings for each candidate input alone; for the shipped cues
+Printed: Spearman's ρ with the ratings for each candidate input alone; for the model's cues
 with weights fitted here (nested leave-one-out: the ridge penalty re-chosen inside every
-fold; plain leave-one-out at the final penalty; in-sample); for the same plus speech rate and
-energy dynamics (the five cues of the issue); for choosing 3-6 cues of all candidates inside
-each fold (what picking cues on these 24 clips is worth); and for the records' ``arousal``
-with the weights the package ships. Then how much ``arousal`` moves for ±6 dB of line gain:
-with the VAD cutting the turns anew, and on the same turns (the features' own sensitivity).
+fold; plain leave-one-out at the final penalty; in-sample); with energy dynamics added
+(see ``WITH_DYNAMICS``); for choosing 3-6 cues of all candidates inside each fold (what
+picking cues on these 24 clips would be worth); and for the records' ``arousal`` with the
+weights the package ships. Then how much ``arousal`` moves for ±6 dB of line gain: with the
+VAD cutting the turns anew, and on the same turns (the features' own sensitivity).
 
-Model (kept small on purpose: 24 clips cannot carry many free weights): standardised cues;
-ridge regression on atanh(clip(rating, ±0.9)) shrunk toward a unit-weight prior (each cue gets
-its literature sign and one common scale fitted by least squares). Speech rate and energy
-dynamics were in the starting list but lower the cross-validated ρ on these clips (see the
-printed row), so the shipped model is F0 level, F0 range and spectral tilt. That choice was
-made looking at these clips: the honest figure for it is the "cues chosen in each fold" row.
+Model (kept small on purpose: 24 clips cannot carry many free weights): four gain-invariant
+cues from the arousal literature (``core/arousal.py``), standardised; ridge regression
+on atanh(clip(rating, ±0.9)) shrunk toward a unit-weight prior (each cue gets its literature
+sign and one common scale fitted by least squares), the penalty chosen by leave-one-out.
 
 Run: ``.venv/bin/python bench/arousal_accuracy.py`` (``--write`` rewrites
 ``bench/arousal_model.json``; then copy its numbers into ``core/arousal.py``:
@@ -63,16 +61,20 @@ from mise_twilio.core.records import TurnRecord  # noqa: E402
 DATA = ROOT.parent / "shared" / "real-speech" / "emotion"
 MODEL_JSON = Path(__file__).resolve().parent / "arousal_model.json"
 
-INPUTS = ("f0_median_semitones", "pitch_range_semitones", "alpha_ratio_db")
-"""The shipped model's cues: F0 level, F0 range (modulo the octave) and spectral tilt."""
-ISSUE_FIVE = (*INPUTS, "speech_rate_hz", "dynamic_range_db")
-"""The same plus tempo and energy dynamics: the cue list the model started from."""
+INPUTS = ("f0_median_semitones", "pitch_range_semitones", "alpha_ratio_db", "speech_rate_hz")
+"""The model's cues: F0 level, F0 range, spectral tilt (vocal effort) and tempo."""
+WITH_DYNAMICS = (*INPUTS, "level_range_db")
+"""Plus energy dynamics (p95-p10 of the speech frames' levels): the fifth cue of the list the
+model started from, left out because μ-law's coarse steps at low levels and the VAD's
+absolute onset threshold make it move with the line's gain (-2.5 dB per -12 dB at -40 dBFS
+speech; through the bridge, arousal moved by up to 0.54 for -6 dB with it)."""
 SIGNS = {  # the direction of each cue with arousal in the literature (the prior)
     "f0_median_semitones": 1.0,
     "pitch_range_semitones": 1.0,
     "iqr_semitones": 1.0,
     "alpha_ratio_db": 1.0,
     "speech_rate_hz": 1.0,
+    "level_range_db": 1.0,
     "dynamic_range_db": 1.0,
     "voiced_ratio": 1.0,
     "hnr_db": 1.0,
@@ -325,9 +327,9 @@ def main() -> int:
     print(f"{'leave-one-out, unit weights':<48}{spearman(loo(m, y, signs, 1e9), y):>7.3f}")
     print(f"{'leave-one-out, free least squares':<48}{spearman(loo(m, y, signs, 0.0), y):>7.3f}")
     print(f"{'in-sample, this fit':<48}{spearman(predict(m, model), y):>7.3f}")
-    m5 = np.stack([clip_inputs(t, list(ISSUE_FIVE)) for t in bridged])
-    five, _ = nested_loo(m5, y, np.asarray([SIGNS[k] for k in ISSUE_FIVE]))
-    print(f"{'nested leave-one-out, + speech rate, dynamics':<48}{spearman(five, y):>7.3f}")
+    m5 = np.stack([clip_inputs(t, list(WITH_DYNAMICS)) for t in bridged])
+    five, _ = nested_loo(m5, y, np.asarray([SIGNS[k] for k in WITH_DYNAMICS]))
+    print(f"{'nested leave-one-out, + energy dynamics':<48}{spearman(five, y):>7.3f}")
     chosen = nested_selection(table, y, names)
     print(f"{'nested leave-one-out, cues chosen in each fold':<48}{chosen:>7.3f}")
     print(f"{'records arousal, shipped weights (in-sample)':<48}{spearman(shipped, y):>7.3f}")

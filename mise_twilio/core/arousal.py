@@ -1,9 +1,9 @@
 """Prosodic arousal: how activated a turn's voice sounds, as one number in [-1, 1].
 
-A small standardised linear model of gain-robust cues from the arousal literature (Juslin &
-Laukka 2003, "Communication of emotions in vocal expression and music performance",
-Psychological Bulletin 129(5), 770-814; Eyben et al. 2016, eGeMAPS): F0 level, F0 range and
-spectral tilt, i.e. vocal effort (see ``AROUSAL_MODEL``). ``score = intercept +
+A small standardised linear model of four gain-invariant cues from the arousal literature
+(Juslin & Laukka 2003, "Communication of emotions in vocal expression and music performance",
+Psychological Bulletin 129(5), 770-814; Eyben et al. 2016, eGeMAPS): F0 level, F0 range,
+spectral tilt (vocal effort) and tempo (see ``AROUSAL_MODEL``). ``score = intercept +
 Σ w_i clip((x_i - mean_i) / scale_i, ±3)``, ``arousal = tanh(score)``. It is an estimate of
 arousal from prosody, **not an emotion label**, and says nothing about valence (an excited
 caller may be delighted or furious).
@@ -75,10 +75,15 @@ def arousal(score: float) -> float:
 
 
 AROUSAL_MODEL = ArousalModel(
-    inputs=("f0_median_semitones", "pitch_range_semitones", "alpha_ratio_db"),
-    mean=(13.0745, 5.1552, -6.7216),
-    scale=(6.4007, 2.2579, 6.2085),
-    weights=(0.2521, 0.2521, 0.2521),
+    inputs=(
+        "f0_median_semitones",
+        "pitch_range_semitones",
+        "alpha_ratio_db",
+        "speech_rate_hz",
+    ),
+    mean=(13.0418, 6.6213, -6.7216, 3.5638),
+    scale=(6.6746, 3.5397, 6.2085, 1.2636),
+    weights=(0.2042, 0.2042, 0.2042, 0.2042),
     intercept=0.1908,
     required=("f0_median_semitones",),
     within_speaker_sd=0.35,
@@ -86,12 +91,11 @@ AROUSAL_MODEL = ArousalModel(
 """Fitted by ``bench/arousal_accuracy.py --write`` (``bench/arousal_model.json`` holds the same
 numbers with their provenance) on the 24 rated clips of ``../shared/real-speech/emotion``
 (pyAudioAnalysis ``data/speechEmotion``, Apache-2.0) passed through ``CallSession`` as
-``<Connect>`` calls: Spearman's ρ with the ratings 0.806 nested
-leave-one-out, 0.816 in-sample. The penalty chose the unit-weight
-prior: the three cues weigh the same once standardised.
+``<Connect>`` calls: Spearman's ρ with the ratings 0.689 nested
+leave-one-out, 0.778 in-sample.
 
 Inputs (``features.arousal_inputs``): median F0 in semitones re 100 Hz, pitch range (p10-p90,
-semitones, modulo the octave) and alpha ratio (dB, 300-3400 Hz). Speech rate and energy
-dynamics, also arousal cues in the literature, lowered the cross-validated ρ on these clips
-(0.68 with both); they stay in the record (``speech_rate_hz``, ``energy``,
-``prosody.speech_rate_ratio``, ``prosody.loudness_db``) for a refit on rated call audio."""
+semitones, octave errors undone), alpha ratio (dB, 300-3400 Hz) and speech rate (voiced
+syllable nuclei per second). Energy dynamics, the fifth cue the model started from, is left
+out: its low percentiles move with the line's gain (μ-law's coarse steps at low levels, the
+VAD's absolute onset threshold), see ``bench/arousal_accuracy.py``."""

@@ -39,12 +39,12 @@ Methods:
   are voiced.
 * Pitch range: F0 10th to 90th percentile, in semitones, over the voiced frames within
   ``pitch_range_level_db`` of the turn's loudest voiced frame (the quiet edges of voicing carry
-  most octave errors, and come and go with the line's gain), measured modulo the octave
-  around the turn's dominant pitch class (``_octave_folded``).
+  most octave errors, and come and go with the line's gain), after octave errors are undone
+  (``_octave_corrected``).
 * Final contour (the "tone" of a turn's end, e.g. a question's rise): the Theil-Sen slope
   (median of pairwise slopes, robust to an octave error or two at a phrase end) of F0 in
-  semitones, octave jumps between consecutive frames unwrapped (``_octave_unwrapped``), over
-  the voiced frames in the last ``contour_window_ms`` of voicing, times the
+  semitones (octave errors undone, as for the pitch range) over the voiced frames in the last
+  ``contour_window_ms`` of voicing, times the
   time they span; at least ``contour_threshold_semitones`` of rise or fall is ``rising`` or
   ``falling``, less is ``level``. 1.5 semitones is well above the tracker's noise and
   micro-prosody, and above the glissando threshold for 0.5 s ('t Hart 1976: 0.16 / T² st/s,
@@ -316,6 +316,9 @@ class ProsodyFeatures:
 
     voiced_frames: int
     """Voiced 20 ms pitch frames."""
+    f0_median_hz: float | None
+    """Median F0 with octave errors undone (``_octave_corrected``), Hz: what the speaker
+    baseline and the arousal model compare (``pitch.median_hz`` is YIN's plain median)."""
     f0_p10_hz: float | None
     """10th percentile of F0 over the pitch-range frames, Hz (``None``: too few voiced)."""
     pitch_range_semitones: float | None
@@ -329,6 +332,10 @@ class ProsodyFeatures:
     """Active speech level: the mean *power* of the speech frames, in dBFS (``None`` when all of
     them are digital silence). Dominated by the loud frames, so a constant gain moves it by
     exactly the gain (a mean of dB values also moves with the quiet frames μ-law distorts)."""
+    level_range_db: float | None
+    """Energy dynamics: p95 minus p10 of the speech frames' levels, dB, leaving out frames of
+    digital silence (audio Twilio never sent, zero-filled, which ``energy.dynamic_range_db``
+    counts as -100 dBFS speech); ``None`` when there are none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +353,7 @@ class TurnFeatures:
     or not), or ``None``."""
 
 
-_NO_PROSODY = ProsodyFeatures(0, None, None, None, None, None)
+_NO_PROSODY = ProsodyFeatures(0, None, None, None, None, None, None, None)
 _EMPTY_TURN = TurnFeatures(
     EnergyFeatures(SILENCE_DBFS, SILENCE_DBFS, SILENCE_DBFS, 0.0),
     PitchFeatures(None, None, 0.0, None),
@@ -454,13 +461,14 @@ def measure_turn(
 def arousal_inputs(features: TurnFeatures) -> dict[str, float | None]:
     """A turn's candidate arousal inputs by the names ``arousal.ArousalModel`` uses (the model
     picks its own few; ``bench/arousal_accuracy.py`` ranks them all)."""
-    median = features.pitch.median_hz
+    median = features.prosody.f0_median_hz
     return {
         "f0_median_semitones": None if median is None else 12.0 * math.log2(median / 100.0),
         "pitch_range_semitones": features.prosody.pitch_range_semitones,
         "iqr_semitones": features.pitch.iqr_semitones,
         "alpha_ratio_db": features.voice.alpha_ratio_db,
         "speech_rate_hz": features.speech_rate_hz,
+        "level_range_db": features.prosody.level_range_db,
         "dynamic_range_db": features.energy.dynamic_range_db,
         "voiced_ratio": features.pitch.voiced_ratio,
         "hnr_db": features.voice.hnr_db,
@@ -931,12 +939,15 @@ def _prosody(
     heard = frame_db[speech]
     heard = heard[heard > _DIGITAL_SILENCE_DBFS]
     level_dbfs: float | None = None
+    level_range: float | None = None
     if heard.shape[0]:
+        q10, q95 = _quantiles(heard, (0.10, 0.95))
+        level_range = q95 - q10
         level_dbfs = float(_power_db(np.asarray([speech_power.mean()]))[0])
     if n_voiced < params.min_voiced_frames:
-        return ProsodyFeatures(n_voiced, None, None, None, None, level_dbfs)
+        return ProsodyFeatures(n_voiced, None, None, None, None, None, level_dbfs, level_range)
     idx = np.flatnonzero(voiced)
-    st = _octave_folded(12.0 * np.log2(f0[idx]))
+    st = _octave_corrected(12.0 * np.log2(f0[idx]))
     lv = frame_db[idx]
     loud = lv >= float(lv.max()) - params.pitch_range_level_db
     p10, p90 = _quantiles(st[loud], (0.10, 0.90))
@@ -946,8 +957,7 @@ def _prosody(
     tail = t >= t[-1] - params.contour_window_ms / 1000.0 + 0.5 * hop_s
     if np.count_nonzero(tail) * hop_s * 1000.0 >= params.contour_min_voiced_ms:
         tt = t[tail]
-        raw = 12.0 * np.log2(f0[idx[tail]])
-        change = _theil_sen(tt, _octave_unwrapped(raw)) * float(tt[-1] - tt[0])
+        change = _theil_sen(tt, st[tail]) * float(tt[-1] - tt[0])
         if change >= params.contour_threshold_semitones:
             contour = "rising"
         elif change <= -params.contour_threshold_semitones:
@@ -956,38 +966,35 @@ def _prosody(
             contour = "level"
     return ProsodyFeatures(
         voiced_frames=n_voiced,
+        f0_median_hz=2.0 ** (_median(st) / 12.0),
         f0_p10_hz=2.0 ** (p10 / 12.0),
         pitch_range_semitones=p90 - p10,
         contour=contour,
         contour_change_semitones=change,
         level_dbfs=level_dbfs,
+        level_range_db=level_range,
     )
 
 
-def _octave_folded(st: NDArray[np.float64]) -> NDArray[np.float64]:
-    """F0 in semitones, each frame moved by whole octaves to within ±6 semitones of the
-    turn's dominant pitch class (the circular mean of ``st`` modulo 12), lifted to the octave
-    of the turn's median.
+_OCTAVE_FOLD_SEMITONES = 9.0
+
+
+def _octave_corrected(st: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A turn's F0 in semitones with octave errors undone: every voiced frame more than 9
+    semitones from the turn's median is moved by whole octaves toward it.
 
     YIN through the phone band (no fundamental below 300 Hz) reads whole syllables an octave
-    off, and which ones changes with a few dB of line gain: on the rated clips a pitch range
-    over raw F0 jumped between 2 and 12 semitones. Errors are octaves, so measured modulo the
-    octave they vanish; a real spread of more than an octave inside one turn's 10th-90th
-    percentiles is rare."""
-    angle = np.angle(np.exp(2j * np.pi * st / 12.0).mean())
-    centre = 12.0 * float(angle) / (2.0 * np.pi)
-    centre += 12.0 * round((_median(st) - centre) / 12.0)
-    folded: NDArray[np.float64] = centre + np.mod(st - centre + 6.0, 12.0) - 6.0
-    return folded
-
-
-def _octave_unwrapped(st: NDArray[np.float64]) -> NDArray[np.float64]:
-    """F0 in semitones with every frame-to-frame step wrapped to ±6 semitones (an octave jump
-    between consecutive voiced frames is an error; a real glide moves far less in 20 ms),
-    anchored on the median of the span."""
-    steps = np.mod(np.diff(st) + 6.0, 12.0) - 6.0
-    out = np.concatenate(([0.0], np.cumsum(steps)))
-    out += 12.0 * np.round((_median(st) - _median(out)) / 12.0)
+    off, and which ones changes with a few dB of line gain; ``_smooth_track`` only folds
+    isolated frames. On the rated clips a pitch range over uncorrected F0 jumped between 2 and
+    12 semitones with 6 dB of gain. Excited speech reaches 7-10 semitones under its median
+    (a man at a 180 Hz median keeps a floor near 110 Hz), so the threshold is 9; an octave
+    error split evenly with the true F0 (the median between them) is left as it is. Frame by
+    frame against the median, not step by step along the track: one odd frame cannot shift
+    the rest of the turn."""
+    d = st - _median(st)
+    far = np.maximum(np.abs(d) - _OCTAVE_FOLD_SEMITONES, 0.0)
+    octaves = np.sign(d) * np.ceil(far / 12.0)
+    out: NDArray[np.float64] = st - 12.0 * octaves
     return out
 
 

@@ -5,14 +5,15 @@
 owns and feeds each turn as it emits it, in turn order. A turn is compared with the baseline
 *before* it, then added to it. Pure data, no I/O.
 
-* **Pitch**: the turn's median F0 in semitones re the median of the speaker's earlier turns'
-  median F0. The first turn has no such baseline and is compared with a population norm: the
-  mean speaking F0 of adult men (116 Hz) or women (217 Hz) (Titze 1994, "Principles of Voice
-  Production"), picked by the turn's own F0 **10th percentile** (below ``LOW_VOICE_P10_HZ``:
-  the low norm). The floor of the range is the cue because arousal raises a speaker's median
-  and top F0 by several semitones but the floor much less: an excited man at a 180 Hz median
-  still has a 10th percentile near 100-120 Hz, a calm woman's sits near 150-180 Hz. From the
-  second voiced turn on, the call's own median replaces the norm.
+* **Pitch**: the turn's median F0 (octave errors undone) in semitones re the median of the
+  speaker's earlier turns' median F0. The first turn has no such baseline and is compared
+  with a population norm: the mean speaking F0 of adult men (116 Hz) or women (217 Hz)
+  (Titze 1994, "Principles of Voice Production"), picked by the turn's own F0 **10th
+  percentile** (below ``LOW_VOICE_P10_HZ``: the low norm). The floor of the range is the cue
+  because arousal raises a speaker's median and top F0 by several semitones but the floor
+  much less: an excited man at a 180 Hz median still has a 10th percentile near 100-120 Hz,
+  a calm woman's sits near 150-180 Hz. From the second voiced turn on, the call's own median
+  replaces the norm.
 * **Loudness**: the turn's active speech level minus the median of earlier turns' (dB), and
   **speech rate** as a ratio to the median of earlier turns'; both null on the first turn (a
   population loudness norm would only measure the phone line).
@@ -96,8 +97,8 @@ class SpeakerBaseline:
         """Compare one turn (``measure_turn``'s result and its arousal score) with the
         baseline, then add it when ``include`` and it has enough voicing. Values are rounded
         as the record carries them (semitones and dB to 0.01, ratios to 0.001, F0 to 0.1 Hz)."""
-        median = features.pitch.median_hz
         prosody = features.prosody
+        median = prosody.f0_median_hz
         base_hz: float | None = None
         if self._pitch_st:
             base_hz = 2.0 ** (_median(self._pitch_st) / 12.0)
