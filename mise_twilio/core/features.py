@@ -433,7 +433,9 @@ def measure_turn(
     energy = _energy(speech_power)
     x16 = pcm[: n_frames * frame]
     spectra = _frame_spectra(x16, frame)
-    tone = find_tone(spectra, frame_power, sample_rate_hz, params)
+    tone = None
+    if (n_frames + 1) * FRAME_MS >= params.tone_min_ms:  # else no tone fits
+        tone = find_tone(spectra, frame_power, sample_rate_hz, params)
 
     n_speech = speech_power.shape[0]
     if n_speech == 0:
@@ -615,10 +617,15 @@ def _f0_track(
     weak_e: list[NDArray[np.float32]] = []
     yin = _Yin(size, tau_min, tau_max, nfft, min(m, _YIN_CHUNK_FRAMES))
     all_frames = _strided_frames(padded, size, hop, n_pitch)
+    contiguous = int(rows[-1]) - int(rows[0]) + 1 == m  # usual: every speech frame passes
     for c in range(0, m, _YIN_CHUNK_FRAMES):
         chunk = rows[c : c + _YIN_CHUNK_FRAMES]
         part = slice(c, c + chunk.shape[0])
-        d, dn, e = yin(all_frames[chunk], run[chunk])
+        if contiguous:  # views, not copies
+            rs = slice(int(chunk[0]), int(chunk[-1]) + 1)
+            d, dn, e = yin(all_frames[rs], run[rs])
+        else:
+            d, dn, e = yin(all_frames[chunk], run[chunk])
         j, found = _first_dip(dn, params.yin_threshold)
         ap = dn[np.arange(dn.shape[0]), j]
         period[part], d_min[part], energy_at[part] = _refine(d, e, j + yin.lo)
