@@ -773,13 +773,6 @@ def _median(a: NDArray[np.float64]) -> float:
     return float(0.5 * (v[(n - 1) // 2] + v[n // 2]))
 
 
-def _int_square(x: NDArray[np.int16]) -> NDArray[np.int64]:
-    """Squares of int16 samples, exact in int64."""
-    xi = x.astype(np.int64)
-    out: NDArray[np.int64] = xi * xi
-    return out
-
-
 @functools.lru_cache(maxsize=64)
 def _fft_size(n: int) -> int:
     """Smallest 5-smooth integer >= ``n`` (sizes pocketfft handles fastest)."""
