@@ -1,63 +1,140 @@
-"""CPU cost of ``measure_turn`` per second of turn audio.
+"""CPU cost of the per-turn features per second of turn audio, against the code before them.
 
-Turns: a 120 Hz harmonic complex at telephone quality (voiced throughout, the worst case: every
-pitch frame is analysed), the same with a VAD mask marking every other 200 ms as pause, and
-white noise. Each is timed with ``time.process_time`` over many calls; the best of several
-repeats is reported (the least disturbed by other load on the machine), with the median of the
-repeats beside it. Prints µs of CPU per second of audio and the ratio to real time. No
-assertions.
+``measure_turn`` now computes energy, pitch, speech rate, the turn's prosody (pitch range,
+final contour, level), voice quality (jitter, shimmer, HNR, alpha ratio) and the tone search;
+``turn_acoustics`` adds the arousal score and the rounding for the record. The anchor is
+``measure_turn`` as it was before (energy, pitch at a 10 ms hop, speech rate; git revision
+``BEFORE``, loaded from git into this process), timed in the same run on the same turns, so
+the ratio holds whatever else loads the machine.
 
-Run: ``.venv/bin/python bench/features_speed.py``
+Turns: a 120 Hz harmonic complex at telephone quality (voiced throughout, the worst case:
+every pitch frame and every glottal period is analysed), the same with a VAD mask marking
+every other 200 ms as pause, white noise, and a speech-shaped phrase (``signals.utterance``).
+Each is timed with ``time.process_time`` over many calls; the best of several repeats is
+reported (the least disturbed by other load), with the median of the repeats beside it.
+Then the committed fixtures replayed with and without features: the CPU the features add,
+per second of turn audio, over the turn lengths real calls have. No assertions.
+
+Run: ``.venv/bin/python bench/features_speed.py`` (``--quick``: fewer repeats)
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from numpy.typing import NDArray
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pitch_accuracy import harmonic_complex, phone_line
+from pitch_accuracy import harmonic_complex, phone_line  # noqa: E402
 
-from mise_twilio.core.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from mise_twilio.core.features import measure_turn
+from fixtures import signals  # noqa: E402
+from mise_twilio.core.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ  # noqa: E402
+from mise_twilio.core.call import SessionParams  # noqa: E402
+from mise_twilio.core.features import turn_acoustics  # noqa: E402
+from mise_twilio.core.records import TurnRecord  # noqa: E402
+from mise_twilio.replay import read_fixture, replay_offline  # noqa: E402
 
+BEFORE = "a8559e6"
+"""The last revision before issue 15's features (energy, pitch at 10 ms, speech rate)."""
 DURATIONS_S = (0.5, 1.0, 3.0, 10.0, 30.0)
-REPEATS = 7
 BUDGET_S = 0.3  # CPU per repeat
 
 
-def cpu_per_call(pcm: NDArray[np.int16], mask: NDArray[np.bool_] | None) -> tuple[float, float]:
-    """(best, median) CPU seconds per call over ``REPEATS`` repeats."""
-    measure_turn(pcm, mask)  # warm up
+def load_before() -> ModuleType | None:
+    """``core/features.py`` at ``BEFORE``, imported under another name (None without git)."""
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{BEFORE}:mise_twilio/core/features.py"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp()) / "features_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("features_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["features_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu_per_call(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(best, median) CPU seconds per call of ``fn`` over ``repeats`` repeats."""
+    fn()  # warm up
     start = time.process_time()
     calls = 0
     while time.process_time() - start < 0.05:
-        measure_turn(pcm, mask)
+        fn()
         calls += 1
     per_call = (time.process_time() - start) / calls
     n = max(3, int(BUDGET_S / per_call))
     results = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         t0 = time.process_time()
         for _ in range(n):
-            measure_turn(pcm, mask)
+            fn()
         results.append((time.process_time() - t0) / n)
     return min(results), statistics.median(results)
 
 
+def fixture_cost(repeats: int) -> tuple[float, float, int]:
+    """CPU the features add to replaying every committed fixture, per second of turn audio:
+    (best µs/s, median µs/s, turns)."""
+    calls = [read_fixture(p) for p in sorted((ROOT / "fixtures").glob("*.jsonl"))]
+    turn_s = sum(
+        r.duration_ms / 1000.0
+        for lines in calls
+        for r in replay_offline(lines)
+        if isinstance(r, TurnRecord)
+    )
+    n_turns = sum(1 for lines in calls for r in replay_offline(lines) if isinstance(r, TurnRecord))
+    with_features, without = [], []
+    off = SessionParams(measure_features=False)
+    for _ in range(repeats):
+        t0 = time.process_time()
+        for lines in calls:
+            replay_offline(lines)
+        with_features.append(time.process_time() - t0)
+        t0 = time.process_time()
+        for lines in calls:
+            replay_offline(lines, off)
+        without.append(time.process_time() - t0)
+    added = sorted(a - b for a, b in zip(with_features, without, strict=True))
+    return added[0] / turn_s * 1e6, statistics.median(added) / turn_s * 1e6, n_turns
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    args = ap.parse_args()
+    repeats = 3 if args.quick else 7
+    before = load_before()
+
     longest = max(DURATIONS_S)
     voiced = phone_line(harmonic_complex(120.0, longest))
-    noise_src = np.random.default_rng(0).standard_normal(int(longest * SAMPLE_RATE_HZ))
-    noise = phone_line(noise_src)
-    cases = ("voiced, no mask", "voiced, half pause mask", "white noise, no mask")
-    print(f"{'turn':<26}{'audio s':>8}{'best µs/s':>11}{'median µs/s':>13}{'x real time':>13}")
+    noise = phone_line(np.random.default_rng(0).standard_normal(int(longest * SAMPLE_RATE_HZ)))
+    phrase = signals.to_pcm(signals.utterance(140.0, syllables=int(longest * 4), seed=1), -24.0)
+    cases = ("voiced, no mask", "voiced, half pause mask", "white noise, no mask", "speech-shaped")
+    anchor = f"before ({BEFORE}) µs/s" if before else "before: no git"
+    print(f"CPU per second of turn audio: best of {repeats} (median)")
+    print(f"{'turn':<25}{'audio s':>8}{anchor:>26}{'now µs/s':>18}{'ratio':>7}")
     for duration in DURATIONS_S:
         n = int(duration * SAMPLE_RATE_HZ)
         n_frames = n // FRAME_SAMPLES
@@ -66,13 +143,31 @@ def main() -> None:
             (voiced[:n], None),
             (voiced[:n], half_mask),
             (noise[:n], None),
+            (phrase[:n], None),
         ]
         for name, (pcm, mask) in zip(cases, inputs, strict=True):
-            best, med = cpu_per_call(pcm, mask)
-            per_s_best = best / duration * 1e6
-            per_s_med = med / duration * 1e6
-            ratio = duration / best
-            print(f"{name:<26}{duration:>8.1f}{per_s_best:>11.0f}{per_s_med:>13.0f}{ratio:>12.0f}x")
+            segments = ((0, n_frames),) if mask is None else _spans(mask)
+            best, med = cpu_per_call(lambda p=pcm, s=segments: turn_acoustics(p, s, 0), repeats)
+            now = f"{best / duration * 1e6:.0f} ({med / duration * 1e6:.0f})"
+            if before is not None:
+                b_best, b_med = cpu_per_call(
+                    lambda p=pcm, m=mask: before.measure_turn(p, m), repeats
+                )
+                was = f"{b_best / duration * 1e6:.0f} ({b_med / duration * 1e6:.0f})"
+                ratio = f"{best / b_best:.2f}"
+            else:
+                was, ratio = "-", "-"
+            print(f"{name:<25}{duration:>8.1f}{was:>26}{now:>18}{ratio:>7}")
+    best, med, n_turns = fixture_cost(repeats)
+    print(
+        f"\nfixture calls ({n_turns} turns): the features add {best:.0f} ({med:.0f}) µs CPU "
+        "per second of turn audio"
+    )
+
+
+def _spans(mask: NDArray[np.bool_]) -> tuple[tuple[int, int], ...]:
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return tuple(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 if __name__ == "__main__":

@@ -173,3 +173,23 @@ def status_callback(status: str, seq: int, **overrides: str) -> dict[str, str]:
     if status == "completed":
         fields |= {"CallDuration": "41", "Duration": "1"}
     return status_form(**(fields | overrides))
+
+
+def audio_call_lines(tracks: dict[str, Any], *, name: str = "audio-call") -> list[str]:
+    """A Twilio-wire call carrying the given int16 8 kHz audio per track (``inbound`` alone is
+    a ``<Connect>`` stream), μ-law encoded in 20 ms media messages by the fixture generator's
+    encoder, with stable fake SIDs from ``name``."""
+    import numpy as np
+
+    from fixtures import make_fixtures
+
+    n = max(len(x) for x in tracks.values())
+    n -= n % 160
+    ulaw = {
+        track: make_fixtures.to_ulaw(np.pad(np.asarray(x), (0, max(0, n - len(x))))[:n])
+        for track, x in tracks.items()
+    }
+    lines, _ = make_fixtures.encode_messages(
+        ulaw, first_timestamp_ms=120, custom_parameters=None, **make_fixtures.sids(name)
+    )
+    return lines

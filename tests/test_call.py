@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from support import FIXTURE_NAMES, expected, fixture_lines
+from support import FIXTURE_NAMES, audio_call_lines, expected, fixture_lines
 
 from mise_twilio.core.call import CallSession, SessionParams
-from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnRecord
+from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, ToneRecord, TurnRecord
 from mise_twilio.replay import replay_offline
 
 BOUNDARY_TOLERANCE_MS = 100
@@ -253,3 +253,70 @@ def test_dtmf_and_mark_ids_stay_unique_without_sequence_numbers() -> None:
         ids += [r.id for r in session.take_events() if r.type in ("dtmf", "mark")]
     assert len(ids) == 4
     assert len(set(ids)) == 4, ids
+
+
+def voicemail_greeting_then_beep() -> tuple[list[str], int]:
+    """A <Connect> call answered by a machine: line noise, a 2.5 s greeting, 100 ms of quiet,
+    a 1 kHz beep of 400 ms, then silence. Returns the lines and the beep's start (stream ms)."""
+    import numpy as np
+
+    from fixtures import signals
+
+    rng = np.random.default_rng(3)
+    greeting = signals.utterance(190.0, syllables=10, seed=4)
+    greeting *= 32768 * 10 ** (-24 / 20) / np.sqrt(np.mean(greeting**2))
+    quiet = np.zeros(800)
+    beep = signals.tone(1000.0, 0.4, 0.25) * 32768
+    x = np.concatenate([np.zeros(4000), greeting, quiet, beep, np.zeros(12000)])
+    x += rng.normal(0, 32768 * 10 ** (-62 / 20), x.shape[0])
+    beep_ms = 120 + (4000 + greeting.shape[0] + quiet.shape[0]) // 8
+    return audio_call_lines({"inbound": x}, name="voicemail"), beep_ms
+
+
+def test_a_voicemail_beep_becomes_a_tone_record_after_its_turn() -> None:
+    lines, beep_ms = voicemail_greeting_then_beep()
+    records = replay_offline(lines)
+    tones = [r for r in records if isinstance(r, ToneRecord)]
+    assert len(tones) == 1
+    tone = tones[0]
+    assert tone.frequency_hz == pytest.approx(1000.0, abs=1.0)
+    assert abs(tone.start_ms - beep_ms) <= 20 and abs(tone.duration_ms - 400) <= 40
+    assert tone.end_ms == tone.start_ms + tone.duration_ms
+    turn = next(r for r in records if isinstance(r, TurnRecord) and r.index == tone.turn_index)
+    assert turn.start_ms <= tone.start_ms < tone.end_ms <= turn.end_ms
+    assert records.index(tone) == records.index(turn) + 1  # right after its turn
+    assert tone.id == f"{turn.stream_sid}:tone:{turn.index}"
+    assert [r.id for r in replay_offline(lines) if isinstance(r, ToneRecord)] == [tone.id]
+
+
+def test_speech_turns_carry_prosody_voice_and_arousal(
+    offline_records: dict[str, list[AnyRecord]],
+) -> None:
+    for name in ("fork_two_track", "connect_inbound"):
+        turns = [r for r in offline_records[name] if isinstance(r, TurnRecord)]
+        assert not [r for r in offline_records[name] if isinstance(r, ToneRecord)], name
+        seen: dict[str, int] = {}
+        for t in turns:
+            assert t.prosody is not None and t.voice is not None, t.id
+            if t.pitch is not None and t.pitch.median_hz is not None:
+                assert t.arousal is not None and -1.0 <= t.arousal <= 1.0
+                assert t.arousal_rel is not None
+            # Backchannels are compared with the baseline but not added to it.
+            assert t.prosody.baseline_turns == seen.get(t.speaker, 0), t.id
+            if not t.backchannel:
+                seen[t.speaker] = seen.get(t.speaker, 0) + 1
+        stopped = offline_records[name][-1]
+        assert isinstance(stopped, StreamStopped)
+        for speaker, stats in stopped.summary.arousal.items():
+            rated = [t for t in turns if t.speaker == speaker and t.arousal is not None]
+            assert stats.turns == len([t for t in rated if not t.backchannel])
+
+
+def test_without_features_there_is_no_prosody_voice_arousal_or_tone() -> None:
+    lines, _ = voicemail_greeting_then_beep()
+    records = replay_offline(lines, SessionParams(measure_features=False))
+    turns = [r for r in records if isinstance(r, TurnRecord)]
+    assert turns and not [r for r in records if isinstance(r, ToneRecord)]
+    for t in turns:
+        assert t.prosody is None and t.voice is None and t.arousal is None
+        assert t.arousal_rel is None

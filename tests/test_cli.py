@@ -90,6 +90,7 @@ def test_schema_is_json_schema_of_every_record_type() -> None:
         "diagnostic",
         "call.completed",
         "stream.status",
+        "tone",
     ):
         assert f'"{record_type}"' in text
 

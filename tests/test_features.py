@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from fixtures import signals
 from fixtures.signals import harmonic_complex as _harmonic_complex
 from mise_twilio.core.audio import (
     FRAME_SAMPLES,
@@ -99,9 +100,22 @@ def assert_all_finite(f: TurnFeatures) -> None:
         f.pitch.voiced_ratio,
         f.pitch.slope_semitones_per_s,
         f.speech_rate_hz,
+        f.prosody.f0_p10_hz,
+        f.prosody.pitch_range_semitones,
+        f.prosody.contour_change_semitones,
+        f.prosody.level_dbfs,
+        f.voice.jitter_local_pct,
+        f.voice.shimmer_local_db,
+        f.voice.hnr_db,
+        f.voice.alpha_ratio_db,
+        None if f.tone is None else f.tone.frequency_hz,
+        None if f.tone is None else f.tone.level_dbfs,
     ]
     for v in values:
         assert v is None or (isinstance(v, float) and math.isfinite(v)), f
+    assert f.prosody.contour in (None, "rising", "falling", "level")
+    assert (f.prosody.contour is None) == (f.prosody.contour_change_semitones is None)
+    assert f.voice.periods >= 0 and f.prosody.voiced_frames >= 0
     assert 0.0 <= f.pitch.voiced_ratio <= 1.0
     assert f.energy.mean_dbfs >= SILENCE_DBFS
     assert f.energy.peak_dbfs <= 0.1  # a full-scale square wave is 0 dBFS
@@ -193,9 +207,80 @@ def test_steady_tone_slope_near_zero() -> None:
 def test_16k_input_is_measured_at_its_rate() -> None:
     x = harmonic_complex(180.0, 1.0, harmonics=20, sr=16000)
     pcm = ulaw_round_trip(to_int16(x, -20.0))
-    pitch = measure_turn(pcm, sample_rate_hz=16000).pitch
-    assert pitch.median_hz is not None
-    assert abs(semitones(pitch.median_hz, 180.0)) < 0.5
+    f = measure_turn(pcm, sample_rate_hz=16000)
+    assert f.pitch.median_hz is not None
+    assert abs(semitones(f.pitch.median_hz, 180.0)) < 0.5
+    assert f.voice.jitter_local_pct is not None and f.voice.hnr_db is not None
+    assert_all_finite(f)
+
+
+# --- the turn's own prosody -----------------------------------------------------------------
+
+
+def glide_turn(f_start: float, f_end: float, *, level_s: float = 0.8) -> NDArray[np.int16]:
+    """A level stretch at ``f_start``, then a 0.5 s glide to ``f_end``: the final contour."""
+    level = signals.pulse_train(f_start, level_s, jitter_sd=0.003, seed=1)[0][:-480]
+    glide = signals.pulse_train(f_start, 0.5, f0_end_hz=f_end, jitter_sd=0.003, seed=2)[0][480:]
+    return signals.to_pcm(np.concatenate([level, glide]))
+
+
+@pytest.mark.parametrize(
+    ("f_start", "f_end", "contour"),
+    [
+        (120.0, 160.0, "rising"),  # +5 semitones
+        (200.0, 260.0, "rising"),
+        (180.0, 130.0, "falling"),  # -5.6 semitones
+        (110.0, 90.0, "falling"),
+        (140.0, 142.0, "level"),  # +0.25
+        (230.0, 226.0, "level"),
+    ],
+)
+def test_final_contour_of_glides(f_start: float, f_end: float, contour: str) -> None:
+    prosody = measure_turn(glide_turn(f_start, f_end)).prosody
+    assert prosody.contour == contour, prosody
+    assert prosody.contour_change_semitones is not None
+    # The span examined is the last 500 ms of voicing, which holds the whole glide.
+    assert prosody.contour_change_semitones == pytest.approx(semitones(f_end, f_start), abs=0.8)
+
+
+def test_contour_of_a_question_rise_harmonic_complex() -> None:
+    pcm = phone_line(
+        np.concatenate([harmonic_complex(150.0, 1.0), harmonic_complex(150.0, 0.4, f0_end=210.0)])
+    )
+    assert measure_turn(pcm).prosody.contour == "rising"
+
+
+def test_contour_needs_voicing_at_the_end() -> None:
+    short = signals.to_pcm(signals.pulse_train(150.0, 0.06)[0])  # ~100 ms voiced: < 140
+    prosody = measure_turn(short).prosody
+    assert prosody.contour is None and prosody.contour_change_semitones is None
+
+
+def test_pitch_range_of_a_glide() -> None:
+    x = signals.pulse_train(100.0, 2.0, f0_end_hz=150.0, seed=1)[0]  # 7 semitones, linear
+    prosody = measure_turn(signals.to_pcm(x)).prosody
+    assert prosody.pitch_range_semitones is not None
+    assert abs(prosody.pitch_range_semitones - 0.8 * semitones(150, 100)) < 0.5  # p10 to p90
+    p10_hz = 100 * 1.5**0.1
+    assert prosody.f0_p10_hz is not None and abs(semitones(prosody.f0_p10_hz, p10_hz)) < 0.5
+
+
+def test_pitch_range_ignores_a_syllable_read_an_octave_up() -> None:
+    # Two thirds of the turn at 150-170 Hz, a third at twice that (YIN's octave error through
+    # the phone band): measured modulo the octave, the range is that of the true F0.
+    a = signals.pulse_train(150.0, 1.0, f0_end_hz=170.0, seed=1)[0]
+    b = signals.pulse_train(300.0, 0.5, f0_end_hz=320.0, seed=2)[0]
+    prosody = measure_turn(signals.to_pcm(np.concatenate([a, b]))).prosody
+    assert prosody.pitch_range_semitones is not None and prosody.pitch_range_semitones < 3.0
+
+
+def test_level_is_the_active_speech_level() -> None:
+    x = phone_line(harmonic_complex(150.0, 2.0), level_dbfs=-26.0)
+    with_loss = x.copy()
+    with_loss[8000:10400] = 0  # 300 ms Twilio never sent, zero-filled, inside speech
+    a, b = measure_turn(x).prosody, measure_turn(with_loss).prosody
+    assert a.level_dbfs == pytest.approx(-26.0, abs=0.5)
+    assert b.level_dbfs == pytest.approx(-26.0 + 10 * math.log10(1 - 0.15), abs=0.5)
 
 
 # --- speech mask ----------------------------------------------------------------------------

@@ -108,7 +108,11 @@ def test_page_lists_every_turn_and_the_summary() -> None:
     assert any(t["backchannel"] for t in data["turns"])
     assert len(data["levels"]["inbound"]["dbfs"]) > 1000
     assert "response latency" in page and "interruptions" in page
-    assert "arousal" not in page.split("<script")[0]  # no column for a field no turn has
+    # the arousal column is there because the turns carry arousal (and only then)
+    assert any(t.get("arousal") is not None for t in turns)
+    assert "arousal" in page.split("<script")[0]
+    bare = [{k: v for k, v in r.items() if k not in ("arousal", "arousal_rel")} for r in records]
+    assert "arousal" not in build_report(bare, None).split("<script")[0]
 
 
 def test_page_from_records_alone_has_no_levels_but_the_turn_energy() -> None:

@@ -231,3 +231,57 @@ def test_malformed_callbacks_raise_clear_errors(form: dict[str, str], message: s
     # The reason (the 400 body and the log line) never repeats a form value: it may be a
     # phone number in any field.
     assert not [v for v in form.values() if len(v) > 2 and v in info.value.message]
+
+
+# ---------------------------------------------------------------------------------------------
+# answering machine detection (https://www.twilio.com/docs/voice/answering-machine-detection)
+
+
+@pytest.mark.parametrize(
+    "answered_by",
+    [
+        "human",
+        "machine_start",
+        "machine_end_beep",
+        "machine_end_silence",
+        "machine_end_other",
+        "fax",
+        "unknown",
+    ],
+)
+def test_answered_by_is_carried_into_the_lifecycle_event(answered_by: str) -> None:
+    form = answered_form()
+    form.update(AnsweredBy=answered_by, MachineDetectionDuration="2400")
+    event = call(form)
+    assert event.answered_by == answered_by
+    assert event.machine_detection_ms == 2400
+    assert from_json(to_json(event)) == event
+
+
+def test_answered_by_is_absent_without_machine_detection() -> None:
+    event = call(completed_form())
+    assert event.answered_by is None and event.machine_detection_ms is None
+
+
+def test_a_new_answered_by_token_is_kept_not_refused() -> None:
+    # Older AMD sent "machine"; a value Twilio adds later must not cost the status event.
+    form = completed_form()
+    form["AnsweredBy"] = "machine"
+    assert call(form).answered_by == "machine"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("AnsweredBy", "Human Being", "AnsweredBy is not a token"),
+        ("AnsweredBy", "x" * 40, "AnsweredBy is not a token"),
+        ("MachineDetectionDuration", "2.4s", "MachineDetectionDuration is not a non-negative"),
+    ],
+)
+def test_malformed_detection_fields_raise_clear_errors(
+    field: str, value: str, message: str
+) -> None:
+    form = completed_form()
+    form[field] = value
+    with pytest.raises(WebhookError, match=message):
+        parse(form)

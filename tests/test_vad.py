@@ -18,10 +18,12 @@ from mise_twilio.core.vad import (
     BAND_EDGES_HZ,
     F_BANDS,
     F_LEVEL,
+    F_PURITY,
     F_SILENT,
     FEATURE_NAMES,
     N_BANDS,
     N_FEATURES,
+    TONE_PURITY,
     BandVad,
     VadModel,
     VadParams,
@@ -229,3 +231,32 @@ def test_double_talk_at_equal_level_is_speech_on_both_tracks() -> None:
 
     assert both.sum() > 100
     assert recall(caller_transitions) > 0.85 and recall(agent_transitions) > 0.85
+
+
+def test_a_pure_tone_is_speech_and_dtmf_or_a_voice_is_not_a_tone() -> None:
+    from fixtures import signals
+
+    t = np.arange(FRAME_SAMPLES * 20) / SAMPLE_RATE_HZ
+
+    def purity(x: np.ndarray) -> np.ndarray:
+        pcm = np.clip(x * 32768 * 0.1, -32768, 32767).astype(np.int16)
+        return frame_features(pcm[: 20 * FRAME_SAMPLES].reshape(20, FRAME_SAMPLES))[:, F_PURITY]
+
+    assert (purity(np.sin(2 * np.pi * 1000 * t)) > TONE_PURITY).all()
+    assert (purity(np.sin(2 * np.pi * 440 * t)) > TONE_PURITY).all()
+    dtmf = np.sin(2 * np.pi * 770 * t) + np.sin(2 * np.pi * 1336 * t)  # digit 5, no twist
+    assert (purity(dtmf) < TONE_PURITY).all()
+    voice = signals.harmonic_complex(180.0, 0.4, sample_rate_hz=SAMPLE_RATE_HZ)
+    assert (purity(voice / np.max(np.abs(voice))) < TONE_PURITY).all()
+    # a beep over line noise opens speech even though the model alone would not call it speech
+    noise = np.random.default_rng(0).normal(0, 32768 * 10 ** (-60 / 20), 160 * 150)
+    beep = noise.copy()
+    beep[160 * 50 : 160 * 70] += 32768 * 0.2 * np.sin(2 * np.pi * 1000 * np.arange(3200) / 8000)
+    pcm = np.clip(beep, -32768, 32767).astype(np.int16).reshape(150, FRAME_SAMPLES)
+    vad = BandVad(1)
+    out = [
+        tr
+        for k in range(0, 150, 5)
+        for _, tr, _ in vad.step_block(k, frame_features(pcm[k : k + 5])[None])
+    ]
+    assert out and out[0][0] == "start" and 48 <= out[0][1] <= 51

@@ -50,6 +50,7 @@ from mise_twilio.core.messages import (
     parse_message,
     read_media,
 )
+from mise_twilio.core.prosody import CallProsody
 from mise_twilio.core.records import (
     SPEAKER_BY_TRACK,
     AnyRecord,
@@ -59,6 +60,7 @@ from mise_twilio.core.records import (
     StopReason,
     StreamStarted,
     StreamStopped,
+    ToneRecord,
     TurnRecord,
 )
 from mise_twilio.core.summary import CallStats
@@ -118,7 +120,8 @@ class SessionParams:
     - ``max_custom_parameters``: Twilio allows 99 (REST); more are dropped with a diagnostic.
     - ``expected_api_key``: when set, ``start.customParameters.api_key`` must equal it
       (constant-time compare); otherwise the session is rejected and emits nothing.
-    - ``measure_features``: compute energy/pitch/rate per turn (numpy, once per turn).
+    - ``measure_features``: compute each turn's acoustics (energy, pitch, rate, prosody, voice
+      quality, arousal) and look for steady tones (numpy, once per turn).
     - ``keep_turn_audio``: keep each turn's PCM for ``take_turn_audio()``.
     """
 
@@ -208,6 +211,7 @@ class CallSession:
         self._started_wall_s: float | None = None
         self._lockstep: Lockstep | None = None
         self._stats = CallStats()
+        self._prosody = CallProsody()
         self._diagnostics = _Diagnostics(self.params.max_diagnostics_per_code)
         self._events: list[AnyRecord] = []
         self._turn_audio: list[tuple[str, bytes]] = []
@@ -465,7 +469,8 @@ class CallSession:
         frame_ms = audio.FRAME_MS
         start_ms = origin_ms + turn.start_frame * frame_ms
         end_ms = origin_ms + turn.end_frame * frame_ms
-        acoustics = None
+        speaker = SPEAKER_BY_TRACK[turn.track]
+        acoustics = relative = None
         if self.params.measure_features and closed.pcm:
             acoustics = turn_acoustics(
                 np.frombuffer(closed.pcm, dtype=np.int16),
@@ -473,11 +478,12 @@ class CallSession:
                 turn.start_frame,
                 params=self.params.features,
             )
+            relative = self._prosody.observe(speaker, acoustics, include=not turn.backchannel)
         record = TurnRecord(
             id=f"{self.stream_sid}:turn:{turn.index}",
             **self._ids(),
             track=turn.track,
-            speaker=SPEAKER_BY_TRACK[turn.track],
+            speaker=speaker,
             index=turn.index,
             start_ms=start_ms,
             end_ms=end_ms,
@@ -499,9 +505,30 @@ class CallSession:
             energy=acoustics.energy if acoustics else None,
             pitch=acoustics.pitch if acoustics else None,
             speech_rate_hz=acoustics.speech_rate_hz if acoustics else None,
+            prosody=relative.prosody if relative else None,
+            voice=acoustics.voice if acoustics else None,
+            arousal=acoustics.arousal if acoustics else None,
+            arousal_rel=relative.arousal_rel if relative else None,
             custom_parameters=self.custom_parameters,
         )
         self._events.append(record)
+        tone = acoustics.features.tone if acoustics else None
+        if tone is not None:
+            tone_start_ms = start_ms + tone.start_frame * frame_ms
+            self._events.append(
+                ToneRecord(
+                    id=f"{self.stream_sid}:tone:{turn.index}",
+                    **self._ids(),
+                    track=turn.track,
+                    speaker=speaker,
+                    turn_index=turn.index,
+                    start_ms=tone_start_ms,
+                    end_ms=tone_start_ms + tone.frames * frame_ms,
+                    duration_ms=tone.frames * frame_ms,
+                    frequency_hz=round(tone.frequency_hz, 1),
+                    level_dbfs=round(tone.level_dbfs, 2),
+                )
+            )
         if self.params.keep_turn_audio:
             self._turn_audio.append((record.id, closed.pcm))
         self._stats.add(record)

@@ -1,15 +1,23 @@
-"""Per-turn acoustics: energy, pitch (F0), voicing and a syllable-rate proxy.
+"""Per-turn acoustics: energy, pitch (F0), voicing, speech rate, the turn's own prosody (pitch
+range, final contour, level), voice quality and steady tones.
 
 Everything here runs once per finished turn, vectorised with numpy over the whole turn; nothing
 is computed per media message. The module is sans-I/O: no logging, clocks or environment.
+``voice`` (jitter, shimmer, HNR, tilt) and ``tone`` (answering-machine beeps) work on what
+``measure_turn`` computes here, so the turn is framed, windowed and pitch-tracked once.
 
 Time grids used below (at 8 kHz):
 
 * **level frames**: 20 ms, 160 samples, frame ``k`` = samples ``[160k, 160k + 160)``; this is
   the VAD's grid, so ``speech_mask[k]`` applies to level frame ``k``. A trailing partial frame
   (< 20 ms) is ignored everywhere.
-* **pitch frames**: 10 ms hop; pitch frame ``j`` is centred on the middle of samples
-  ``[80j, 80j + 80)``, so pitch frames ``2k`` and ``2k + 1`` belong to level frame ``k``.
+* **pitch frames**: the same 20 ms grid; pitch frame ``k`` is centred on the middle of level
+  frame ``k``. A 20 ms hop reads the median F0 of ``bench/pitch_accuracy.py``'s harmonic
+  complexes as closely as a 10 ms hop did (median error 0.008 semitones at both) for half
+  the YIN work.
+* **intensity blocks**: 10 ms, two per level frame, for the syllable-nucleus envelope.
+* **frame spectra**: the power spectrum of each level frame under a Hann window (50 Hz bins),
+  shared by the spectral tilt and the tone detector.
 
 Methods:
 
@@ -20,36 +28,58 @@ Methods:
   parabolic interpolation. Frames that never dip under the threshold are re-picked near the
   turn's confident F0 (see ``FeatureParams.guide_range_semitones``). A local octave-jump fold
   and a 3-point median smooth the track afterwards (an F0 cannot halve or double within
-  20 ms; telephone band-limiting removes the fundamental of low voices, which is what
-  provokes such jumps).
+  40 ms; telephone band-limiting removes the fundamental of low voices, which is what
+  provokes such jumps). The difference function at the period also gives each voiced frame's
+  periodicity (its normalised cross-correlation one period later), from which ``voice``
+  derives the HNR.
 * Speech rate: syllable nuclei after de Jong & Wempe (2009), "Praat script to detect syllable
   nuclei and measure speech rate automatically", Behavior Research Methods 41(2), 385-390:
   peaks of a smoothed intensity envelope that lie above a threshold relative to the turn's
   loud level, are separated from neighbouring peaks by dips of at least ``min_dip_db``, and
   are voiced.
+* Pitch range: F0 10th to 90th percentile, in semitones, over the voiced frames within
+  ``pitch_range_level_db`` of the turn's loudest voiced frame (the quiet edges of voicing carry
+  most octave errors, and come and go with the line's gain), after octave errors are undone
+  (``_octave_corrected``).
+* Final contour (the "tone" of a turn's end, e.g. a question's rise): the Theil-Sen slope
+  (median of pairwise slopes, robust to an octave error or two at a phrase end) of F0 in
+  semitones (octave errors undone, as for the pitch range) over the voiced frames in the last
+  ``contour_window_ms`` of voicing, times the
+  time they span; at least ``contour_threshold_semitones`` of rise or fall is ``rising`` or
+  ``falling``, less is ``level``. 1.5 semitones is well above the tracker's noise and
+  micro-prosody, and above the glissando threshold for 0.5 s ('t Hart 1976: 0.16 / T² st/s,
+  about 0.3 semitones here).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
+from mise_twilio.core import arousal as _arousal
 from mise_twilio.core.audio import FRAME_MS, FULL_SCALE_RMS, SAMPLE_RATE_HZ, SILENCE_DBFS
-from mise_twilio.core.records import Energy, Pitch
+from mise_twilio.core.records import Energy, Pitch, Voice
+from mise_twilio.core.tone import ToneFeatures, find_tone
+from mise_twilio.core.voice import NO_VOICE, VoiceFeatures, measure_voice
 
 __all__ = [
     "SUPPORTED_SAMPLE_RATES_HZ",
+    "Contour",
     "EnergyFeatures",
     "FeatureParams",
     "PitchFeatures",
+    "ProsodyFeatures",
     "TurnAcoustics",
     "TurnFeatures",
+    "arousal_inputs",
     "measure_turn",
+    "speech_mask",
     "turn_acoustics",
 ]
 
@@ -58,9 +88,14 @@ SUPPORTED_SAMPLE_RATES_HZ: tuple[int, ...] = (SAMPLE_RATE_HZ, 16000)
 _YIN_CHUNK_FRAMES = 64
 """Pitch frames per YIN batch: keeps the FFT work arrays cache-sized (~0.3 MB)."""
 
+Contour = Literal["rising", "falling", "level"]
+
 _S = TypeVar("_S", bound=np.generic)
 _FULL_SCALE_POWER = FULL_SCALE_RMS * FULL_SCALE_RMS
 _SILENCE_POWER = _FULL_SCALE_POWER * 10.0 ** (SILENCE_DBFS / 10.0)
+_DIGITAL_SILENCE_DBFS = -90.0
+"""Frames below this are digital silence (audio Twilio never sent, zero-filled), not quiet
+speech: μ-law's smallest non-zero step reads about -78 dBFS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +126,8 @@ class FeatureParams:
     * ``voicing_range_db``: pitch frames more than this many dB below the turn's loudest pitch
       frame inside speech are unvoiced.
     * ``min_voiced_run_ms``: voiced runs shorter than this are dropped as unvoiced.
-    * ``min_voiced_frames``: fewer voiced pitch frames than this gives ``median_hz`` /
-      ``iqr_semitones`` / ``slope_semitones_per_s`` of ``None``.
+    * ``min_voiced_frames``: fewer voiced 20 ms pitch frames than this gives ``median_hz`` /
+      ``iqr_semitones`` / ``slope_semitones_per_s`` (and the pitch range) of ``None``.
     * ``min_slope_span_ms``: the F0 slope needs voiced frames spanning at least this long.
 
     Speech rate (syllable nuclei):
@@ -102,6 +137,35 @@ class FeatureParams:
       over speech are ignored (de Jong & Wempe's "silence threshold", -25 dB).
     * ``nucleus_min_dip_db``: a peak counts only if the envelope dips by at least this many dB
       between it and its neighbouring peak (de Jong & Wempe's ``mindip``, 2 dB).
+
+    Prosody of the turn (see the module docstring):
+
+    * ``pitch_range_level_db``: the pitch range uses voiced frames within this of the loudest.
+    * ``contour_window_ms``: the final contour looks at the voiced frames in this last span.
+    * ``contour_min_voiced_ms``: with less voicing than this in that span the contour is
+      ``None``.
+    * ``contour_threshold_semitones``: the F0 change over the span that is a rise or a fall.
+
+    Voice quality (``voice``; Praat's defaults for the two factors):
+
+    * ``max_period_factor``: consecutive periods whose lengths differ by a larger ratio are
+      not compared (jitter).
+    * ``max_amplitude_factor``: the same for amplitudes (shimmer).
+    * ``min_period_pairs``: fewer comparable consecutive period pairs give ``None`` jitter
+      and shimmer.
+    * ``min_hnr_frames``: fewer voiced pitch frames give ``None`` HNR.
+
+    Steady tones (``tone``; answering-machine beeps):
+
+    * ``tone_min_hz`` / ``tone_max_hz``: accepted frequencies (400-2000 Hz nominal, ±1.25 %
+      for oscillator tolerance and estimation error).
+    * ``tone_min_ms``: the shortest tone reported.
+    * ``tone_min_purity``: share of a frame's power within ±100 Hz of its spectral peak for the
+      frame to be a pure tone (0.97 passes a tone 20 dB above white line noise and rejects
+      DTMF and sustained vowels).
+    * ``tone_max_step``: the tone's frequency may change by this fraction between frames
+      (generated beeps hold it within 0.1 %; voices drift more).
+    * ``tone_min_dbfs``: quieter frames are not tones.
     """
 
     f0_min_hz: float = field(default=60.0, metadata={"doc": "lowest F0 searched"})
@@ -121,7 +185,7 @@ class FeatureParams:
         default=30.0, metadata={"doc": "shorter voiced runs are dropped"}
     )
     min_voiced_frames: int = field(
-        default=3, metadata={"doc": "fewer voiced frames: no pitch statistics"}
+        default=3, metadata={"doc": "fewer voiced 20 ms frames: no pitch statistics"}
     )
     min_slope_span_ms: float = field(
         default=100.0, metadata={"doc": "voiced span the F0 slope needs"}
@@ -138,6 +202,38 @@ class FeatureParams:
     nucleus_min_dip_db: float = field(
         default=2.0, metadata={"doc": "dip that separates two syllable peaks"}
     )
+    pitch_range_level_db: float = field(
+        default=20.0, metadata={"doc": "pitch range over voiced frames this close to the loudest"}
+    )
+    contour_window_ms: float = field(
+        default=500.0, metadata={"doc": "final contour: the last span of voicing examined"}
+    )
+    contour_min_voiced_ms: float = field(
+        default=140.0, metadata={"doc": "voicing in that span the contour needs"}
+    )
+    contour_threshold_semitones: float = field(
+        default=1.5, metadata={"doc": "F0 change over that span that is a rise or a fall"}
+    )
+    max_period_factor: float = field(
+        default=1.3, metadata={"doc": "jitter: consecutive periods compared up to this ratio"}
+    )
+    max_amplitude_factor: float = field(
+        default=1.6, metadata={"doc": "shimmer: consecutive amplitudes compared up to this ratio"}
+    )
+    min_period_pairs: int = field(
+        default=10, metadata={"doc": "fewer comparable period pairs: no jitter or shimmer"}
+    )
+    min_hnr_frames: int = field(default=5, metadata={"doc": "fewer voiced 20 ms frames: no HNR"})
+    tone_min_hz: float = field(default=395.0, metadata={"doc": "lowest steady tone reported"})
+    tone_max_hz: float = field(default=2025.0, metadata={"doc": "highest steady tone reported"})
+    tone_min_ms: float = field(default=200.0, metadata={"doc": "shortest steady tone reported"})
+    tone_min_purity: float = field(
+        default=0.97, metadata={"doc": "share of frame power near the peak for a pure tone"}
+    )
+    tone_max_step: float = field(
+        default=0.005, metadata={"doc": "relative frequency change allowed between frames"}
+    )
+    tone_min_dbfs: float = field(default=-50.0, metadata={"doc": "quieter frames are not tones"})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.f0_min_hz < self.f0_max_hz:
@@ -147,7 +243,7 @@ class FeatureParams:
         for name in ("yin_threshold", "voicing_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        for name in ("yin_window_ms", "intensity_smoothing_ms"):
+        for name in ("yin_window_ms", "intensity_smoothing_ms", "contour_window_ms"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in (
@@ -157,11 +253,28 @@ class FeatureParams:
             "guide_range_semitones",
             "nucleus_min_rel_db",
             "nucleus_min_dip_db",
+            "pitch_range_level_db",
+            "contour_min_voiced_ms",
+            "contour_threshold_semitones",
+            "tone_min_ms",
+            "tone_max_step",
         ):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_voiced_frames < 2:
             raise ValueError(f"min_voiced_frames must be >= 2, got {self.min_voiced_frames}")
+        for name in ("max_period_factor", "max_amplitude_factor"):
+            if not getattr(self, name) > 1.0:
+                raise ValueError(f"{name} must be > 1, got {getattr(self, name)}")
+        for name in ("min_period_pairs", "min_hnr_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.tone_min_hz < self.tone_max_hz:
+            raise ValueError(
+                f"need 0 < tone_min_hz < tone_max_hz, got {self.tone_min_hz} and {self.tone_max_hz}"
+            )
+        if not 0.0 < self.tone_min_purity <= 1.0:
+            raise ValueError(f"tone_min_purity must be in (0, 1], got {self.tone_min_purity}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +297,7 @@ class EnergyFeatures:
 
 @dataclass(frozen=True, slots=True)
 class PitchFeatures:
-    """F0 statistics over the voiced 10 ms pitch frames of the turn (YIN)."""
+    """F0 statistics over the voiced 20 ms pitch frames of the turn (YIN)."""
 
     median_hz: float | None
     """Median F0 in Hz; ``None`` with fewer than ``min_voiced_frames`` voiced frames."""
@@ -198,6 +311,34 @@ class PitchFeatures:
 
 
 @dataclass(frozen=True, slots=True)
+class ProsodyFeatures:
+    """The turn's own prosody, before any comparison with its speaker (``core/prosody.py``)."""
+
+    voiced_frames: int
+    """Voiced 20 ms pitch frames."""
+    f0_median_hz: float | None
+    """Median F0 with octave errors undone (``_octave_corrected``), Hz: what the speaker
+    baseline and the arousal model compare (``pitch.median_hz`` is YIN's plain median)."""
+    f0_p10_hz: float | None
+    """10th percentile of F0 over the pitch-range frames, Hz (``None``: too few voiced)."""
+    pitch_range_semitones: float | None
+    """12 log2(p90 / p10) of F0 over the voiced frames within ``pitch_range_level_db`` of the
+    loudest voiced frame, >= 0."""
+    contour: Contour | None
+    """Final contour; ``None`` with too little voicing at the end (see the module docstring)."""
+    contour_change_semitones: float | None
+    """F0 change over the final contour span (Theil-Sen slope times the span), semitones."""
+    level_dbfs: float | None
+    """Active speech level: the mean *power* of the speech frames, in dBFS (``None`` when all of
+    them are digital silence). Dominated by the loud frames, so a constant gain moves it by
+    exactly the gain (a mean of dB values also moves with the quiet frames μ-law distorts)."""
+    level_range_db: float | None
+    """Energy dynamics: p95 minus p10 of the speech frames' levels, dB, leaving out frames of
+    digital silence (audio Twilio never sent, zero-filled, which ``energy.dynamic_range_db``
+    counts as -100 dBFS speech); ``None`` when there are none."""
+
+
+@dataclass(frozen=True, slots=True)
 class TurnFeatures:
     """Everything ``measure_turn`` reports for one turn."""
 
@@ -205,6 +346,22 @@ class TurnFeatures:
     pitch: PitchFeatures
     speech_rate_hz: float | None
     """Voiced syllable nuclei per second of speech time; ``None`` when there is no speech."""
+    prosody: ProsodyFeatures
+    voice: VoiceFeatures
+    tone: ToneFeatures | None
+    """The longest steady pure tone of at least ``tone_min_ms`` in the turn (any frame, speech
+    or not), or ``None``."""
+
+
+_NO_PROSODY = ProsodyFeatures(0, None, None, None, None, None, None, None)
+_EMPTY_TURN = TurnFeatures(
+    EnergyFeatures(SILENCE_DBFS, SILENCE_DBFS, SILENCE_DBFS, 0.0),
+    PitchFeatures(None, None, 0.0, None),
+    None,
+    _NO_PROSODY,
+    NO_VOICE,
+    None,
+)
 
 
 def measure_turn(
@@ -214,7 +371,7 @@ def measure_turn(
     sample_rate_hz: int = SAMPLE_RATE_HZ,
     params: FeatureParams = FeatureParams(),
 ) -> TurnFeatures:
-    """Measure one turn's energy, pitch, voicing and speech rate.
+    """Measure one turn: energy, pitch, voicing, speech rate, prosody, voice quality, tones.
 
     Args:
         pcm: shape ``(n,)``, dtype ``int16``: the turn's linear PCM (μ-law decoded) at
@@ -222,7 +379,7 @@ def measure_turn(
         speech_mask: shape ``(n // frame,)``, dtype ``bool``, where ``frame`` is 20 ms of
             samples (160 at 8 kHz): True where the VAD found speech. Statistics then use only
             speech frames, and pitch frames outside speech count as unvoiced. ``None`` treats
-            every whole 20 ms frame as speech.
+            every whole 20 ms frame as speech. The tone search uses every frame.
         sample_rate_hz: one of ``SUPPORTED_SAMPLE_RATES_HZ``.
         params: analysis settings.
 
@@ -241,7 +398,7 @@ def measure_turn(
             f"unsupported sample_rate_hz {sample_rate_hz}; supported: {SUPPORTED_SAMPLE_RATES_HZ}"
         )
     frame = sample_rate_hz * FRAME_MS // 1000
-    hop = frame // 2
+    block = frame // 2
     n_frames = pcm.shape[0] // frame
     if speech_mask is None:
         speech = np.ones(n_frames, dtype=np.bool_)
@@ -256,28 +413,70 @@ def measure_turn(
                 f"{FRAME_MS} ms frame of {pcm.shape[0]} samples), got " + _describe(speech_mask)
             )
         speech = speech_mask
-    tau_min = math.floor(sample_rate_hz / params.f0_max_hz)
-    tau_max = math.ceil(sample_rate_hz / params.f0_min_hz)
-    if tau_min < 2:
-        raise ValueError(f"f0_max_hz {params.f0_max_hz} is too high for {sample_rate_hz} Hz audio")
+    yin = _yin_geometry(sample_rate_hz, frame, params)
+    if n_frames == 0:
+        return _EMPTY_TURN
 
-    # Squared samples summed per 10 ms block (exact in int64); two blocks per 20 ms level frame.
-    x = pcm[: n_frames * frame].astype(np.int64)
-    block_energy = (x * x).reshape(-1, hop).sum(axis=1)
+    # Shared framing: the turn zero-padded for YIN's centred frames, and the running sum of
+    # its squared samples (exact in int64), from which the 10 ms block energies, the 20 ms
+    # frame powers and YIN's per-lag energies are all differences.
+    total = (n_frames - 1) * frame + yin.size
+    take = min(pcm.shape[0], total - yin.left)
+    padded = np.zeros(total, dtype=np.int16)
+    padded[yin.left : yin.left + take] = pcm[:take]
+    sq = np.zeros(total + 1, dtype=np.int64)
+    np.multiply(padded, padded, out=sq[1:], dtype=np.int64)
+    np.cumsum(sq, out=sq)
+    block_energy = np.diff(sq[yin.left + block * np.arange(2 * n_frames + 1)])
     frame_power = block_energy.reshape(-1, 2).sum(axis=1) / frame
-    energy = _energy(frame_power[speech])
+    speech_power = frame_power[speech]
+    energy = _energy(speech_power)
+    x16 = pcm[: n_frames * frame]
+    spectra = _frame_spectra(x16, frame)
+    tone = None
+    if (n_frames + 1) * FRAME_MS >= params.tone_min_ms:  # else no tone fits
+        tone = find_tone(spectra, frame_power, sample_rate_hz, params)
 
-    n_speech = int(np.count_nonzero(speech))
+    n_speech = speech_power.shape[0]
     if n_speech == 0:
-        return TurnFeatures(energy, PitchFeatures(None, None, 0.0, None), None)
+        no_pitch = PitchFeatures(None, None, 0.0, None)
+        return TurnFeatures(energy, no_pitch, None, _NO_PROSODY, NO_VOICE, tone)
 
-    hop_s = hop / sample_rate_hz
-    pitch_speech = np.repeat(speech, 2)
-    f0 = _f0_track(pcm, 2 * n_frames, hop, pitch_speech, sample_rate_hz, tau_min, tau_max, params)
+    hop_s = frame / sample_rate_hz
+    f0, periodicity = _f0_track(padded, sq, yin, n_frames, frame, speech, sample_rate_hz, params)
     voiced = ~np.isnan(f0)
-    pitch = _pitch_stats(f0, voiced, 2 * n_speech, hop_s, params)
-    nuclei = _count_nuclei(block_energy / hop, voiced, pitch_speech, hop_s, params)
-    return TurnFeatures(energy, pitch, nuclei / (n_speech * FRAME_MS / 1000.0))
+    n_voiced = int(np.count_nonzero(voiced))
+    pitch = _pitch_stats(f0, voiced, n_voiced, n_speech, hop_s, params)
+    nuclei = _count_nuclei(
+        block_energy / block, np.repeat(voiced, 2), np.repeat(speech, 2), 0.5 * hop_s, params
+    )
+    frame_db = _power_db(frame_power)
+    prosody = _prosody(f0, voiced, n_voiced, frame_db, speech_power, speech, hop_s, params)
+    voice = NO_VOICE
+    if n_voiced:
+        ltas = spectra[voiced].sum(axis=0, dtype=np.float64)
+        voice = measure_voice(x16, f0, periodicity, ltas, frame, sample_rate_hz, params)
+    rate = nuclei / (n_speech * FRAME_MS / 1000.0)
+    return TurnFeatures(energy, pitch, rate, prosody, voice, tone)
+
+
+def arousal_inputs(features: TurnFeatures) -> dict[str, float | None]:
+    """A turn's candidate arousal inputs by the names ``arousal.ArousalModel`` uses (the model
+    picks its own few; ``bench/arousal_accuracy.py`` ranks them all)."""
+    median = features.prosody.f0_median_hz
+    return {
+        "f0_median_semitones": None if median is None else 12.0 * math.log2(median / 100.0),
+        "pitch_range_semitones": features.prosody.pitch_range_semitones,
+        "iqr_semitones": features.pitch.iqr_semitones,
+        "alpha_ratio_db": features.voice.alpha_ratio_db,
+        "speech_rate_hz": features.speech_rate_hz,
+        "level_range_db": features.prosody.level_range_db,
+        "dynamic_range_db": features.energy.dynamic_range_db,
+        "voiced_ratio": features.pitch.voiced_ratio,
+        "hnr_db": features.voice.hnr_db,
+        "jitter_local_pct": features.voice.jitter_local_pct,
+        "shimmer_local_db": features.voice.shimmer_local_db,
+    }
 
 
 def _describe(a: object) -> str:
@@ -332,17 +531,52 @@ def _strided_frames(a: NDArray[_S], size: int, hop: int, count: int) -> NDArray[
     return view
 
 
+@dataclass(frozen=True, slots=True)
+class _YinGeometry:
+    """YIN's frame layout for one rate, hop and parameter set (see ``_f0_track``)."""
+
+    tau_min: int
+    tau_max: int
+    size: int
+    """Samples per analysis frame: the integration window plus the longest lag."""
+    nfft: int
+    left: int
+    """Zero samples before the turn, so that frame ``j`` is centred on ``j*hop + hop/2``."""
+
+
+@functools.lru_cache(maxsize=16)
+def _yin_geometry(sample_rate_hz: int, hop: int, params: FeatureParams) -> _YinGeometry:
+    tau_min = math.floor(sample_rate_hz / params.f0_max_hz)
+    tau_max = math.ceil(sample_rate_hz / params.f0_min_hz)
+    if tau_min < 2:
+        raise ValueError(f"f0_max_hz {params.f0_max_hz} is too high for {sample_rate_hz} Hz audio")
+    window = max(round(params.yin_window_ms * sample_rate_hz / 1000.0), 2)
+    size = window + tau_max + 1
+    n_int = tau_max + 2  # integer lags 0..tau_max+1, so every candidate has a right neighbour
+    nfft = _fft_size(size + n_int - 1)  # no negative lag wraps onto lags <= tau_max + 1
+    return _YinGeometry(tau_min, tau_max, size, nfft, size // 2 - hop // 2)
+
+
 def _f0_track(
-    pcm: NDArray[np.int16],
+    padded: NDArray[np.int16],
+    sq: NDArray[np.int64],
+    geometry: _YinGeometry,
     n_pitch: int,
     hop: int,
     in_speech: NDArray[np.bool_],
     sample_rate_hz: int,
-    tau_min: int,
-    tau_max: int,
     params: FeatureParams,
-) -> NDArray[np.float64]:
-    """YIN F0 per pitch frame: shape ``(n_pitch,)``, Hz, NaN where unvoiced.
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """YIN F0 per pitch frame, and each voiced frame's periodicity.
+
+    ``padded``: the turn with ``geometry.left`` zeros before it and zeros after, shape
+    ``((n_pitch - 1) * hop + size,)``; ``sq``: the running sum of its squares, ``sq[i]`` =
+    sum of the first ``i`` (int64, one longer).
+
+    Returns two arrays of shape ``(n_pitch,)``: F0 in Hz, and the normalised cross-correlation
+    ``r = 1 - d(T) / (E_0 + E_T)`` of the frame with itself one period ``T`` later (``d`` the
+    difference function at its interpolated minimum, ``E`` the energies of the overlapping
+    parts), both NaN where unvoiced.
 
     Pitch frame ``j`` is ``size = window + tau_max + 1`` samples centred on sample
     ``j*hop + hop/2`` (the signal is zero-padded at both ends). Only frames inside speech and
@@ -356,47 +590,45 @@ def _f0_track(
     dip at the true period is narrower than one sample; the finer grid keeps it under the
     threshold.
     """
-    window = max(round(params.yin_window_ms * sample_rate_hz / 1000.0), 2)
-    size = window + tau_max + 1
-    n_int = tau_max + 2  # integer lags 0..tau_max+1, so every candidate has a right neighbour
-    nfft = _fft_size(size + n_int - 1)  # no negative lag wraps onto lags <= tau_max + 1
-    left = size // 2 - hop // 2
-    total = (n_pitch - 1) * hop + size
-    padded = np.zeros(total, dtype=np.int16)
-    take = min(pcm.shape[0], total - left)
-    padded[left : left + take] = pcm[:take]
-
-    # Running sum of squares (exact in int64); run[j, m] = sum of the first m squares of frame j.
-    sq = np.zeros(total + 1, dtype=np.int64)
-    np.cumsum(_int_square(pcm[:take]), out=sq[left + 1 : left + take + 1])
-    sq[left + take + 1 :] = sq[left + take]
+    size = geometry.size
+    tau_min, tau_max, nfft = geometry.tau_min, geometry.tau_max, geometry.nfft
+    # run[j, m] = sum of the first m squares of frame j (a strided view, no copy).
     run = _strided_frames(sq, size + 1, hop, n_pitch)
     level_db = _power_db((run[:, size] - run[:, 0]) / size)
     loudest = float(level_db[in_speech].max()) if in_speech.any() else SILENCE_DBFS
     gate = max(params.voicing_min_dbfs, loudest - params.voicing_range_db)
     rows = np.flatnonzero(in_speech & (level_db >= gate))
     f0 = np.full(n_pitch, np.nan)
+    periodicity = np.full(n_pitch, np.nan)
     m = rows.shape[0]
     if m == 0:
-        return f0
+        return f0, periodicity
     # First pass: YIN per frame. Frames with a dip under yin_threshold are confident; frames
     # that only reach the voicing threshold at their global minimum keep their d' rows for
     # the second pass.
     period = np.empty(m)
+    d_min = np.empty(m)
     aperiodicity = np.empty(m, dtype=np.float32)
     confident = np.empty(m, dtype=np.bool_)
+    energy_at = np.empty(m)
     weak_at: list[NDArray[np.intp]] = []
     weak_d: list[NDArray[np.float32]] = []
     weak_dn: list[NDArray[np.float32]] = []
+    weak_e: list[NDArray[np.float32]] = []
     yin = _Yin(size, tau_min, tau_max, nfft, min(m, _YIN_CHUNK_FRAMES))
     all_frames = _strided_frames(padded, size, hop, n_pitch)
+    contiguous = int(rows[-1]) - int(rows[0]) + 1 == m  # usual: every speech frame passes
     for c in range(0, m, _YIN_CHUNK_FRAMES):
         chunk = rows[c : c + _YIN_CHUNK_FRAMES]
         part = slice(c, c + chunk.shape[0])
-        d, dn = yin(all_frames[chunk], run[chunk])
+        if contiguous:  # views, not copies
+            rs = slice(int(chunk[0]), int(chunk[-1]) + 1)
+            d, dn, e = yin(all_frames[rs], run[rs])
+        else:
+            d, dn, e = yin(all_frames[chunk], run[chunk])
         j, found = _first_dip(dn, params.yin_threshold)
         ap = dn[np.arange(dn.shape[0]), j]
-        period[part] = _refine(d, j + yin.lo)
+        period[part], d_min[part], energy_at[part] = _refine(d, e, j + yin.lo)
         aperiodicity[part] = ap
         confident[part] = found
         weak = np.flatnonzero(~found & (ap < params.voicing_threshold))
@@ -404,13 +636,14 @@ def _f0_track(
             weak_at.append(weak + c)
             weak_d.append(d[weak])
             weak_dn.append(dn[weak])
+            weak_e.append(e[weak])
 
     # Second pass: a weak frame's global minimum is often a formant's ringing (a lag near
     # 1/F1) or an octave off, not the period; re-pick its best dip within
     # ±guide_range_semitones of the turn's median F0 over confident frames.
     voiced = aperiodicity < params.voicing_threshold
     if weak_at and np.count_nonzero(confident) >= params.min_voiced_frames:
-        ref_lag = 2.0 * float(np.median(period[confident]))  # on the half-lag grid
+        ref_lag = 2.0 * _median(period[confident])  # on the half-lag grid
         ratio = 2.0 ** (params.guide_range_semitones / 12.0)
         half_lags = np.arange(yin.lo, yin.hi + 1)
         outside = (half_lags < ref_lag / ratio) | (half_lags > ref_lag * ratio)
@@ -419,13 +652,18 @@ def _f0_track(
         dn[:, outside] = np.inf
         j = np.argmin(dn, axis=1)
         ap = dn[np.arange(dn.shape[0]), j]
-        period[at] = _refine(np.concatenate(weak_d), j + yin.lo)
+        period[at], d_min[at], energy_at[at] = _refine(
+            np.concatenate(weak_d), np.concatenate(weak_e), j + yin.lo
+        )
         voiced[at] = ap < params.voicing_threshold
 
     f0[rows[voiced]] = sample_rate_hz / period[voiced]
+    periodicity[rows[voiced]] = 1.0 - d_min[voiced] / np.maximum(energy_at[voiced], 1e-30)
     min_run = math.ceil(params.min_voiced_run_ms * sample_rate_hz / (1000.0 * hop))
     _drop_short_runs(f0, min_run)
-    return _smooth_track(f0, params.f0_min_hz, params.f0_max_hz)
+    f0 = _smooth_track(f0, params.f0_min_hz, params.f0_max_hz)
+    periodicity[np.isnan(f0)] = np.nan
+    return f0, periodicity
 
 
 class _Yin:
@@ -435,8 +673,9 @@ class _Yin:
     ``(b, size + 1)`` (int64 running sums of squares of the same frames, ``run[:, 0]`` being
     the sum before the frame), ``b <= capacity``. Returns float32 arrays: the difference
     function per pair ``d`` of shape ``(b, 2*tau_max + 3)`` on the half-lag grid (column ``i``
-    is lag ``i/2``), and d' of shape ``(b, hi - lo + 1)`` over the searched half-lags
-    ``lo..hi`` (``lo = 2*tau_min``, ``hi = 2*tau_max``).
+    is lag ``i/2``), d' of shape ``(b, hi - lo + 1)`` over the searched half-lags ``lo..hi``
+    (``lo = 2*tau_min``, ``hi = 2*tau_max``), and the energy of the overlapping parts per pair
+    (``(E_0 + E_t) / (size - t)``) on the same grid as ``d``.
     """
 
     def __init__(self, size: int, tau_min: int, tau_max: int, nfft: int, capacity: int) -> None:
@@ -448,12 +687,14 @@ class _Yin:
         # (numpy's float64 rfft and complex64 irfft are its fastest pair at these sizes).
         self.frames = np.zeros((capacity, nfft), dtype=np.float64)
         self.power = np.zeros((capacity, nfft + 1), dtype=np.complex64)
-        self.pairs = (size - 0.5 * np.arange(self.n_half)).astype(np.float32)
+        pairs = size - 0.5 * np.arange(self.n_half)
+        self.per_pair = (1.0 / pairs).astype(np.float32)
+        self.per_pair_4 = (4.0 / pairs).astype(np.float32)  # acf2 is half the autocorrelation
         self.lag_index = np.arange(self.lo, self.hi + 1, dtype=np.float32)
 
     def __call__(
         self, frames: NDArray[np.int16], run: NDArray[np.int64]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
         b = frames.shape[0]
         size, n_int, n_half, lo, hi = self.size, self.n_int, self.n_half, self.lo, self.hi
         buf = self.frames[:b]
@@ -469,22 +710,23 @@ class _Yin:
         # sum_{i >= t} x_i^2, exact at integer lags, linearly interpolated between them.
         head = run[:, size - n_int + 1 :][:, ::-1] - run[:, :1]
         tail = run[:, size:] - run[:, :n_int]
-        d = np.empty((b, n_half), dtype=np.float32)
-        d[:, 0::2] = head + tail
-        d[:, 1::2] = 0.5 * (d[:, 0:-1:2] + d[:, 2::2])
+        energy = np.empty((b, n_half), dtype=np.float32)
+        energy[:, 0::2] = head + tail
+        energy[:, 1::2] = 0.5 * (energy[:, 0:-1:2] + energy[:, 2::2])
+        energy *= self.per_pair
 
         # Difference function (YIN step 2) per pair, and its cumulative mean normalisation
         # (step 3) over the searched lags only; the tiny offset maps 0/0 (silence) to 1.
-        d -= 4.0 * acf2
+        acf2 *= self.per_pair_4
+        d = (energy - acf2).astype(np.float32, copy=False)  # float32 already: no copy
         np.maximum(d, 0.0, out=d)
-        d /= self.pairs
         running = np.cumsum(d[:, 1 : hi + 1], axis=1)[:, lo - 1 :]
         tiny = np.float32(1e-30)
         dn = d[:, lo : hi + 1] * self.lag_index
         dn += tiny
         running += tiny
         dn /= running
-        return d, dn
+        return d, dn, energy
 
 
 def _first_dip(
@@ -503,26 +745,35 @@ def _first_dip(
     return j, found
 
 
-def _refine(d: NDArray[np.float32], k: NDArray[np.intp]) -> NDArray[np.float64]:
+def _refine(
+    d: NDArray[np.float32], energy: NDArray[np.float32], k: NDArray[np.intp]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """YIN step 5: parabolic interpolation of ``d`` (half-lag grid, shape ``(b, n)``) around
-    column ``k[i]`` of row ``i``; the period in samples, shape ``(b,)``.
+    column ``k[i]`` of row ``i``. Returns the period in samples, ``d`` at it and ``energy``
+    (same grid) at column ``k``, each of shape ``(b,)``.
     """
-    r = np.arange(d.shape[0])
-    d_l, d_c, d_r = (d[r, k + i].astype(np.float64) for i in (-1, 0, 1))
+    r = np.arange(d.shape[0])[:, None]
+    near = d[r, k[:, None] + _AROUND].astype(np.float64)
+    d_l, d_c, d_r = near[:, 0], near[:, 1], near[:, 2]
     curv = d_l - 2.0 * d_c + d_r
     shift = np.zeros(d.shape[0])
     np.divide(d_l - d_r, 2.0 * curv, out=shift, where=curv > 0.0)
-    period = 0.5 * (k + np.clip(shift, -0.5, 0.5))
-    return period.astype(np.float64, copy=False)
+    np.clip(shift, -0.5, 0.5, out=shift)
+    value = np.maximum(d_c - 0.25 * (d_l - d_r) * shift, 0.0)
+    return 0.5 * (k + shift), value, energy[r[:, 0], k].astype(np.float64)
 
 
-def _int_square(x: NDArray[np.int16]) -> NDArray[np.int64]:
-    """Squares of int16 samples, exact in int64."""
-    xi = x.astype(np.int64)
-    out: NDArray[np.int64] = xi * xi
-    return out
+_AROUND = np.arange(-1, 2)
 
 
+def _median(a: NDArray[np.float64]) -> float:
+    """Median of a non-empty 1-D array (a sort: ``np.median``'s overhead is ~20 µs)."""
+    v = np.sort(a)
+    n = v.shape[0]
+    return float(0.5 * (v[(n - 1) // 2] + v[n // 2]))
+
+
+@functools.lru_cache(maxsize=64)
 def _fft_size(n: int) -> int:
     """Smallest 5-smooth integer >= ``n`` (sizes pocketfft handles fastest)."""
     m = n
@@ -604,11 +855,11 @@ def _smooth_track(f0: NDArray[np.float64], lo_hz: float, hi_hz: float) -> NDArra
 def _pitch_stats(
     f0: NDArray[np.float64],
     voiced: NDArray[np.bool_],
+    n_voiced: int,
     n_speech_pitch: int,
     hop_s: float,
     params: FeatureParams,
 ) -> PitchFeatures:
-    n_voiced = int(np.count_nonzero(voiced))
     ratio = min(1.0, n_voiced / n_speech_pitch)
     if n_voiced < params.min_voiced_frames:
         return PitchFeatures(None, None, ratio, None)
@@ -631,17 +882,17 @@ def _count_nuclei(
     block_power: NDArray[np.float64],
     voiced: NDArray[np.bool_],
     in_speech: NDArray[np.bool_],
-    hop_s: float,
+    block_s: float,
     params: FeatureParams,
 ) -> int:
     """Syllable nuclei (de Jong & Wempe 2009) on the 10 ms intensity envelope.
 
-    All three arrays share the pitch-frame grid (one value per 10 ms, shape ``(n,)``).
+    All three arrays share the 10 ms block grid (shape ``(n,)``).
     """
     n = block_power.shape[0]
     if n < 3:
         return 0
-    taps = max(3, round(params.intensity_smoothing_ms / (1000.0 * hop_s)) | 1)
+    taps = max(3, round(params.intensity_smoothing_ms / (1000.0 * block_s)) | 1)
     kernel = np.hanning(taps + 2)[1:-1]
     smooth = np.convolve(block_power, kernel / kernel.sum())[taps // 2 : taps // 2 + n]
     env = _power_db(smooth)
@@ -654,30 +905,160 @@ def _count_nuclei(
     if peaks.shape[0] == 0:
         return 0
     # Greedy merge left to right: a peak not separated from the last kept peak by a dip of
-    # min_dip_db on both sides replaces it if louder, else is dropped. A few peaks per second.
-    kept = [int(peaks[0])]
+    # min_dip_db on both sides replaces it if louder, else is dropped. The dip between the
+    # kept peak and the next is the running minimum of the envelope between consecutive
+    # peaks (one reduceat), so the loop is linear in the number of peaks.
+    between = np.minimum.reduceat(env, peaks)[:-1].tolist()  # min over [peak i, peak i+1)
+    levels = env[peaks].tolist()
     min_dip = params.nucleus_min_dip_db
-    levels = env.tolist()
-    for p in peaks[1:].tolist():
+    kept = [0]
+    dip = math.inf
+    for i in range(1, len(levels)):
+        dip = min(dip, between[i - 1])
         q = kept[-1]
-        dip = min(levels[q:p])
-        if levels[q] - dip >= min_dip and levels[p] - dip >= min_dip:
-            kept.append(p)
-        elif levels[p] > levels[q]:
-            kept[-1] = p
-    idx = np.asarray(kept, dtype=np.intp)
+        if levels[q] - dip >= min_dip and levels[i] - dip >= min_dip:
+            kept.append(i)
+            dip = math.inf
+        elif levels[i] > levels[q]:
+            kept[-1] = i
+            dip = math.inf
+    idx = peaks[np.asarray(kept, dtype=np.intp)]
     return int(np.count_nonzero(voiced[idx] & in_speech[idx]))
+
+
+def _prosody(
+    f0: NDArray[np.float64],
+    voiced: NDArray[np.bool_],
+    n_voiced: int,
+    frame_db: NDArray[np.float64],
+    speech_power: NDArray[np.float64],
+    speech: NDArray[np.bool_],
+    hop_s: float,
+    params: FeatureParams,
+) -> ProsodyFeatures:
+    heard = frame_db[speech]
+    heard = heard[heard > _DIGITAL_SILENCE_DBFS]
+    level_dbfs: float | None = None
+    level_range: float | None = None
+    if heard.shape[0]:
+        q10, q95 = _quantiles(heard, (0.10, 0.95))
+        level_range = q95 - q10
+        level_dbfs = float(_power_db(np.asarray([speech_power.mean()]))[0])
+    if n_voiced < params.min_voiced_frames:
+        return ProsodyFeatures(n_voiced, None, None, None, None, None, level_dbfs, level_range)
+    idx = np.flatnonzero(voiced)
+    st = _octave_corrected(12.0 * np.log2(f0[idx]))
+    lv = frame_db[idx]
+    loud = lv >= float(lv.max()) - params.pitch_range_level_db
+    p10, p90 = _quantiles(st[loud], (0.10, 0.90))
+    change: float | None = None
+    contour: Contour | None = None
+    t = idx * hop_s
+    tail = t >= t[-1] - params.contour_window_ms / 1000.0 + 0.5 * hop_s
+    if np.count_nonzero(tail) * hop_s * 1000.0 >= params.contour_min_voiced_ms:
+        tt = t[tail]
+        change = _theil_sen(tt, st[tail]) * float(tt[-1] - tt[0])
+        if change >= params.contour_threshold_semitones:
+            contour = "rising"
+        elif change <= -params.contour_threshold_semitones:
+            contour = "falling"
+        else:
+            contour = "level"
+    return ProsodyFeatures(
+        voiced_frames=n_voiced,
+        f0_median_hz=2.0 ** (_median(st) / 12.0),
+        f0_p10_hz=2.0 ** (p10 / 12.0),
+        pitch_range_semitones=p90 - p10,
+        contour=contour,
+        contour_change_semitones=change,
+        level_dbfs=level_dbfs,
+        level_range_db=level_range,
+    )
+
+
+_OCTAVE_FOLD_SEMITONES = 9.0
+
+
+def _octave_corrected(st: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A turn's F0 in semitones with octave errors undone: every voiced frame more than 9
+    semitones from the turn's median is moved by whole octaves toward it.
+
+    YIN through the phone band (no fundamental below 300 Hz) reads whole syllables an octave
+    off, and which ones changes with a few dB of line gain; ``_smooth_track`` only folds
+    isolated frames. On the rated clips a pitch range over uncorrected F0 jumped between 2 and
+    12 semitones with 6 dB of gain. Excited speech reaches 7-10 semitones under its median
+    (a man at a 180 Hz median keeps a floor near 110 Hz), so the threshold is 9; an octave
+    error split evenly with the true F0 (the median between them) is left as it is. Frame by
+    frame against the median, not step by step along the track: one odd frame cannot shift
+    the rest of the turn."""
+    d = st - _median(st)
+    far = np.maximum(np.abs(d) - _OCTAVE_FOLD_SEMITONES, 0.0)
+    octaves = np.sign(d) * np.ceil(far / 12.0)
+    out: NDArray[np.float64] = st - 12.0 * octaves
+    return out
+
+
+def _theil_sen(t: NDArray[np.float64], y: NDArray[np.float64]) -> float:
+    """Median of pairwise slopes (Theil 1950, Sen 1968); ``t`` strictly increasing."""
+    i, j = _pairs(t.shape[0])
+    return _median((y[j] - y[i]) / (t[j] - t[i]))
+
+
+@functools.lru_cache(maxsize=64)
+def _pairs(n: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Index pairs ``i < j`` of ``n`` points (the contour span holds at most a few dozen)."""
+    i, j = np.triu_indices(n, k=1)
+    i.setflags(write=False)
+    j.setflags(write=False)
+    return i, j
+
+
+def _frame_spectra(x: NDArray[np.int16], frame: int) -> NDArray[np.float32]:
+    """Power spectrum of each whole frame under a Hann window: shape ``(n // frame,
+    frame // 2 + 1)``, float32 (50 Hz bins for 20 ms frames; single precision is plenty for a
+    share of power or a sum over frames, and halves the work)."""
+    frames = x.reshape(-1, frame) * _HANN[frame]
+    spec = np.fft.rfft(frames, axis=1)
+    power: NDArray[np.float32] = (spec.real**2 + spec.imag**2).astype(np.float32, copy=False)
+    return power
+
+
+_HANN: dict[int, NDArray[np.float32]] = {
+    rate * FRAME_MS // 1000: np.hanning(rate * FRAME_MS // 1000 + 2)[1:-1].astype(np.float32)
+    for rate in SUPPORTED_SAMPLE_RATES_HZ
+}
+"""Hann windows of one level frame per supported rate, without the zero end points."""
 
 
 @dataclass(frozen=True, slots=True)
 class TurnAcoustics:
-    """``measure_turn``'s result rounded for a turn record (energy to 0.01 dB, F0 to 0.1 Hz,
-    semitone figures to 0.01, voiced ratio to 0.001, speech rate to 0.01 Hz): the precision the
-    measurements carry, and stable JSON."""
+    """A turn's acoustics for its record: ``measure_turn``'s result rounded to the precision
+    the measurements carry (energy and tilt to 0.01 dB, F0 to 0.1 Hz, semitone figures to
+    0.01, ratios to 0.001, speech rate to 0.01 Hz, jitter to 0.001 %, shimmer to 0.001 dB,
+    arousal to 0.001), which also keeps the JSON stable; plus the unrounded measurements, which
+    the speaker baseline (``core/prosody.py``) compares."""
 
     energy: Energy
     pitch: Pitch
     speech_rate_hz: float | None
+    voice: Voice
+    arousal: float | None
+    """Prosodic arousal estimate in [-1, 1] (``arousal.AROUSAL_MODEL``), rounded."""
+    arousal_score: float | None
+    """The model's linear score before tanh, unrounded."""
+    features: TurnFeatures
+
+
+def speech_mask(
+    n_frames: int, segments: tuple[tuple[int, int], ...], start_frame: int
+) -> NDArray[np.bool_]:
+    """A turn's speech mask: shape ``(n_frames,)``, True inside ``segments`` (``[start, end)``
+    frame indices on the call's 20 ms grid) counted from the turn's first frame
+    ``start_frame``."""
+    mask = np.zeros(n_frames, dtype=np.bool_)
+    for s, e in segments:
+        mask[max(0, s - start_frame) : max(0, e - start_frame)] = True
+    return mask
 
 
 def turn_acoustics(
@@ -693,12 +1074,12 @@ def turn_acoustics(
     ``segments``: the turn's speech spans as ``[start, end)`` frame indices on the same grid
     (20 ms frames), which become the speech mask. Raises ``ValueError`` as ``measure_turn``.
     """
-    mask = np.zeros(pcm.shape[0] // (SAMPLE_RATE_HZ * FRAME_MS // 1000), dtype=np.bool_)
-    for s, e in segments:
-        mask[max(0, s - start_frame) : max(0, e - start_frame)] = True
+    mask = speech_mask(pcm.shape[0] // (SAMPLE_RATE_HZ * FRAME_MS // 1000), segments, start_frame)
     measured = measure_turn(pcm, mask, params=params)
     m = measured.energy
     p = measured.pitch
+    v = measured.voice
+    score = _arousal.AROUSAL_MODEL.score(arousal_inputs(measured))
     return TurnAcoustics(
         energy=Energy(
             mean_dbfs=round(m.mean_dbfs, 2),
@@ -713,6 +1094,16 @@ def turn_acoustics(
             slope_semitones_per_s=_round(p.slope_semitones_per_s, 2),
         ),
         speech_rate_hz=_round(measured.speech_rate_hz, 2),
+        voice=Voice(
+            jitter_local_pct=_round(v.jitter_local_pct, 3),
+            shimmer_local_db=_round(v.shimmer_local_db, 3),
+            hnr_db=_round(v.hnr_db, 2),
+            alpha_ratio_db=_round(v.alpha_ratio_db, 2),
+            periods=v.periods,
+        ),
+        arousal=None if score is None else round(_arousal.arousal(score), 3),
+        arousal_score=score,
+        features=measured,
     )
 
 

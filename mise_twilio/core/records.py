@@ -57,12 +57,70 @@ class Energy(_Model):
 
 
 class Pitch(_Model):
-    """F0 statistics over voiced frames (YIN, de Cheveigné & Kawahara 2002)."""
+    """F0 statistics over voiced 20 ms frames (YIN, de Cheveigné & Kawahara 2002)."""
 
     median_hz: float | None
     iqr_semitones: float | None
     voiced_ratio: float = Field(ge=0.0, le=1.0)
     slope_semitones_per_s: float | None
+
+
+Contour = Literal["rising", "falling", "level"]
+
+
+class Prosody(_Model):
+    """The turn against its speaker's own running baseline in this call (``core/prosody.py``).
+
+    The baseline is the median over the speaker's earlier turns in the call with at least
+    200 ms of voicing (backchannels aside); before there is one, pitch is compared with a
+    population norm and loudness and speech rate are null.
+    """
+
+    pitch_semitones: float | None = Field(
+        description="Median F0 re the baseline F0, semitones (null: too little voicing)."
+    )
+    pitch_baseline_hz: float | None = Field(
+        description="The baseline F0: median of earlier turns' median F0, or for the first turn "
+        "a population norm (116 Hz or 217 Hz, picked by the turn's F0 10th percentile)."
+    )
+    pitch_range_semitones: float | None = Field(
+        description="This turn's F0 range, 10th to 90th percentile, semitones (not relative)."
+    )
+    loudness_db: float | None = Field(
+        description="Active speech level re the baseline's, dB (null on the first turn)."
+    )
+    speech_rate_ratio: float | None = Field(
+        description="Speech rate / the baseline's (1 = usual; null on the first turn)."
+    )
+    contour: Contour | None = Field(
+        description="F0 movement over the last 500 ms of voicing: rising or falling by at least "
+        "1.5 semitones, else level (null: under 140 ms of voicing there)."
+    )
+    contour_change_semitones: float | None = Field(
+        description="The F0 change over that span, semitones."
+    )
+    baseline_turns: int = Field(
+        ge=0, description="Earlier turns in the baseline (0: population norms only)."
+    )
+
+
+class Voice(_Model):
+    """Voice quality over voiced frames, at telephone bandwidth (``core/voice.py``)."""
+
+    jitter_local_pct: float | None = Field(
+        description="Praat's jitter (local): mean |T_i - T_i-1| / mean T of glottal periods, %."
+    )
+    shimmer_local_db: float | None = Field(
+        description="Praat's shimmer (local, dB): mean |20 log10(A_i / A_i-1)|."
+    )
+    hnr_db: float | None = Field(
+        description="Harmonics-to-noise ratio (Boersma 1993, cross-correlation), dB."
+    )
+    alpha_ratio_db: float | None = Field(
+        description="10 log10(E 1000-3400 Hz / E 300-1000 Hz): spectral tilt on the telephone "
+        "band, not comparable with full-band eGeMAPS norms."
+    )
+    periods: int = Field(ge=0, description="Glottal periods analysed.")
 
 
 class TurnRecord(_RecordBase):
@@ -99,8 +157,38 @@ class TurnRecord(_RecordBase):
     energy: Energy | None = None
     pitch: Pitch | None = None
     speech_rate_hz: float | None = Field(default=None, description="Syllable nuclei per second.")
+    prosody: Prosody | None = None
+    voice: Voice | None = None
+    arousal: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Prosodic arousal estimate (F0 level and range, spectral tilt, tempo, energy "
+        "dynamics; core/arousal.py), -1 calm .. 1 excited. Not an emotion label.",
+    )
+    arousal_rel: float | None = Field(
+        default=None,
+        description="The arousal score against the speaker's baseline in this call, z-like: 0 = "
+        "their usual, +1 = one within-speaker spread above it.",
+    )
     custom_parameters: dict[str, str] = Field(default_factory=dict)
     audio: str | None = Field(default=None, description="WAV path, or base64 WAV, when enabled.")
+
+
+class ToneRecord(_RecordBase):
+    """A steady pure tone in a track (400-2000 Hz, at least 200 ms), e.g. the beep an
+    answering machine plays before it records (``core/tone.py``). Found in a closed turn and
+    emitted right after its turn record; 20 ms resolution."""
+
+    type: Literal["tone"] = "tone"
+    track: Track
+    speaker: Speaker
+    turn_index: int = Field(ge=0, description="The turn it was found in.")
+    start_ms: int = Field(description="Stream clock ms of its first pure 20 ms frame.")
+    end_ms: int
+    duration_ms: int = Field(ge=0)
+    frequency_hz: float
+    level_dbfs: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +215,19 @@ class LatencyStats(_Model):
     max_ms: float | None
 
 
+class ArousalStats(_Model):
+    """One speaker's turn arousal over the call (backchannels aside)."""
+
+    turns: int = Field(ge=0, description="Turns with an arousal value.")
+    mean: float | None
+    peak: float | None
+    peak_turn_index: int | None = Field(description="Index of the turn with the peak (first).")
+    trend_per_min: float | None = Field(
+        description="Least-squares slope of arousal against turn start, per minute (null with "
+        "under 3 turns or under 30 s between the first and the last)."
+    )
+
+
 class CallSummary(_Model):
     """Whole-stream statistics, computed from the emitted turns."""
 
@@ -141,6 +242,13 @@ class CallSummary(_Model):
         default=None, description="Barge-ins by each speaker (backchannels excluded)."
     )
     response_latency: LatencyStats | None = None
+    arousal: dict[str, ArousalStats] = Field(default_factory=dict, description="Per speaker.")
+    escalation: int | None = Field(
+        default=None,
+        description="Caller turns with arousal_rel >= 1 that barged in or were the caller's first "
+        "turn after an agent response slower than the call's p95 response latency: a count of "
+        "frustration episodes. Null without the agent track.",
+    )
     lost_ms: dict[str, int] = Field(default_factory=dict, description="Per track.")
     media_messages: dict[str, int] = Field(default_factory=dict, description="Per track.")
     diagnostics: int = 0
@@ -223,6 +331,14 @@ class CallStatusEvent(_RecordBase):
     caller_name: str | None = None
     forwarded_from: str | None = None
     parent_call_sid: str | None = None
+    answered_by: str | None = Field(
+        default=None,
+        description="AnsweredBy from answering machine detection: human, machine_start, "
+        "machine_end_beep, machine_end_silence, machine_end_other, fax or unknown.",
+    )
+    machine_detection_ms: int | None = Field(
+        default=None, description="MachineDetectionDuration: how long detection took, ms."
+    )
     summary: CallSummary | None = Field(
         default=None,
         description="The stream's summary, when its stop was known here or, with a shared "
@@ -242,6 +358,7 @@ class StreamStatusEvent(_RecordBase):
 
 AnyRecord = (
     TurnRecord
+    | ToneRecord
     | StreamStarted
     | StreamStopped
     | DtmfEvent

@@ -7,7 +7,11 @@ Two kinds of form-encoded webhook reach ``/v1/webhook/twilio``:
   ``CallStatus``, ``SequenceNumber`` (from 0, per call), ``Timestamp`` (RFC 2822, e.g.
   ``Thu, 12 Feb 2026 11:48:25 +0000``), ``CallDuration`` (s, on completed), ``Duration`` (billed
   minutes, ignored), ``SipResponseCode``, ``Direction``, ``From``/``To``/``CallerName``/
-  ``ForwardedFrom`` (redacted by a ``PiiPolicy``), ``ParentCallSid``, ``AccountSid``.
+  ``ForwardedFrom`` (redacted by a ``PiiPolicy``), ``ParentCallSid``, ``AccountSid``; with
+  answering machine detection on the call (``MachineDetection``,
+  https://www.twilio.com/docs/voice/answering-machine-detection), ``AnsweredBy`` (``human``,
+  ``machine_start``, ``machine_end_beep``, ``machine_end_silence``, ``machine_end_other``,
+  ``fax``, ``unknown``) and ``MachineDetectionDuration`` (ms).
 * **Stream status callbacks** (https://www.twilio.com/docs/voice/twiml/stream#statuscallback):
   ``StreamSid``, ``StreamEvent`` (``stream-started|stream-stopped|stream-error``), ``StreamName``,
   ``StreamError``, ``Timestamp`` (ISO 8601), ``CallSid``, ``AccountSid``.
@@ -35,6 +39,7 @@ from mise_twilio.core.pii import PiiPolicy
 from mise_twilio.core.records import CallEventType, CallStatusEvent, StreamStatusEvent
 
 __all__ = [
+    "ANSWERED_BY_VALUES",
     "CALL_STATUS_TYPES",
     "STREAM_EVENTS",
     "TERMINAL_STATUSES",
@@ -80,11 +85,21 @@ STREAM_EVENTS: Final[Mapping[str, str]] = {
 """Accepted ``StreamEvent`` spellings → the documented ``stream-*`` value (bare forms are
 accepted defensively; third-party code claims Twilio sends them)."""
 
+ANSWERED_BY_VALUES: Final[frozenset[str]] = frozenset(
+    {
+        "human", "machine_start", "machine_end_beep", "machine_end_silence",
+        "machine_end_other", "fax", "unknown",
+    }
+)  # fmt: skip
+"""``AnsweredBy`` values Twilio documents (``machine_end_*`` only with
+``MachineDetection=DetectMessageEnd``)."""
+
 USED_FIELDS: Final[frozenset[str]] = frozenset(
     {
         "AccountSid", "CallSid", "CallStatus", "SequenceNumber", "Timestamp", "Direction",
         "CallDuration", "SipResponseCode", "From", "To", "CallerName", "ForwardedFrom",
-        "ParentCallSid", "StreamSid", "StreamEvent", "StreamName", "StreamError",
+        "ParentCallSid", "AnsweredBy", "MachineDetectionDuration", "StreamSid", "StreamEvent",
+        "StreamName", "StreamError",
     }
 )  # fmt: skip
 """Form fields ``parse_status_callback`` reads (the edge rejects these when repeated)."""
@@ -96,6 +111,7 @@ _SID_HEX = re.compile(r"[0-9a-fA-F]{32}")
 _UINT = re.compile(r"[0-9]{1,10}")
 # Error messages (the 400 body, the log line) name the field and what it must be, never the
 # value: the form is unauthenticated input and may carry a phone number in any field.
+_TOKEN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 def _opt(params: Mapping[str, str], name: str) -> str | None:
@@ -168,7 +184,9 @@ def parse_status_callback(
     ``no-answer`` → ``call.no_answer``); ``event_at`` from the RFC 2822 ``Timestamp`` as aware
     UTC (ISO 8601 accepted as a fallback); ``sequence_number`` (int ≥ 0, or ``None`` when absent);
     ``duration_s`` from ``CallDuration`` (seconds); ``sip_response_code``; ``from``/``to``/
-    ``caller_name``/``forwarded_from`` through ``pii.redact``. Id ``f"{CallSid}:{type}"``.
+    ``caller_name``/``forwarded_from`` through ``pii.redact``; ``answered_by`` from
+    ``AnsweredBy`` (``ANSWERED_BY_VALUES``, or another lower-case token as sent) and
+    ``machine_detection_ms`` from ``MachineDetectionDuration``. Id ``f"{CallSid}:{type}"``.
 
     Stream: ``stream_event`` normalised via ``STREAM_EVENTS``; ``event_at`` from the ISO 8601
     ``Timestamp`` as aware UTC (RFC 2822 accepted as a fallback). Id
@@ -176,10 +194,12 @@ def parse_status_callback(
 
     Raises ``WebhookError`` (status 400) with a message naming the field: missing ``CallSid``
     (call) or ``StreamSid`` (stream), a SID without its type prefix and 32 hex digits
-    (``CA…`` call, ``AC…`` account, ``MZ…`` stream), unknown
-    ``CallStatus`` or ``StreamEvent``, unparseable ``Timestamp``, a ``SequenceNumber``/
-    ``CallDuration``/``SipResponseCode`` that is not a non-negative integer, or neither
-    ``CallStatus`` nor ``StreamEvent``. Messages name the field, never its value.
+    (``CA…`` call, ``AC…`` account, ``MZ…`` stream), unknown ``CallStatus`` or
+    ``StreamEvent``, an ``AnsweredBy`` that is not a lower-case token
+    (``[a-z][a-z0-9_]{0,31}``), unparseable ``Timestamp``, a
+    ``SequenceNumber``/``CallDuration``/``SipResponseCode``/``MachineDetectionDuration`` that is
+    not a non-negative integer, or neither ``CallStatus`` nor ``StreamEvent``. Messages name the
+    field, never its value.
     """
     stream_event_raw = _opt(params, "StreamEvent")
     if stream_event_raw is not None:
@@ -208,7 +228,19 @@ def parse_status_callback(
         caller_name=pii.redact(_opt(params, "CallerName")),
         forwarded_from=pii.redact(_opt(params, "ForwardedFrom")),
         parent_call_sid=_sid(params, "ParentCallSid", required=False),
+        answered_by=_answered_by(params),
+        machine_detection_ms=_uint(params, "MachineDetectionDuration"),
     )
+
+
+def _answered_by(params: Mapping[str, str]) -> str | None:
+    """``AnsweredBy`` as sent. A value Twilio may add later (older AMD sent ``machine``) is
+    kept as long as it is a plain token: refusing it would lose the status callback."""
+    value = _opt(params, "AnsweredBy")
+    if value is None or _TOKEN.fullmatch(value) is not None:
+        return value
+    known = ", ".join(sorted(ANSWERED_BY_VALUES))
+    raise WebhookError(f"AnsweredBy is not a token like {known}")
 
 
 def _parse_stream(params: Mapping[str, str], raw_event: str) -> StreamStatusEvent:

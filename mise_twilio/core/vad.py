@@ -113,7 +113,15 @@ F_LEVEL = N_BANDS
 """200-3400 Hz level, dB re full scale."""
 F_SILENT = N_BANDS + 1
 """1.0 when the frame is digital silence (all-zero PCM), else 0.0."""
-N_FEATURES = N_BANDS + 2
+F_PURITY = N_BANDS + 2
+"""Share of the 200-3400 Hz power within ±100 Hz (the 20 ms Hann window's main lobe) of the
+spectral peak, when that peak lies in 400-2000 Hz (0 otherwise): about 1 for a pure tone such
+as an answering machine's beep, at most ~0.9 for voiced speech and DTMF."""
+N_FEATURES = N_BANDS + 3
+TONE_PURITY = 0.95
+"""A frame this pure is a tone: speech for the VAD (a beep must be a turn for the per-turn tone
+detector, ``tone.py``, to report it; the model, fitted on speech, does not call one speech)."""
+TONE_HZ = (400.0, 2000.0)
 
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"snr_b{b}" for b in range(N_BANDS)),
@@ -165,6 +173,12 @@ def _analysis_tables() -> tuple[NDArray[np.float32], NDArray[np.float32]]:
 
 
 _DFT, _SUMMING = _analysis_tables()
+_N_BINS = _DFT.shape[1] // 2
+_BIN_HZ = SAMPLE_RATE_HZ / FRAME_SAMPLES
+_BIN0 = round(BAND_EDGES_HZ[0] / _BIN_HZ)
+_TONE_LO = round(TONE_HZ[0] / _BIN_HZ) - _BIN0
+_TONE_HI = round(TONE_HZ[1] / _BIN_HZ) - _BIN0 + 1
+_LOBE_BINS = 2  # ±100 Hz
 
 
 def frame_features(pcm: NDArray[np.int16]) -> NDArray[np.float32]:
@@ -181,6 +195,14 @@ def frame_features(pcm: NDArray[np.int16]) -> NDArray[np.float32]:
     out[:, : N_BANDS + 1] = np.log10(y @ _SUMMING + np.float32(1e-10))
     out[:, : N_BANDS + 1] *= 10.0
     out[:, F_SILENT] = ~pcm.any(axis=1)
+    per_bin = y[:, :_N_BINS] + y[:, _N_BINS:]
+    cum = np.cumsum(per_bin, axis=1)
+    peak = np.argmax(per_bin[:, _TONE_LO:_TONE_HI], axis=1) + _TONE_LO
+    rows = np.arange(pcm.shape[0])
+    hi = np.minimum(peak + _LOBE_BINS, _N_BINS - 1)
+    lo = peak - _LOBE_BINS - 1
+    lobe = cum[rows, hi] - np.where(lo >= 0, cum[rows, np.maximum(lo, 0)], 0.0)
+    out[:, F_PURITY] = lobe / (cum[:, -1] + np.float32(1e-20))
     return out
 
 
@@ -530,13 +552,14 @@ class _Core:
         # under the active level a frame is no speech at all: the floor of a line whose noise
         # sits near μ-law's resolution reads low, and its noise frames stand a few dB over it
         dead_rows = (x[:, :, F_LEVEL] <= p.min_active_level_dbfs).tolist()
+        tone_rows = (x[:, :, F_PURITY] >= TONE_PURITY).tolist()
         echo = None if other is None else self._echo(bands, s, x[:, :, F_LEVEL], other, z)
         start_l, stop_l, decay, edge_db = p.start_logit, p.stop_logit, self.decay, p.edge_snr_db
         min_frames, pre, bridge_max = self.min_frames, self.pre, self.bridge
         use_rows: list[list[bool]] = []
         for ti, tr in enumerate(self.tracks):
             zr, mr, okr, sr = z_rows[ti], m_rows[ti], ok_rows[ti], silent_rows[ti]
-            dr = dead_rows[ti]
+            dr, tn = dead_rows[ti], tone_rows[ti]
             er = None if echo is None else echo[ti]
             peak = tr.peak
             for i in range(n):
@@ -548,8 +571,9 @@ class _Core:
                     # digital silence (a lost frame filled by the timeline, or Twilio's own)
                     # tells nothing: a run of speech frames it interrupts goes on
                     continue
-                active = zi >= stop_l and not dr[i]
                 echo_frame = er is not None and er[i]
+                tone = tn[i] and okr[i] and not echo_frame
+                active = (zi >= stop_l or tone) and not dr[i]
                 if active and echo_frame:
                     # echo: never starts speech and is not speech; inside a segment it only
                     # postpones the end (a pause filled by the other's echo is still a pause
@@ -567,7 +591,7 @@ class _Core:
                 # logit also weighs the frames around it, so it rises late and falls late. A
                 # start moves back over the run of such frames before it (at most the
                 # pre-roll); an end comes after the last active one.
-                if mi >= edge_db and not dr[i] and not echo_frame:
+                if (mi >= edge_db or tone) and not dr[i] and not echo_frame:
                     if tr.recent_edge_from is None:
                         tr.recent_edge_from = frame
                     tr.edge_gap = 0
@@ -587,7 +611,7 @@ class _Core:
                         last = tr.last_edge if tr.last_edge >= tr.seg_start else tr.last_active
                         out.append((ti, ("end", last + 1 + self.post), frame))
                     continue
-                if active and zi >= start_l and okr[i] and mi >= edge_db:
+                if active and okr[i] and (tone or (zi >= start_l and mi >= edge_db)):
                     tr.loud_run += 1
                     if tr.loud_run >= min_frames:
                         tr.in_speech = True

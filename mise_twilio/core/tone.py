@@ -1,0 +1,109 @@
+"""Steady pure tones in a turn: the beep an answering machine plays before it records.
+
+``find_tone`` scans a closed turn's 20 ms frames, using the Hann-windowed power spectra that
+``features.measure_turn`` computes once per turn (also for the spectral tilt). A beep after a
+greeting is either its own short turn to the energy VAD or the tail of the greeting turn, so a
+scan of each closed turn finds it, with no state and no cost on the per-message path; it is
+reported when the turn closes, which is when a bot should start speaking anyway.
+
+A frame is a pure tone when nearly all its power lies within ±100 Hz of its spectral peak (the
+main lobe of a 20 ms Hann window; ``tone_min_purity``): a generated beep reads 0.99-1.0 (0.985
+20 dB above white line noise), while DTMF (two tones ≥ 268 Hz apart in ITU-T Q.23) reads ≤ 0.87
+even with 8 dB of twist, and voiced speech, whose harmonics sit 60-400 Hz apart, stays lower
+still (a synthetic 300 Hz vowel with its second harmonic on a narrow F1: 0.94). The frequency
+is the peak bin refined by a Gaussian (parabola on log power) fit: < 1 Hz for a clean tone. A
+tone is the longest run of consecutive pure frames in ``tone_min_hz..tone_max_hz`` (400-2000 Hz
+nominal, ±1.25 %) whose frequency holds within ``tone_max_step`` from frame to frame, above
+``tone_min_dbfs``, lasting at least ``tone_min_ms`` (answering-machine beeps are 400-2000 Hz and
+last 200 ms or more).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mise_twilio.core.audio import FRAME_MS, FULL_SCALE_RMS
+
+if TYPE_CHECKING:
+    from mise_twilio.core.features import FeatureParams
+
+__all__ = ["ToneFeatures", "find_tone"]
+
+_LOBE_HZ = 100.0
+"""Half-width of the band around the peak that a pure tone's power falls in."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToneFeatures:
+    """A steady pure tone found in a turn, on the turn's 20 ms frame grid."""
+
+    start_frame: int
+    """First pure frame, counted from the turn's first frame."""
+    frames: int
+    """Length of the run of pure frames (duration = ``frames`` × 20 ms)."""
+    frequency_hz: float
+    """Median frequency over the run."""
+    level_dbfs: float
+    """Median frame level over the run."""
+
+
+def find_tone(
+    power: NDArray[np.float32],
+    frame_power: NDArray[np.float64],
+    sample_rate_hz: int,
+    params: FeatureParams,
+) -> ToneFeatures | None:
+    """The longest steady pure tone in a turn, if it lasts ``tone_min_ms``.
+
+    Args:
+        power: shape ``(k, nfft // 2 + 1)``, float32: the power spectrum of each 20 ms frame
+            (Hann window, ``nfft`` = samples per frame: 50 Hz bins).
+        frame_power: shape ``(k,)``, each frame's mean square (int16 scale).
+        sample_rate_hz: the frames' rate.
+        params: the ``tone_*`` settings.
+    """
+    k, bins = power.shape
+    if k == 0 or bins < 5:
+        return None
+    bin_hz = sample_rate_hz / (2 * (bins - 1))
+    lobe = max(1, round(_LOBE_HZ / bin_hz))
+    peak = np.argmax(power[:, 1:-1], axis=1) + 1
+    rows = np.arange(k)[:, None]
+    # The main lobe's bins (clamped at the band edges, where a repeated bin is then dropped).
+    around = peak[:, None] + np.arange(-lobe, lobe + 1)
+    inside = (around >= 0) & (around < bins)
+    lobe_power = np.where(inside, power[rows, np.clip(around, 0, bins - 1)], 0.0).sum(axis=1)
+    purity = lobe_power / np.maximum(power.sum(axis=1), 1e-30)
+    lp = np.log(np.maximum(power[rows, peak[:, None] + np.arange(-1, 2)], 1e-30))
+    curv = lp[:, 0] - 2.0 * lp[:, 1] + lp[:, 2]
+    shift = np.zeros(k)
+    np.divide(0.5 * (lp[:, 0] - lp[:, 2]), curv, out=shift, where=curv < 0.0)
+    freq = (peak + np.clip(shift, -0.5, 0.5)) * bin_hz
+
+    min_power = FULL_SCALE_RMS**2 * 10.0 ** (params.tone_min_dbfs / 10.0)
+    pure = (
+        (purity >= params.tone_min_purity)
+        & (frame_power >= min_power)
+        & (freq >= params.tone_min_hz)
+        & (freq <= params.tone_max_hz)
+    )
+    if not pure.any():
+        return None
+    # Runs of pure frames whose frequency holds from one frame to the next.
+    link = pure[1:] & pure[:-1] & (np.abs(freq[1:] - freq[:-1]) <= params.tone_max_step * freq[1:])
+    breaks = np.flatnonzero(~np.concatenate(([False], link)) & pure)  # run starts
+    ends = np.flatnonzero(pure & ~np.concatenate((link, [False]))) + 1  # run ends
+    lengths = ends - breaks
+    best = int(np.argmax(lengths))
+    a, b = int(breaks[best]), int(ends[best])
+    # A frame half tone, half silence is still pure: a run of n frames can hold a tone of
+    # nearly (n - 1) frames plus two partial ones.
+    if (b - a) * FRAME_MS < params.tone_min_ms - FRAME_MS + 1e-9:
+        return None
+    level = 10.0 * math.log10(max(float(np.median(frame_power[a:b])), 1e-10) / FULL_SCALE_RMS**2)
+    return ToneFeatures(a, b - a, float(np.median(freq[a:b])), level)
