@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _fixture_audio as fa
+import _vad_scoring
 
 from mise_twilio.core import audio as mt_audio
 from mise_twilio.core.call import SessionParams
@@ -225,26 +226,8 @@ def vad_step_us(case: Case, params: VadParams) -> float:
 def smooth_frames(raw: Sequence[bool], min_frames: int, hang_frames: int) -> list[Span]:
     """Segments (frame spans) from raw decisions: start after ``min_frames`` consecutive speech
     frames (at the first of them), end once ``hang_frames`` pass without speech (at one past the
-    last speech frame)."""
-    segs: list[Span] = []
-    run = 0
-    start = last = -1
-    on = False
-    for i, d in enumerate(raw):
-        if on:
-            if d:
-                last = i
-            elif i - last >= hang_frames:
-                segs.append((start, last + 1))
-                on = False
-                run = 0
-            continue
-        run = run + 1 if d else 0
-        if run >= min_frames:
-            on, start, last, run = True, i - min_frames + 1, i, 0
-    if on:
-        segs.append((start, last + 1))
-    return segs
+    last speech frame): the real-speech bench's segmenter with no post-roll."""
+    return _vad_scoring.smooth(np.asarray(raw, dtype=bool), min_frames, hang_frames, post=0)
 
 
 def segments_to_turns(segs: list[Span], gap_ms: int) -> list[DetTurn]:
