@@ -431,7 +431,8 @@ def parse_outbound(text: str | bytes) -> AnyOutbound:
     nothing of them. The payload is not decoded here (``decode_payload``).
     """
     try:
-        return _OUTBOUND.validate_json(text)
+        # By alias only: ``stream_sid`` is not ``streamSid`` to Twilio (31951).
+        return _OUTBOUND.validate_json(text, by_alias=True, by_name=False)
     except ValidationError as exc:
         error = _classify(exc)
         if error.code != "missing_event":
