@@ -3,6 +3,7 @@
 Routes (Starlette, served by uvicorn with ``ws="websockets-sansio"``):
 
 - ``WS  /v1/stream/twilio``   Twilio Media Streams (``<Start><Stream>`` fork or ``<Connect>``)
+- ``WS  /v1/stream/twilio/proxy/{name}``   proxy mode: relayed to the bot ``name`` (``proxy.py``)
 - ``POST|GET /v1/webhook/twilio``  call and stream status callbacks (``webhook.py``)
 - ``GET /healthz``  the process is up;  ``GET /readyz``  every sink answers
 - ``GET /metrics``  Prometheus text format
@@ -37,6 +38,7 @@ from mise_twilio.core.records import AnyRecord, Diagnostic, StreamStopped, TurnR
 from mise_twilio.core.status import StatusEvent
 from mise_twilio.server.config import Settings, session_params
 from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.proxy import proxy_routes
 from mise_twilio.server.signature import TwilioSignature
 from mise_twilio.server.sinks import SinkHub, build_hub
 from mise_twilio.server.stream import run_stream
@@ -290,6 +292,7 @@ def create_app(
         routes=[
             WebSocketRoute(STREAM_PATH, bridge.stream),
             WebSocketRoute(STREAM_PATH + "/", bridge.stream),
+            *proxy_routes(bridge),
             Route(WEBHOOK_PATH, webhook, methods=["GET", "POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -58,6 +58,9 @@ class Metrics:
       (buckets ``MESSAGE_PROCESSING_BUCKETS_S``).
     - ``webhook_requests_total{outcome}``: Counter, status callbacks by outcome (accepted,
       rejected, forbidden…).
+    - ``upstream_failures_total{upstream,reason}``: Counter, proxied calls a bot failed:
+      ``unreachable`` (its WebSocket did not open), ``dropped`` (it went away mid-call),
+      ``backlog`` (a side did not keep up).
     """
 
     def __init__(self) -> None:
@@ -111,6 +114,12 @@ class Metrics:
         )
         self.webhook_requests_total = Counter(
             "mise_webhook_requests_total", "Status callbacks by outcome.", ["outcome"], registry=r
+        )
+        self.upstream_failures_total = Counter(
+            "mise_upstream_failures_total",
+            "Proxied calls failed by their bot.",
+            ["upstream", "reason"],
+            registry=r,
         )
 
     def render(self) -> tuple[bytes, str]:

@@ -1,0 +1,447 @@
+"""Proxy mode: relay a Twilio Media Stream to the team's own bot, and hear the agent as played.
+
+``WS /v1/stream/twilio/proxy/{name}``: Twilio connects here (``<Connect><Stream>``), the relay
+opens the WebSocket of the bot configured as ``name`` (``MISE_UPSTREAMS``; never a URL from the
+request) and copies every message both ways, unchanged and in order: text as text, binary as
+binary, Twilio's ``start`` with its ``customParameters`` as sent (``api_key`` included: the bot
+sees what it would see from Twilio; records never carry it). The bot's messages feed the
+session's playback model (``CallSession.receive_playback``), which rebuilds the agent's track.
+
+Order of work per message: relay first, analyse after. The reader queues the frame for the
+other side's writer and yields once, so the writer has put it on the socket before the
+session parses it. Until Twilio's ``start`` is admitted the order is reversed for the caller's
+side: the session checks ``start`` (the api_key) before the bot may see it.
+
+Authentication is the stream endpoint's: ``X-Twilio-Signature`` on the upgrade (against
+``MISE_PUBLIC_URL`` + this path), ``customParameters.api_key`` against ``MISE_API_KEY``. An
+unknown ``name`` is refused at the handshake (404) once the signature holds, so names cannot
+be probed. The bot's WebSocket is opened as soon as the Twilio side is authenticated: at
+accept when the signature was checked (or nothing is configured), at ``start`` when the
+api_key is the only check, so an unauthenticated client never makes us dial the bot.
+
+Failures end the call on both sides and leave its records final:
+
+- the bot cannot be reached: a log line, a ``diagnostic`` (``upstream_unreachable``), Twilio's
+  side closed (1011: Twilio then runs the TwiML after ``<Connect>``, a fallback);
+- the bot closes (normally: the conversation is over) or drops (``upstream_closed``
+  diagnostic): Twilio's side closed, the session closed (``upstream_closed``), open turns
+  final;
+- Twilio drops: the session ends as ``eof``, the bot's socket is closed after it was sent what
+  Twilio had sent;
+- one side does not keep up: frames wait for it in a buffer bounded by
+  ``MISE_PROXY_BACKLOG_BYTES``; past that the call ends (``backlog``). The other side is never
+  blocked by it.
+
+A bad frame from either side is relayed and becomes a diagnostic; nothing one call does reaches
+another call's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import structlog
+from starlette.responses import PlainTextResponse
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from mise_twilio import __version__
+from mise_twilio.core.call import CallSession
+from mise_twilio.core.records import StopReason, StreamStarted, StreamStopped
+
+if TYPE_CHECKING:
+    from mise_twilio.server.app import Bridge
+
+__all__ = ["PROXY_PATH", "UPSTREAM_MAX_MESSAGE_BYTES", "proxy_routes"]
+
+PROXY_PATH = "/v1/stream/twilio/proxy"
+UPSTREAM_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""Largest message accepted from a bot (a bot may send a whole utterance in one ``media``:
+4 MiB of base64 is about six minutes of audio)."""
+START_GRACE_S = 1.0
+"""When the bot cannot be reached before Twilio's ``start`` has come, wait this long for it, so
+the diagnostic names the call (Twilio sends ``start`` right after the upgrade)."""
+DRAIN_S = 2.0
+"""At the end, frames still queued toward a side get this long to go out."""
+
+log = structlog.get_logger("mise_twilio.server")
+
+
+def proxy_routes(bridge: Bridge) -> list[WebSocketRoute]:
+    """The proxy endpoint's routes (with and without a trailing ``/``)."""
+
+    async def endpoint(ws: WebSocket) -> None:
+        await serve_proxy(bridge, ws)
+
+    return [
+        WebSocketRoute(PROXY_PATH + "/{name}", endpoint),
+        WebSocketRoute(PROXY_PATH + "/{name}/", endpoint),
+    ]
+
+
+async def serve_proxy(bridge: Bridge, ws: WebSocket) -> None:
+    """Admit one proxied Media Stream and relay it until either side ends it."""
+    path = ws.url.path
+    name = str(ws.path_params.get("name", ""))
+    if bridge.shutting_down:
+        await ws.close(code=1013)  # try again later: another replica takes it
+        return
+    signed = bridge.signature is not None
+    if bridge.signature is not None and not bridge.signature.check_websocket(
+        path, ws.headers.get("x-twilio-signature")
+    ):
+        bridge.metrics.webhook_requests_total.labels(outcome="ws_forbidden").inc()
+        log.warning("stream_forbidden", reason="bad or missing X-Twilio-Signature", path=path)
+        await ws.close(code=1008)  # before accept: the handshake is refused with 403
+        return
+    upstream = bridge.settings.upstream(name)
+    if upstream is None:
+        log.warning("unknown_upstream", upstream=name, path=path)
+        try:
+            await ws.send_denial_response(PlainTextResponse("unknown upstream", status_code=404))
+        except RuntimeError:  # a server without the denial-response extension: 403
+            await ws.close(code=1008)
+        return
+    url, headers = upstream
+    await ws.accept()
+    dial_at_start = not signed and bridge.params.expected_api_key is not None
+    await ProxiedCall(bridge, ws, name, url, headers, dial_at_start=dial_at_start).run()
+
+
+class _Pump:
+    """One direction of the relay: frames queued by a reader, written in order by ``run()``.
+
+    ``put`` never waits: it refuses a frame (returns ``False``) when the frames queued and not
+    yet written would exceed ``max_bytes`` (one frame is always taken, whatever its size)."""
+
+    def __init__(self, send: Callable[[str | bytes], Awaitable[None]], max_bytes: int) -> None:
+        self._send = send
+        self._max = max_bytes
+        self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.queued_bytes = 0
+
+    def put(self, frame: str | bytes) -> bool:
+        size = len(frame)
+        if self.queued_bytes and self.queued_bytes + size > self._max:
+            return False
+        self.queued_bytes += size
+        self._queue.put_nowait(frame)
+        return True
+
+    def close(self) -> None:
+        """``run()`` returns once what is queued now is written."""
+        self._queue.put_nowait(None)
+
+    async def run(self) -> None:
+        """Write frames until ``close()``; a failed write ends it (the reader of that side
+        sees the connection go)."""
+        while (frame := await self._queue.get()) is not None:
+            try:
+                await self._send(frame)
+            finally:
+                self.queued_bytes -= len(frame)
+
+
+class ProxiedCall:
+    """One proxied stream: Twilio's accepted WebSocket, the bot's, a ``CallSession`` fed from
+    both, two pumps and a watchdog. ``run()`` returns when the call is over on both sides."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        ws: WebSocket,
+        name: str,
+        url: str,
+        headers: dict[str, str],
+        *,
+        dial_at_start: bool,
+    ) -> None:
+        self.bridge = bridge
+        self.ws = ws
+        self.name = name
+        self.url = url
+        self.headers = headers
+        self.dial_at_start = dial_at_start
+        self.session = CallSession(dataclasses.replace(bridge.params, proxied=True))
+        limit = bridge.settings.proxy_backlog_bytes
+        self.to_bot = _Pump(self._send_bot, limit)
+        self.to_twilio = _Pump(self._send_twilio, limit)
+        self.bot: ClientConnection | None = None
+        self.started = asyncio.Event()  # start admitted, refused, or the stream is over
+        self.done = asyncio.Event()
+        self.twilio_close_code = 1000
+        self.last_message = time.monotonic()
+        self.log = log.bind(upstream=name)
+        self.stopped: StreamStopped | None = None
+        self._readers: list[asyncio.Task[Any]] = []  # they end the call
+        self._writers: list[asyncio.Task[Any]] = []  # they drain at the end
+
+    # -- the call --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        bridge, session = self.bridge, self.session
+        key = id(session)
+        bridge.sessions[key] = session
+        bridge.metrics.active_streams.inc()
+        loop = asyncio.get_running_loop()
+        self._readers = [
+            loop.create_task(self._guard(self._read_twilio())),
+            loop.create_task(self._guard(self._dial_and_read_bot())),
+            loop.create_task(self._guard(self._watchdog())),
+        ]
+        self._writers = [loop.create_task(self.to_twilio.run())]
+        try:
+            await self.done.wait()
+        finally:
+            await self._hang_up()
+            bridge.sessions.pop(key, None)
+            bridge.metrics.active_streams.dec()
+            if self.stopped is not None:
+                self.log.info(
+                    "stream_stopped",
+                    reason=self.stopped.reason,
+                    turns=sum(self.stopped.summary.turn_counts.values()),
+                )
+
+    def end(self, reason: StopReason | None = None, *, code: int | None = None) -> None:
+        """End the call: close the session (with ``reason``, unless it has ended already),
+        publish its records, and let ``run()`` hang up both sides."""
+        if reason is not None:
+            self.session.close(reason, at_s=time.time())
+        if code is not None and not self.done.is_set():
+            self.twilio_close_code = code
+        self.drain()
+        self.started.set()
+        self.done.set()
+
+    def drain(self) -> None:
+        for record in self.bridge.flush_session(self.session):
+            if isinstance(record, StreamStarted):
+                self.log = self.log.bind(call_sid=record.call_sid, stream_sid=record.stream_sid)
+                self.log.info("stream_started", tracks=record.tracks, proxied=True)
+            elif isinstance(record, StreamStopped):
+                self.stopped = record
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        # A bug in one call's relay must end only that call, with what it had so far.
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("proxy_failed")
+            self.end("eof", code=1011)
+
+    # -- Twilio -> bot ---------------------------------------------------------------------
+
+    async def _read_twilio(self) -> None:
+        session, ws = self.session, self.ws
+        histogram = self.bridge.metrics.message_processing_seconds
+        max_call_s = self.bridge.settings.max_call_s
+        opened_at = time.monotonic()
+        while not self.done.is_set():
+            try:
+                frame = await ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                frame = {"type": "websocket.disconnect"}
+            if frame["type"] == "websocket.disconnect":
+                self.bridge.end_of_input(session)
+                self.end()
+                return
+            self.last_message = time.monotonic()
+            data: str | bytes | None = frame.get("text")
+            if data is None:
+                data = frame.get("bytes") or b""
+            if session.stream_sid is None:
+                # Not started: the session checks first (``start``'s api_key), the bot sees
+                # the frame only if it was not refused.
+                t0 = time.perf_counter()
+                session.receive_text(data, received_at_s=time.time())
+                histogram.observe(time.perf_counter() - t0)
+                if session.rejection is not None:
+                    self.log.warning(
+                        "stream_rejected",
+                        reason=session.rejection,
+                        call_sid=session.call_sid,
+                        stream_sid=session.stream_sid,
+                    )
+                    self.end(code=session.close_code())
+                    return
+                if not self._relay_to_bot(data):
+                    return
+                if session.stream_sid is not None:
+                    self.started.set()
+            else:
+                if not self._relay_to_bot(data):
+                    return
+                if self.bot is not None:
+                    await asyncio.sleep(0)  # the writer puts it on the wire first
+                t0 = time.perf_counter()
+                session.receive_text(data, received_at_s=time.time())
+                histogram.observe(time.perf_counter() - t0)
+            self.drain()
+            if session.close_expected():
+                self.end()
+                return
+            if self.last_message - opened_at > max_call_s:
+                self.end("max_duration")
+                return
+
+    def _relay_to_bot(self, data: str | bytes) -> bool:
+        if self.to_bot.put(data):
+            return True
+        self._backlog("the bot is not reading: Twilio's frames are piling up")
+        return False
+
+    async def _send_bot(self, frame: str | bytes) -> None:
+        assert self.bot is not None
+        await self.bot.send(frame)
+
+    # -- bot -> Twilio ---------------------------------------------------------------------
+
+    async def _dial_and_read_bot(self) -> None:
+        if self.dial_at_start:
+            await self.started.wait()
+            if self.done.is_set():
+                return
+        try:
+            bot = await connect(
+                self.url,
+                additional_headers=self.headers,
+                open_timeout=self.bridge.settings.upstream_open_timeout_s,
+                max_size=UPSTREAM_MAX_MESSAGE_BYTES,
+                compression=None,
+                user_agent_header=f"mise-twilio/{__version__}",
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            await self._unreachable(exc)
+            return
+        if self.done.is_set():
+            await bot.close()
+            return
+        self.bot = bot
+        self.log.info("upstream_connected", url=_redacted(self.url))
+        self._writers.append(asyncio.get_running_loop().create_task(self.to_bot.run()))
+        session = self.session
+        try:
+            while True:
+                message = await bot.recv()
+                if self.done.is_set():
+                    return
+                if not self.to_twilio.put(message):
+                    self._backlog("Twilio is not reading: the bot's frames are piling up")
+                    return
+                await asyncio.sleep(0)  # the writer puts it on the wire first
+                session.receive_playback(message)
+                self.drain()
+        except ConnectionClosed as exc:
+            if not self.done.is_set():
+                self._bot_closed(exc)
+
+    async def _send_twilio(self, frame: str | bytes) -> None:
+        if isinstance(frame, str):
+            await self.ws.send_text(frame)
+        else:
+            await self.ws.send_bytes(frame)
+
+    # -- failures --------------------------------------------------------------------------
+
+    async def _unreachable(self, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        self.log.error("upstream_unreachable", url=_redacted(self.url), error=error)
+        self.bridge.metrics.upstream_failures_total.labels(
+            upstream=self.name, reason="unreachable"
+        ).inc()
+        # Name the call in the diagnostic: Twilio's ``start`` is normally already here.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.started.wait(), START_GRACE_S)
+        if self.done.is_set():
+            return
+        self.session.report(
+            "upstream_unreachable", f"could not open upstream {self.name!r}: {error}"
+        )
+        self.end("upstream_unreachable", code=1011)
+
+    def _bot_closed(self, exc: ConnectionClosed) -> None:
+        received = exc.rcvd
+        clean = received is not None and received.code in (1000, 1001)
+        code = received.code if received is not None else 1006
+        if clean:
+            self.log.info("upstream_closed", code=code)
+        else:
+            self.log.warning("upstream_dropped", code=code, error=str(exc))
+            self.bridge.metrics.upstream_failures_total.labels(
+                upstream=self.name, reason="dropped"
+            ).inc()
+            self.session.report(
+                "upstream_closed",
+                f"upstream {self.name!r} went away mid-call (close code {code}): {exc}",
+            )
+        self.end("upstream_closed", code=1000 if clean else 1011)
+
+    def _backlog(self, what: str) -> None:
+        self.log.warning(
+            "proxy_backlog",
+            detail=what,
+            to_bot_bytes=self.to_bot.queued_bytes,
+            to_twilio_bytes=self.to_twilio.queued_bytes,
+        )
+        self.bridge.metrics.upstream_failures_total.labels(
+            upstream=self.name, reason="backlog"
+        ).inc()
+        limit = self.bridge.settings.proxy_backlog_bytes
+        self.session.report("backlog", f"{what} (over {limit} bytes queued); call ended")
+        self.end("backlog", code=1011)
+
+    # -- watchdog and hang-up --------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        session = self.session
+        idle_s = self.bridge.settings.idle_timeout_s
+        metrics = self.bridge.metrics
+        while not self.done.is_set():
+            await asyncio.sleep(min(1.0, idle_s / 4))
+            for event, count in session.take_message_counts().items():
+                metrics.messages_total.labels(event=event).inc(count)
+            if session.close_expected():  # closed from outside: shutdown, call.completed
+                self.end()
+            elif time.monotonic() - self.last_message > idle_s:
+                self.end("idle")
+
+    async def _hang_up(self) -> None:
+        """Both sides closed, what was queued for each sent first (within ``DRAIN_S``)."""
+        for task in self._readers:
+            task.cancel()
+        self.to_bot.close()
+        self.to_twilio.close()
+        _, late = await asyncio.wait(self._writers, timeout=DRAIN_S)
+        for task in late:
+            task.cancel()
+        if self.bot is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.bot.close(), DRAIN_S)
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=self.twilio_close_code)
+        await asyncio.gather(*self._readers, *self._writers, return_exceptions=True)
+        session = self.session
+        if not session.close_expected():
+            session.close("eof", at_s=time.time())
+        for event, count in session.take_message_counts().items():
+            self.bridge.metrics.messages_total.labels(event=event).inc(count)
+        self.drain()
+
+
+def _redacted(url: str) -> str:
+    """``url`` without userinfo, for logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
