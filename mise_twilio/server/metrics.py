@@ -58,6 +58,9 @@ class Metrics:
       (buckets ``MESSAGE_PROCESSING_BUCKETS_S``).
     - ``webhook_requests_total{outcome}``: Counter, status callbacks by outcome (accepted,
       rejected, forbidden…).
+    - ``relay_seconds{direction}``: Histogram, proxy mode: a frame's time inside the relay,
+      from being read off one socket to being written to the other (``to_bot``,
+      ``to_twilio``), seconds (buckets ``MESSAGE_PROCESSING_BUCKETS_S``).
     - ``upstream_failures_total{upstream,reason}``: Counter, proxied calls a bot failed:
       ``unreachable`` (its WebSocket did not open), ``dropped`` (it went away mid-call),
       ``backlog`` (a side did not keep up).
@@ -114,6 +117,13 @@ class Metrics:
         )
         self.webhook_requests_total = Counter(
             "mise_webhook_requests_total", "Status callbacks by outcome.", ["outcome"], registry=r
+        )
+        self.relay_seconds = Histogram(
+            "mise_relay_seconds",
+            "Proxy mode: a frame's time from one socket to the other, seconds.",
+            ["direction"],
+            buckets=MESSAGE_PROCESSING_BUCKETS_S,
+            registry=r,
         )
         self.upstream_failures_total = Counter(
             "mise_upstream_failures_total",

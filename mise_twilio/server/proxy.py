@@ -120,12 +120,19 @@ class _Pump:
     """One direction of the relay: frames queued by a reader, written in order by ``run()``.
 
     ``put`` never waits: it refuses a frame (returns ``False``) when the frames queued and not
-    yet written would exceed ``max_bytes`` (one frame is always taken, whatever its size)."""
+    yet written would exceed ``max_bytes`` (one frame is always taken, whatever its size).
+    ``observe`` gets each frame's time from ``put`` to written, seconds."""
 
-    def __init__(self, send: Callable[[str | bytes], Awaitable[None]], max_bytes: int) -> None:
+    def __init__(
+        self,
+        send: Callable[[str | bytes], Awaitable[None]],
+        max_bytes: int,
+        observe: Callable[[float], None],
+    ) -> None:
         self._send = send
         self._max = max_bytes
-        self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._observe = observe
+        self._queue: asyncio.Queue[tuple[str | bytes, float] | None] = asyncio.Queue()
         self.queued_bytes = 0
 
     def put(self, frame: str | bytes) -> bool:
@@ -133,7 +140,7 @@ class _Pump:
         if self.queued_bytes and self.queued_bytes + size > self._max:
             return False
         self.queued_bytes += size
-        self._queue.put_nowait(frame)
+        self._queue.put_nowait((frame, time.perf_counter()))
         return True
 
     def close(self) -> None:
@@ -143,11 +150,13 @@ class _Pump:
     async def run(self) -> None:
         """Write frames until ``close()``; a failed write ends it (the reader of that side
         sees the connection go)."""
-        while (frame := await self._queue.get()) is not None:
+        while (item := await self._queue.get()) is not None:
+            frame, queued_at = item
             try:
                 await self._send(frame)
             finally:
                 self.queued_bytes -= len(frame)
+            self._observe(time.perf_counter() - queued_at)
 
 
 class ProxiedCall:
@@ -172,8 +181,11 @@ class ProxiedCall:
         self.dial_at_start = dial_at_start
         self.session = CallSession(dataclasses.replace(bridge.params, proxied=True))
         limit = bridge.settings.proxy_backlog_bytes
-        self.to_bot = _Pump(self._send_bot, limit)
-        self.to_twilio = _Pump(self._send_twilio, limit)
+        relay = bridge.metrics.relay_seconds
+        self.to_bot = _Pump(self._send_bot, limit, relay.labels(direction="to_bot").observe)
+        self.to_twilio = _Pump(
+            self._send_twilio, limit, relay.labels(direction="to_twilio").observe
+        )
         self.bot: ClientConnection | None = None
         self.started = asyncio.Event()  # start admitted, refused, or the stream is over
         self.done = asyncio.Event()
