@@ -8,9 +8,10 @@ sees what it would see from Twilio; records never carry it). The bot's messages 
 session's playback model (``CallSession.receive_playback``), which rebuilds the agent's track.
 
 Order of work per message: relay first, analyse after. The reader queues the frame for the
-other side's writer and yields once, so the writer has put it on the socket before the
-session parses it. Until Twilio's ``start`` is admitted the order is reversed for the caller's
-side: the session checks ``start`` (the api_key) before the bot may see it.
+other side's writer (which wakes up) and schedules the session's work on it after that
+wake-up, so the frame is on the other socket before the session parses it. Until Twilio's
+``start`` is admitted the order is reversed for the caller's side: the session checks
+``start`` (the api_key) before the bot may see it.
 
 Authentication is the stream endpoint's: ``X-Twilio-Signature`` on the upgrade (against
 ``MISE_PUBLIC_URL`` + this path), ``customParameters.api_key`` against ``MISE_API_KEY``. An
@@ -190,7 +191,7 @@ class ProxiedCall:
         self.started = asyncio.Event()  # start admitted, refused, or the stream is over
         self.done = asyncio.Event()
         self.twilio_close_code = 1000
-        self.last_message = time.monotonic()
+        self.opened_at = self.last_message = time.monotonic()
         self.log = log.bind(upstream=name)
         self.stopped: StreamStopped | None = None
         self._readers: list[asyncio.Task[Any]] = []  # they end the call
@@ -256,56 +257,65 @@ class ProxiedCall:
 
     async def _read_twilio(self) -> None:
         session, ws = self.session, self.ws
-        histogram = self.bridge.metrics.message_processing_seconds
-        max_call_s = self.bridge.settings.max_call_s
-        opened_at = time.monotonic()
+        loop = asyncio.get_running_loop()
         while not self.done.is_set():
             try:
                 frame = await ws.receive()
             except (WebSocketDisconnect, RuntimeError):
                 frame = {"type": "websocket.disconnect"}
             if frame["type"] == "websocket.disconnect":
-                self.bridge.end_of_input(session)
-                self.end()
+                # After what was read: analysis callbacks already queued run first.
+                loop.call_soon(self._twilio_gone)
                 return
             self.last_message = time.monotonic()
             data: str | bytes | None = frame.get("text")
             if data is None:
                 data = frame.get("bytes") or b""
-            if session.stream_sid is None:
-                # Not started: the session checks first (``start``'s api_key), the bot sees
-                # the frame only if it was not refused.
-                t0 = time.perf_counter()
-                session.receive_text(data, received_at_s=time.time())
-                histogram.observe(time.perf_counter() - t0)
-                if session.rejection is not None:
-                    self.log.warning(
-                        "stream_rejected",
-                        reason=session.rejection,
-                        call_sid=session.call_sid,
-                        stream_sid=session.stream_sid,
-                    )
-                    self.end(code=session.close_code())
-                    return
+            if session.stream_sid is not None:
                 if not self._relay_to_bot(data):
                     return
-                if session.stream_sid is not None:
-                    self.started.set()
-            else:
-                if not self._relay_to_bot(data):
-                    return
-                if self.bot is not None:
-                    await asyncio.sleep(0)  # the writer puts it on the wire first
-                t0 = time.perf_counter()
-                session.receive_text(data, received_at_s=time.time())
-                histogram.observe(time.perf_counter() - t0)
+                # Relay first: the writer's wake-up is already scheduled, so it puts the
+                # frame on the wire before this analysis runs.
+                loop.call_soon(self._analyse_twilio, data, time.time())
+                continue
+            # Not started: the session checks first (``start``'s api_key), and the bot sees
+            # the frame only if it was not refused.
+            self._analyse_twilio(data, time.time())
+            if session.rejection is not None:
+                self.log.warning(
+                    "stream_rejected",
+                    reason=session.rejection,
+                    call_sid=session.call_sid,
+                    stream_sid=session.stream_sid,
+                )
+                self.end(code=session.close_code())
+                return
+            if self.done.is_set() or not self._relay_to_bot(data):
+                return
+            if session.stream_sid is not None:
+                self.started.set()
+
+    def _analyse_twilio(self, data: str | bytes, received_at_s: float) -> None:
+        if self.done.is_set():
+            return
+        session = self.session
+        try:
+            t0 = time.perf_counter()
+            session.receive_text(data, received_at_s=received_at_s)
+            self.bridge.metrics.message_processing_seconds.observe(time.perf_counter() - t0)
             self.drain()
-            if session.close_expected():
-                self.end()
-                return
-            if self.last_message - opened_at > max_call_s:
-                self.end("max_duration")
-                return
+        except Exception:
+            self.log.exception("proxy_failed")
+            self.end("eof", code=1011)
+            return
+        if session.close_expected():
+            self.end(code=session.close_code())  # 1008 when start was refused
+        elif self.last_message - self.opened_at > self.bridge.settings.max_call_s:
+            self.end("max_duration")
+
+    def _twilio_gone(self) -> None:
+        self.bridge.end_of_input(self.session)
+        self.end()
 
     def _relay_to_bot(self, data: str | bytes) -> bool:
         if self.to_bot.put(data):
@@ -342,7 +352,7 @@ class ProxiedCall:
         self.bot = bot
         self.log.info("upstream_connected", url=_redacted(self.url))
         self._writers.append(asyncio.get_running_loop().create_task(self.to_bot.run()))
-        session = self.session
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 message = await bot.recv()
@@ -351,12 +361,20 @@ class ProxiedCall:
                 if not self.to_twilio.put(message):
                     self._backlog("Twilio is not reading: the bot's frames are piling up")
                     return
-                await asyncio.sleep(0)  # the writer puts it on the wire first
-                session.receive_playback(message)
-                self.drain()
+                loop.call_soon(self._analyse_bot, message)  # relay first, as above
         except ConnectionClosed as exc:
             if not self.done.is_set():
-                self._bot_closed(exc)
+                loop.call_soon(self._bot_closed, exc)  # after the frames read before it
+
+    def _analyse_bot(self, message: str | bytes) -> None:
+        if self.done.is_set():
+            return
+        try:
+            self.session.receive_playback(message)
+            self.drain()
+        except Exception:
+            self.log.exception("proxy_failed")
+            self.end("eof", code=1011)
 
     async def _send_twilio(self, frame: str | bytes) -> None:
         if isinstance(frame, str):
@@ -383,6 +401,8 @@ class ProxiedCall:
         self.end("upstream_unreachable", code=1011)
 
     def _bot_closed(self, exc: ConnectionClosed) -> None:
+        if self.done.is_set():
+            return
         received = exc.rcvd
         clean = received is not None and received.code in (1000, 1001)
         code = received.code if received is not None else 1006
