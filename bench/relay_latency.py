@@ -42,6 +42,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_CHUNK_MS = 100
+SETUP_S = 1.0
+"""Each call's first second (its bot dialled while the other calls start too) is reported
+apart from the steady state."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,21 +176,34 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU of a process (or of one of its threads), seconds."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def latencies(calls: list[dict[str, Any]], bot: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(to-bot, to-Twilio) one-way latencies in ms over every frame of these calls."""
+def latencies(
+    calls: list[dict[str, Any]], bot: dict[str, Any], *, after_s: float, until_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(to-bot, to-Twilio) one-way latencies in ms of the frames sent between ``after_s`` and
+    ``until_s`` into each call."""
     to_bot: list[int] = []
     to_twilio: list[int] = []
     for call in calls:
         seen = bot.get(call["sid"])
-        if seen is None:
+        if seen is None or not call["sent"]:
             continue
-        to_bot += [t - call["sent"][seq] for seq, t in seen["received"] if seq in call["sent"]]
-        to_twilio += [r - s for s, r in zip(seen["sent"], call["received"], strict=False)]
+        t0 = min(call["sent"].values())
+        lo, hi = t0 + after_s * 1e9, t0 + until_s * 1e9
+        to_bot += [
+            t - call["sent"][seq]
+            for seq, t in seen["received"]
+            if seq in call["sent"] and lo <= call["sent"][seq] < hi
+        ]
+        to_twilio += [
+            r - s for s, r in zip(seen["sent"], call["received"], strict=False) if lo <= s < hi
+        ]
     return np.asarray(to_bot) / 1e6, np.asarray(to_twilio) / 1e6
 
 
@@ -221,6 +237,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--no-features", action="store_true", help="MISE_MEASURE_FEATURES=0 on the proxy"
+    )
     parser.add_argument("--role", choices=["main", "bot"], default="main")
     parser.add_argument("--port", type=int)
     parser.add_argument("--log", type=Path)
@@ -244,6 +263,7 @@ def main() -> None:
             MISE_DATA_DIR=str(Path(tmp) / "data"),
             MISE_LOG_LEVEL="warning",
             MISE_UPSTREAMS=f"bench=ws://127.0.0.1:{bot_port}/twilio",
+            MISE_MEASURE_FEATURES="0" if args.no_features else "1",
         )
         proxy = subprocess.Popen(
             [sys.executable, "-m", "mise_twilio.cli", "serve"], env=env, stderr=subprocess.DEVNULL
@@ -264,21 +284,27 @@ def main() -> None:
             time.sleep(0.5)
             relay_before = relay_histogram(proxy_port)
             results: dict[str, list[dict[str, Any]]] = {"direct": [], "proxy": []}
-            cpu = {"proxy_s": 0.0, "messages": 0}
+            cpu = {"proxy_s": 0.0, "loop_s": 0.0, "messages": 0, "wall_s": 0.0}
+            harness0 = time.process_time() + _cpu_seconds(bot.pid)
             for r in range(args.rounds):
                 order = ["direct", "proxy"] if r % 2 == 0 else ["proxy", "direct"]
                 for path in order:
-                    cpu0 = _cpu_seconds(proxy.pid)
+                    cpu0, wall0 = _cpu_seconds(proxy.pid), time.monotonic()
+                    loop0 = _cpu_seconds(proxy.pid, proxy.pid)
                     calls = asyncio.run(
                         run_calls(urls[path], args.calls, args.seconds, f"{r:01x}{path[0]}")
                     )
                     time.sleep(1.0)  # the bot writes its log as each call closes
                     if path == "proxy":
+                        cpu["wall_s"] += time.monotonic() - wall0 - 1.0
                         cpu["proxy_s"] += _cpu_seconds(proxy.pid) - cpu0
+                        cpu["loop_s"] += _cpu_seconds(proxy.pid, proxy.pid) - loop0
                         cpu["messages"] += sum(len(c["sent"]) + len(c["received"]) for c in calls)
                     results[path] += calls
                     print(f"round {r + 1}: {path} done", flush=True)
             relay_after = relay_histogram(proxy_port)
+            harness_s = time.process_time() + _cpu_seconds(bot.pid) - harness0
+            load = os.getloadavg()[0]
             seen = {}
             for line in bot_log.read_text().splitlines():
                 record = json.loads(line)
@@ -293,26 +319,32 @@ def main() -> None:
         f"\n{args.calls} concurrent calls, {args.seconds:.0f} s each, {args.rounds} rounds; "
         "one-way latency per frame, ms"
     )
-    print(
-        f"{'direction':<10} {'path':<7} {'frames':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}"
-    )
-    table: dict[tuple[str, str], np.ndarray] = {}
-    for path in ("direct", "proxy"):
-        to_bot, to_twilio = latencies(results[path], seen)
-        table[("to bot", path)] = to_bot
-        table[("to Twilio", path)] = to_twilio
-    for direction in ("to bot", "to Twilio"):
+    spans = {
+        f"after each call's first {SETUP_S:g} s": (SETUP_S, args.seconds),
+        f"each call's first {SETUP_S:g} s (the bot dialled, handshakes)": (0.0, SETUP_S),
+    }
+    for title, (lo, hi) in spans.items():
+        print(f"\n{title}")
+        columns = ("frames", "p50", "p90", "p99", "max")
+        print(f"{'direction':<10} {'path':<7} " + " ".join(f"{c:>7}" for c in columns))
+        table: dict[tuple[str, str], np.ndarray] = {}
         for path in ("direct", "proxy"):
-            x = table[(direction, path)]
-            p50, p90, p99 = np.percentile(x, [50, 90, 99])
-            print(
-                f"{direction:<10} {path:<7} {x.size:>7} {p50:7.3f} {p90:7.3f} {p99:7.3f} "
-                f"{x.max():7.2f}"
-            )
-    for direction in ("to bot", "to Twilio"):
-        d, p = table[(direction, "direct")], table[(direction, "proxy")]
-        added = np.percentile(p, [50, 99]) - np.percentile(d, [50, 99])
-        print(f"added by the proxy {direction}: p50 {added[0]:+.3f} ms, p99 {added[1]:+.3f} ms")
+            to_bot, to_twilio = latencies(results[path], seen, after_s=lo, until_s=hi)
+            table[("to bot", path)] = to_bot
+            table[("to Twilio", path)] = to_twilio
+        for direction in ("to bot", "to Twilio"):
+            for path in ("direct", "proxy"):
+                x = table[(direction, path)]
+                p50, p90, p99 = np.percentile(x, [50, 90, 99])
+                print(
+                    f"{direction:<10} {path:<7} {x.size:>7} {p50:7.3f} {p90:7.3f} {p99:7.3f} "
+                    f"{x.max():7.2f}"
+                )
+        for direction in ("to bot", "to Twilio"):
+            d, p = table[(direction, "direct")], table[(direction, "proxy")]
+            added = np.percentile(p, [50, 99]) - np.percentile(d, [50, 99])
+            print(f"added by the proxy {direction}: p50 {added[0]:+.3f} ms, p99 {added[1]:+.3f} ms")
+    print()
     for direction, after in relay_after.items():
         before = dict(relay_before.get(direction, []))
         buckets = [(bound, count - before.get(bound, 0.0)) for bound, count in after]
@@ -323,7 +355,13 @@ def main() -> None:
         )
     print(
         f"proxy CPU: {cpu['proxy_s']:.1f} s for {cpu['messages']} relayed frames "
-        f"({cpu['proxy_s'] / max(1, cpu['messages']) * 1e6:.0f} µs per frame, relay + analysis)"
+        f"({cpu['proxy_s'] / max(1, cpu['messages']) * 1e6:.0f} µs per frame, relay + analysis; "
+        f"{cpu['proxy_s'] / max(1e-9, cpu['wall_s']):.0%} of a core while proxying; the event "
+        f"loop's thread {cpu['loop_s'] / max(1e-9, cpu['wall_s']):.0%}, the rest analysis)"
+    )
+    print(
+        f"harness (calls + bot) CPU: {harness_s:.1f} s; {os.cpu_count()} cores, load average "
+        f"{load:.2f} at the end (other work on the machine adds to the tail)"
     )
 
 

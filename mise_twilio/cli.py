@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import socket
@@ -66,6 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # clean drain. A no-op handler makes that re-raise harmless (uvicorn installs its own
     # handlers on start, so this one only ever sees the re-raise), and the exit status is 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    # What imports and start-up made (pydantic schemas, numpy, the app) lives for the whole
+    # process: frozen, it leaves the collector's generations, and a full collection, which
+    # stops every call on the event loop, walks only the calls' own objects.
+    gc.collect()
+    gc.freeze()
     server.run()
     return 0
 

@@ -7,11 +7,17 @@ binary, Twilio's ``start`` with its ``customParameters`` as sent (``api_key`` in
 sees what it would see from Twilio; records never carry it). The bot's messages feed the
 session's playback model (``CallSession.receive_playback``), which rebuilds the agent's track.
 
-Order of work per message: relay first, analyse after. The reader queues the frame for the
-other side's writer (which wakes up) and schedules the session's work on it after that
-wake-up, so the frame is on the other socket before the session parses it. Until Twilio's
-``start`` is admitted the order is reversed for the caller's side: the session checks
-``start`` (the api_key) before the bot may see it.
+Relay first, analyse after, and elsewhere. The event loop only relays: a reader queues each
+frame for the other side's writer and hands the session's work on it to the **analysis
+thread** (one per process, ``Analyst``), which runs every proxied session's parsing, playback
+model, VAD, turns and turn features in the order the frames arrived, and hands the records
+back to the loop to publish. So no call's analysis, not even a turn's features (milliseconds of
+numpy), delays any call's relay; the thread's numpy work releases the GIL, and the switch
+interval is lowered to ``GIL_SWITCH_INTERVAL_S`` so the loop gets the GIL back within that
+when the thread is in Python code. Until Twilio's ``start`` is admitted the caller's side is
+checked first, on the loop: the session judges ``start`` (the api_key) before the bot may see
+it. Each session is a ``LockedSession``: one lock around its inputs and outputs, because the
+loop also reaches it (publishing, the watchdog, the server's shutdown and status join).
 
 Authentication is the stream endpoint's: ``X-Twilio-Signature`` on the upgrade (against
 ``MISE_PUBLIC_URL`` + this path), ``customParameters.api_key`` against ``MISE_API_KEY``. An
@@ -42,9 +48,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import sys
+import threading
 import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import structlog
@@ -55,8 +65,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from mise_twilio import __version__
-from mise_twilio.core.call import CallSession
-from mise_twilio.core.records import StopReason, StreamStarted, StreamStopped
+from mise_twilio.core.call import CallSession, SessionParams
+from mise_twilio.core.messages import AnyInbound
+from mise_twilio.core.records import AnyRecord, StopReason, StreamStarted, StreamStopped
 
 if TYPE_CHECKING:
     from mise_twilio.server.app import Bridge
@@ -72,6 +83,11 @@ START_GRACE_S = 1.0
 the diagnostic names the call (Twilio sends ``start`` right after the upgrade)."""
 DRAIN_S = 2.0
 """At the end, frames still queued toward a side get this long to go out."""
+ANALYSIS_POLL_S = 0.002
+"""The analysis thread looks for work this often when it has none."""
+GIL_SWITCH_INTERVAL_S = 0.0005
+"""How long the analysis thread may keep the GIL from the event loop while running Python
+code (CPython's default is 5 ms, longer than the relay's latency budget)."""
 
 log = structlog.get_logger("mise_twilio.server")
 
@@ -133,7 +149,10 @@ class _Pump:
         self._send = send
         self._max = max_bytes
         self._observe = observe
-        self._queue: asyncio.Queue[tuple[str | bytes, float] | None] = asyncio.Queue()
+        # A deque and one future, not an asyncio.Queue: a frame costs an append, and the
+        # writer is woken only when it was waiting.
+        self._frames: deque[tuple[str | bytes, float] | None] = deque()
+        self._waiting: asyncio.Future[None] | None = None
         self.queued_bytes = 0
 
     def put(self, frame: str | bytes) -> bool:
@@ -141,17 +160,32 @@ class _Pump:
         if self.queued_bytes and self.queued_bytes + size > self._max:
             return False
         self.queued_bytes += size
-        self._queue.put_nowait((frame, time.perf_counter()))
+        self._frames.append((frame, time.perf_counter()))
+        self._wake()
         return True
 
     def close(self) -> None:
         """``run()`` returns once what is queued now is written."""
-        self._queue.put_nowait(None)
+        self._frames.append(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
 
     async def run(self) -> None:
         """Write frames until ``close()``; a failed write ends it (the reader of that side
         sees the connection go)."""
-        while (item := await self._queue.get()) is not None:
+        frames = self._frames
+        while True:
+            if not frames:
+                self._waiting = asyncio.get_running_loop().create_future()
+                await self._waiting
+                continue
+            item = frames.popleft()
+            if item is None:
+                return
             frame, queued_at = item
             try:
                 await self._send(frame)
@@ -160,9 +194,107 @@ class _Pump:
             self._observe(time.perf_counter() - queued_at)
 
 
+class LockedSession(CallSession):
+    """A ``CallSession`` shared by the event loop and the analysis thread.
+
+    Every input and output method holds one re-entrant lock, so the two threads never run
+    the session's code at once; attribute reads (``stream_sid``, ``close_expected()``) need
+    none. ``collect()`` (analysis thread) moves new records aside for ``take_events()`` (the
+    loop's publishing) and says whether there are any."""
+
+    def __init__(self, params: SessionParams) -> None:
+        super().__init__(params)
+        self.lock = threading.RLock()
+        self._collected: list[AnyRecord] = []
+
+    def receive_text(self, text: str | bytes, *, received_at_s: float | None = None) -> None:
+        with self.lock:
+            super().receive_text(text, received_at_s=received_at_s)
+
+    def receive_message(self, message: AnyInbound, *, received_at_s: float | None = None) -> None:
+        with self.lock:
+            super().receive_message(message, received_at_s=received_at_s)
+
+    def receive_playback(self, frame: str | bytes) -> None:
+        with self.lock:
+            super().receive_playback(frame)
+
+    def receive_eof(self, *, at_s: float | None = None) -> None:
+        with self.lock:
+            super().receive_eof(at_s=at_s)
+
+    def report(self, code: str, message: str) -> None:
+        with self.lock:
+            super().report(code, message)
+
+    def close(self, reason: StopReason, *, at_s: float | None = None) -> None:
+        with self.lock:
+            super().close(reason, at_s=at_s)
+
+    def collect(self) -> bool:
+        with self.lock:
+            self._collected += super().take_events()
+            return bool(self._collected)
+
+    def take_events(self) -> list[AnyRecord]:
+        with self.lock:
+            events, self._collected = self._collected + super().take_events(), []
+            return events
+
+    def take_turn_audio(self) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return super().take_turn_audio()
+
+    def take_message_counts(self) -> Counter[str]:
+        with self.lock:
+            return super().take_message_counts()
+
+
+class Analyst:
+    """The analysis thread: runs jobs (the sessions' work) one at a time, in submission order.
+
+    ``Analyst.shared()`` starts it on first use (a daemon thread: a job left at exit belongs to
+    a call the server's shutdown has already closed). The thread is not woken per job: it
+    takes whatever has queued every ``ANALYSIS_POLL_S`` (a wake-up per frame would cost a
+    system call and a context switch on each side), so a record comes out that much later."""
+
+    _shared: ClassVar[Analyst | None] = None
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self) -> None:
+        self._jobs: deque[Callable[[], None]] = deque()  # append/popleft are atomic
+        self._thread = threading.Thread(target=self._run, name="mise-proxy-analysis", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def shared(cls) -> Analyst:
+        with cls._shared_lock:
+            if cls._shared is None:
+                if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
+                    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+                cls._shared = Analyst()
+            return cls._shared
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.append(job)
+
+    def _run(self) -> None:
+        jobs = self._jobs
+        while True:
+            if not jobs:
+                time.sleep(ANALYSIS_POLL_S)
+                continue
+            job = jobs.popleft()
+            try:
+                job()
+            except Exception:  # a job guards itself; this is the last line
+                log.exception("analysis_failed")
+
+
 class ProxiedCall:
-    """One proxied stream: Twilio's accepted WebSocket, the bot's, a ``CallSession`` fed from
-    both, two pumps and a watchdog. ``run()`` returns when the call is over on both sides."""
+    """One proxied stream: Twilio's accepted WebSocket, the bot's, a ``LockedSession`` fed
+    from both on the analysis thread, two pumps and a watchdog. ``run()`` returns when the
+    call is over on both sides."""
 
     def __init__(
         self,
@@ -180,7 +312,8 @@ class ProxiedCall:
         self.url = url
         self.headers = headers
         self.dial_at_start = dial_at_start
-        self.session = CallSession(dataclasses.replace(bridge.params, proxied=True))
+        self.session = LockedSession(dataclasses.replace(bridge.params, proxied=True))
+        self.analyst = Analyst.shared()
         limit = bridge.settings.proxy_backlog_bytes
         relay = bridge.metrics.relay_seconds
         self.to_bot = _Pump(self._send_bot, limit, relay.labels(direction="to_bot").observe)
@@ -190,10 +323,13 @@ class ProxiedCall:
         self.bot: ClientConnection | None = None
         self.started = asyncio.Event()  # start admitted, refused, or the stream is over
         self.done = asyncio.Event()
+        self.ending = False
         self.twilio_close_code = 1000
         self.opened_at = self.last_message = time.monotonic()
         self.log = log.bind(upstream=name)
         self.stopped: StreamStopped | None = None
+        self._loop = asyncio.get_running_loop()
+        self._publish_pending = False
         self._readers: list[asyncio.Task[Any]] = []  # they end the call
         self._writers: list[asyncio.Task[Any]] = []  # they drain at the end
 
@@ -204,7 +340,7 @@ class ProxiedCall:
         key = id(session)
         bridge.sessions[key] = session
         bridge.metrics.active_streams.inc()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._readers = [
             loop.create_task(self._guard(self._read_twilio())),
             loop.create_task(self._guard(self._dial_and_read_bot())),
@@ -224,24 +360,75 @@ class ProxiedCall:
                     turns=sum(self.stopped.summary.turn_counts.values()),
                 )
 
-    def end(self, reason: StopReason | None = None, *, code: int | None = None) -> None:
-        """End the call: close the session (with ``reason``, unless it has ended already),
-        publish its records, and let ``run()`` hang up both sides."""
-        if reason is not None:
-            self.session.close(reason, at_s=time.time())
-        if code is not None and not self.done.is_set():
+    def end(
+        self,
+        reason: StopReason | None = None,
+        *,
+        code: int | None = None,
+        problem: tuple[str, str] | None = None,
+    ) -> None:
+        """End the call (event loop). ``reason``: close the session so, after the work already
+        handed to the analysis thread (the frames relayed so far are analysed first), with
+        ``problem`` (code, message) as a diagnostic before it; ``code``: Twilio's close code.
+        ``run()`` then hangs up both sides."""
+        if code is not None and not self.ending:
             self.twilio_close_code = code
+        if self.ending:
+            return
+        self.ending = True
+        if reason is None:
+            self._finish()
+            return
+        session = self.session
+
+        def close() -> None:
+            if problem is not None:
+                session.report(*problem)
+            session.close(reason, at_s=time.time())
+
+        self._submit(close, then=self._finish)
+
+    def _finish(self) -> None:
+        self.ending = True
         self.drain()
         self.started.set()
         self.done.set()
 
     def drain(self) -> None:
+        """Publish what the session has produced (event loop)."""
+        self._publish_pending = False
         for record in self.bridge.flush_session(self.session):
             if isinstance(record, StreamStarted):
                 self.log = self.log.bind(call_sid=record.call_sid, stream_sid=record.stream_sid)
                 self.log.info("stream_started", tracks=record.tracks, proxied=True)
             elif isinstance(record, StreamStopped):
                 self.stopped = record
+
+    # -- the analysis thread ---------------------------------------------------------------
+
+    def _submit(self, work: Callable[[], None], *, then: Callable[[], None] | None = None) -> None:
+        """Run ``work`` on the analysis thread, then publish on the loop (and run ``then``)."""
+
+        def job() -> None:
+            try:
+                work()
+            except Exception:
+                self.log.exception("proxy_analysis_failed")
+                self._loop.call_soon_threadsafe(self.end, "eof")
+                return
+            closed = self.session.close_expected()
+            if then is not None:
+                self._loop.call_soon_threadsafe(then)
+            elif closed or (self.session.collect() and not self._publish_pending):
+                self._publish_pending = True  # one wake-up for a burst of records
+                self._loop.call_soon_threadsafe(self._published, closed)
+
+        self.analyst.submit(job)
+
+    def _published(self, closed: bool) -> None:
+        self.drain()
+        if closed:  # ``stop``, eof, or a refused start
+            self.end(code=self.session.close_code())
 
     async def _guard(self, work: Awaitable[None]) -> None:
         # A bug in one call's relay must end only that call, with what it had so far.
@@ -257,30 +444,29 @@ class ProxiedCall:
 
     async def _read_twilio(self) -> None:
         session, ws = self.session, self.ws
-        loop = asyncio.get_running_loop()
+        histogram = self.bridge.metrics.message_processing_seconds
         while not self.done.is_set():
             try:
                 frame = await ws.receive()
             except (WebSocketDisconnect, RuntimeError):
                 frame = {"type": "websocket.disconnect"}
             if frame["type"] == "websocket.disconnect":
-                # After what was read: analysis callbacks already queued run first.
-                loop.call_soon(self._twilio_gone)
+                # After the frames read before it: their analysis is queued ahead.
+                self._submit(lambda: self.bridge.end_of_input(session))
                 return
             self.last_message = time.monotonic()
             data: str | bytes | None = frame.get("text")
             if data is None:
                 data = frame.get("bytes") or b""
+            received_at_s = time.time()
             if session.stream_sid is not None:
                 if not self._relay_to_bot(data):
                     return
-                # Relay first: the writer's wake-up is already scheduled, so it puts the
-                # frame on the wire before this analysis runs.
-                loop.call_soon(self._analyse_twilio, data, time.time())
+                self._submit(self._analysis_of(data, received_at_s, histogram.observe))
                 continue
-            # Not started: the session checks first (``start``'s api_key), and the bot sees
-            # the frame only if it was not refused.
-            self._analyse_twilio(data, time.time())
+            # Not started: the session judges first (``start``'s api_key), here on the loop,
+            # and the bot sees the frame only if it was not refused.
+            session.receive_text(data, received_at_s=received_at_s)
             if session.rejection is not None:
                 self.log.warning(
                     "stream_rejected",
@@ -290,32 +476,23 @@ class ProxiedCall:
                 )
                 self.end(code=session.close_code())
                 return
-            if self.done.is_set() or not self._relay_to_bot(data):
+            self.drain()
+            if not self._relay_to_bot(data):
                 return
             if session.stream_sid is not None:
                 self.started.set()
 
-    def _analyse_twilio(self, data: str | bytes, received_at_s: float) -> None:
-        if self.done.is_set():
-            return
+    def _analysis_of(
+        self, data: str | bytes, received_at_s: float, observe: Callable[[float], None]
+    ) -> Callable[[], None]:
         session = self.session
-        try:
+
+        def analyse() -> None:
             t0 = time.perf_counter()
             session.receive_text(data, received_at_s=received_at_s)
-            self.bridge.metrics.message_processing_seconds.observe(time.perf_counter() - t0)
-            self.drain()
-        except Exception:
-            self.log.exception("proxy_failed")
-            self.end("eof", code=1011)
-            return
-        if session.close_expected():
-            self.end(code=session.close_code())  # 1008 when start was refused
-        elif self.last_message - self.opened_at > self.bridge.settings.max_call_s:
-            self.end("max_duration")
+            observe(time.perf_counter() - t0)
 
-    def _twilio_gone(self) -> None:
-        self.bridge.end_of_input(self.session)
-        self.end()
+        return analyse
 
     def _relay_to_bot(self, data: str | bytes) -> bool:
         if self.to_bot.put(data):
@@ -346,35 +523,26 @@ class ProxiedCall:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             await self._unreachable(exc)
             return
-        if self.done.is_set():
+        if self.ending:
             await bot.close()
             return
         self.bot = bot
         self.log.info("upstream_connected", url=_redacted(self.url))
-        self._writers.append(asyncio.get_running_loop().create_task(self.to_bot.run()))
-        loop = asyncio.get_running_loop()
+        self._writers.append(self._loop.create_task(self.to_bot.run()))
+        receive_playback = self.session.receive_playback
+        submit = self._submit
         try:
             while True:
                 message = await bot.recv()
-                if self.done.is_set():
+                if self.ending:
                     return
                 if not self.to_twilio.put(message):
                     self._backlog("Twilio is not reading: the bot's frames are piling up")
                     return
-                loop.call_soon(self._analyse_bot, message)  # relay first, as above
+                submit(functools.partial(receive_playback, message))
         except ConnectionClosed as exc:
-            if not self.done.is_set():
-                loop.call_soon(self._bot_closed, exc)  # after the frames read before it
-
-    def _analyse_bot(self, message: str | bytes) -> None:
-        if self.done.is_set():
-            return
-        try:
-            self.session.receive_playback(message)
-            self.drain()
-        except Exception:
-            self.log.exception("proxy_failed")
-            self.end("eof", code=1011)
+            if not self.ending:
+                self._bot_closed(exc)
 
     async def _send_twilio(self, frame: str | bytes) -> None:
         if isinstance(frame, str):
@@ -393,19 +561,14 @@ class ProxiedCall:
         # Name the call in the diagnostic: Twilio's ``start`` is normally already here.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.started.wait(), START_GRACE_S)
-        if self.done.is_set():
-            return
-        self.session.report(
-            "upstream_unreachable", f"could not open upstream {self.name!r}: {error}"
-        )
-        self.end("upstream_unreachable", code=1011)
+        problem = ("upstream_unreachable", f"could not open upstream {self.name!r}: {error}")
+        self.end("upstream_unreachable", code=1011, problem=problem)
 
     def _bot_closed(self, exc: ConnectionClosed) -> None:
-        if self.done.is_set():
-            return
         received = exc.rcvd
         clean = received is not None and received.code in (1000, 1001)
         code = received.code if received is not None else 1006
+        problem = None
         if clean:
             self.log.info("upstream_closed", code=code)
         else:
@@ -413,11 +576,9 @@ class ProxiedCall:
             self.bridge.metrics.upstream_failures_total.labels(
                 upstream=self.name, reason="dropped"
             ).inc()
-            self.session.report(
-                "upstream_closed",
-                f"upstream {self.name!r} went away mid-call (close code {code}): {exc}",
-            )
-        self.end("upstream_closed", code=1000 if clean else 1011)
+            message = f"upstream {self.name!r} went away mid-call (close code {code}): {exc}"
+            problem = ("upstream_closed", message)
+        self.end("upstream_closed", code=1000 if clean else 1011, problem=problem)
 
     def _backlog(self, what: str) -> None:
         self.log.warning(
@@ -430,23 +591,33 @@ class ProxiedCall:
             upstream=self.name, reason="backlog"
         ).inc()
         limit = self.bridge.settings.proxy_backlog_bytes
-        self.session.report("backlog", f"{what} (over {limit} bytes queued); call ended")
-        self.end("backlog", code=1011)
+        problem = ("backlog", f"{what} (over {limit} bytes queued); call ended")
+        self.end("backlog", code=1011, problem=problem)
 
     # -- watchdog and hang-up --------------------------------------------------------------
 
     async def _watchdog(self) -> None:
         session = self.session
-        idle_s = self.bridge.settings.idle_timeout_s
+        settings = self.bridge.settings
+        idle_s = settings.idle_timeout_s
         metrics = self.bridge.metrics
+        ending_since: float | None = None
         while not self.done.is_set():
             await asyncio.sleep(min(1.0, idle_s / 4))
             for event, count in session.take_message_counts().items():
                 metrics.messages_total.labels(event=event).inc(count)
-            if session.close_expected():  # closed from outside: shutdown, call.completed
+            now = time.monotonic()
+            if self.ending:
+                # The analysis thread has the close; if it never answers, hang up anyway.
+                ending_since = ending_since or now
+                if now - ending_since > DRAIN_S:
+                    self._finish()
+            elif session.close_expected():  # closed from outside: shutdown, call.completed
                 self.end()
-            elif time.monotonic() - self.last_message > idle_s:
+            elif now - self.last_message > idle_s:
                 self.end("idle")
+            elif now - self.opened_at > settings.max_call_s:
+                self.end("max_duration")
 
     async def _hang_up(self) -> None:
         """Both sides closed, what was queued for each sent first (within ``DRAIN_S``)."""
