@@ -475,6 +475,40 @@ async def test_the_server_is_healthy_and_proxies_after_every_failure(stack: Stac
     assert await stack.healthy()
 
 
+async def test_sigterm_mid_call_ends_the_proxied_stream_as_shutdown(tmp_path: Path) -> None:
+    port = free_port()
+    server = ServerProcess(
+        tmp_path / "data",
+        tmp_path / "server.log",
+        MISE_UPSTREAMS=f"bot=ws://127.0.0.1:{port}/twilio",
+        MISE_API_KEY="test-key",
+    )
+    await server.start()
+    bot = BotProcess(port, tmp_path / "bot.jsonl").start()
+    lines = caller_stream(call=12)
+    url = f"ws://127.0.0.1:{server.port}{PROXY_PATH}/bot"
+    call = asyncio.create_task(FakeTwilio(lines, speed=4).run(url))
+    try:
+        await wait_until(
+            lambda: any(r.get("answer") == 1 for r in bot.records()), HANG_GUARD_S, "an answer"
+        )
+        server.signal(signal.SIGTERM)
+        assert await server.wait(HANG_GUARD_S) == 0
+        log = await asyncio.wait_for(call, HANG_GUARD_S)
+        await wait_until(
+            lambda: any(r["kind"] == "closed" for r in bot.records()), HANG_GUARD_S, "bot closed"
+        )
+    finally:
+        call.cancel()
+        bot.kill()
+        server.kill()
+    assert log.close_code == 1012  # uvicorn's "service restart"
+    records = read_jsonl(tmp_path / "data" / "events.jsonl")
+    stopped = records[-1]
+    assert stopped["type"] == "stream.stopped" and stopped["reason"] == "shutdown"
+    assert [r for r in records if r["type"] == "turn" and r["speaker"] == "agent"]
+
+
 # ---------------------------------------------------------------------------------------------
 # who may connect (in-process server; the bot is a real process)
 
