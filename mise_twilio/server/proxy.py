@@ -7,17 +7,13 @@ binary, Twilio's ``start`` with its ``customParameters`` as sent (``api_key`` in
 sees what it would see from Twilio; records never carry it). The bot's messages feed the
 session's playback model (``CallSession.receive_playback``), which rebuilds the agent's track.
 
-Relay first, analyse after, and elsewhere. The event loop only relays: a reader queues each
-frame for the other side's writer and hands the session's work on it to the **analysis
-thread** (one per process, ``Analyst``), which runs every proxied session's parsing, playback
-model, VAD, turns and turn features in the order the frames arrived, and hands the records
-back to the loop to publish. So no call's analysis, not even a turn's features (milliseconds of
-numpy), delays any call's relay; the thread's numpy work releases the GIL, and the switch
-interval is lowered to ``GIL_SWITCH_INTERVAL_S`` so the loop gets the GIL back within that
-when the thread is in Python code. Until Twilio's ``start`` is admitted the caller's side is
-checked first, on the loop: the session judges ``start`` (the api_key) before the bot may see
-it. Each session is a ``LockedSession``: one lock around its inputs and outputs, because the
-loop also reaches it (publishing, the watchdog, the server's shutdown and status join).
+Relay first, analyse after. A reader queues each frame for the other side's writer and hands
+the session's work on it to the ``Analyst``, one task per event loop that runs every proxied
+session's work (parsing, the playback model, VAD, turns) in the order the frames arrived, in
+slices of at most ``ANALYSIS_SLICE_S``: between slices the loop polls its sockets, so a frame
+waiting to be relayed waits for at most one slice and the job in hand (a turn's features are one
+job: a few ms of numpy). Until Twilio's ``start`` is admitted the caller's side is judged first:
+the session checks ``start`` (the api_key) before the bot may see it.
 
 Authentication is the stream endpoint's: ``X-Twilio-Signature`` on the upgrade (against
 ``MISE_PUBLIC_URL`` + this path), ``customParameters.api_key`` against ``MISE_API_KEY``. An
@@ -49,10 +45,9 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import sys
-import threading
 import time
-from collections import Counter, deque
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
@@ -65,9 +60,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from mise_twilio import __version__
-from mise_twilio.core.call import CallSession, SessionParams
-from mise_twilio.core.messages import AnyInbound
-from mise_twilio.core.records import AnyRecord, StopReason, StreamStarted, StreamStopped
+from mise_twilio.core.call import CallSession
+from mise_twilio.core.records import StopReason, StreamStarted, StreamStopped
 
 if TYPE_CHECKING:
     from mise_twilio.server.app import Bridge
@@ -83,11 +77,8 @@ START_GRACE_S = 1.0
 the diagnostic names the call (Twilio sends ``start`` right after the upgrade)."""
 DRAIN_S = 2.0
 """At the end, frames still queued toward a side get this long to go out."""
-ANALYSIS_POLL_S = 0.002
-"""The analysis thread looks for work this often when it has none."""
-GIL_SWITCH_INTERVAL_S = 0.0005
-"""How long the analysis thread may keep the GIL from the event loop while running Python
-code (CPython's default is 5 ms, longer than the relay's latency budget)."""
+ANALYSIS_SLICE_S = 0.0002
+"""The analysis works this long at a time before the loop's I/O gets its turn."""
 
 log = structlog.get_logger("mise_twilio.server")
 
@@ -194,107 +185,57 @@ class _Pump:
             self._observe(time.perf_counter() - queued_at)
 
 
-class LockedSession(CallSession):
-    """A ``CallSession`` shared by the event loop and the analysis thread.
-
-    Every input and output method holds one re-entrant lock, so the two threads never run
-    the session's code at once; attribute reads (``stream_sid``, ``close_expected()``) need
-    none. ``collect()`` (analysis thread) moves new records aside for ``take_events()`` (the
-    loop's publishing) and says whether there are any."""
-
-    def __init__(self, params: SessionParams) -> None:
-        super().__init__(params)
-        self.lock = threading.RLock()
-        self._collected: list[AnyRecord] = []
-
-    def receive_text(self, text: str | bytes, *, received_at_s: float | None = None) -> None:
-        with self.lock:
-            super().receive_text(text, received_at_s=received_at_s)
-
-    def receive_message(self, message: AnyInbound, *, received_at_s: float | None = None) -> None:
-        with self.lock:
-            super().receive_message(message, received_at_s=received_at_s)
-
-    def receive_playback(self, frame: str | bytes) -> None:
-        with self.lock:
-            super().receive_playback(frame)
-
-    def receive_eof(self, *, at_s: float | None = None) -> None:
-        with self.lock:
-            super().receive_eof(at_s=at_s)
-
-    def report(self, code: str, message: str) -> None:
-        with self.lock:
-            super().report(code, message)
-
-    def close(self, reason: StopReason, *, at_s: float | None = None) -> None:
-        with self.lock:
-            super().close(reason, at_s=at_s)
-
-    def collect(self) -> bool:
-        with self.lock:
-            self._collected += super().take_events()
-            return bool(self._collected)
-
-    def take_events(self) -> list[AnyRecord]:
-        with self.lock:
-            events, self._collected = self._collected + super().take_events(), []
-            return events
-
-    def take_turn_audio(self) -> list[tuple[str, bytes]]:
-        with self.lock:
-            return super().take_turn_audio()
-
-    def take_message_counts(self) -> Counter[str]:
-        with self.lock:
-            return super().take_message_counts()
-
-
 class Analyst:
-    """The analysis thread: runs jobs (the sessions' work) one at a time, in submission order.
+    """The sessions' work on one event loop, off the relay's path: jobs run in submission
+    order, in slices of at most ``ANALYSIS_SLICE_S`` with the loop's I/O between them.
+    ``Analyst.for_loop()`` starts the running loop's on first use."""
 
-    ``Analyst.shared()`` starts it on first use (a daemon thread: a job left at exit belongs to
-    a call the server's shutdown has already closed). The thread is not woken per job: it
-    takes whatever has queued every ``ANALYSIS_POLL_S`` (a wake-up per frame would cost a
-    system call and a context switch on each side), so a record comes out that much later."""
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Analyst]] = (
+        weakref.WeakKeyDictionary()
+    )
 
-    _shared: ClassVar[Analyst | None] = None
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self) -> None:
-        self._jobs: deque[Callable[[], None]] = deque()  # append/popleft are atomic
-        self._thread = threading.Thread(target=self._run, name="mise-proxy-analysis", daemon=True)
-        self._thread.start()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._idle: asyncio.Future[None] | None = None
+        self._task = loop.create_task(self._run())
 
     @classmethod
-    def shared(cls) -> Analyst:
-        with cls._shared_lock:
-            if cls._shared is None:
-                if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
-                    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-                cls._shared = Analyst()
-            return cls._shared
+    def for_loop(cls) -> Analyst:
+        loop = asyncio.get_running_loop()
+        analyst = cls._by_loop.get(loop)
+        if analyst is None:
+            analyst = cls._by_loop[loop] = cls(loop)
+        return analyst
 
     def submit(self, job: Callable[[], None]) -> None:
         self._jobs.append(job)
+        idle = self._idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
         jobs = self._jobs
+        clock = time.perf_counter
         while True:
             if not jobs:
-                time.sleep(ANALYSIS_POLL_S)
+                self._idle = self._loop.create_future()
+                await self._idle
                 continue
-            job = jobs.popleft()
-            try:
-                job()
-            except Exception:  # a job guards itself; this is the last line
-                log.exception("analysis_failed")
+            until = clock() + ANALYSIS_SLICE_S
+            while jobs and clock() < until:
+                job = jobs.popleft()
+                try:
+                    job()
+                except Exception:  # a job guards itself; this is the last line
+                    log.exception("analysis_failed")
+            await asyncio.sleep(0)  # the loop's I/O (the relay) goes first
 
 
 class ProxiedCall:
-    """One proxied stream: Twilio's accepted WebSocket, the bot's, a ``LockedSession`` fed
-    from both on the analysis thread, two pumps and a watchdog. ``run()`` returns when the
-    call is over on both sides."""
+    """One proxied stream: Twilio's accepted WebSocket, the bot's, a ``CallSession`` fed from
+    both through the ``Analyst``, two pumps and a watchdog. ``run()`` returns when the call is
+    over on both sides."""
 
     def __init__(
         self,
@@ -312,8 +253,8 @@ class ProxiedCall:
         self.url = url
         self.headers = headers
         self.dial_at_start = dial_at_start
-        self.session = LockedSession(dataclasses.replace(bridge.params, proxied=True))
-        self.analyst = Analyst.shared()
+        self.session = CallSession(dataclasses.replace(bridge.params, proxied=True))
+        self.analyst = Analyst.for_loop()
         limit = bridge.settings.proxy_backlog_bytes
         relay = bridge.metrics.relay_seconds
         self.to_bot = _Pump(self._send_bot, limit, relay.labels(direction="to_bot").observe)
@@ -329,7 +270,6 @@ class ProxiedCall:
         self.log = log.bind(upstream=name)
         self.stopped: StreamStopped | None = None
         self._loop = asyncio.get_running_loop()
-        self._publish_pending = False
         self._readers: list[asyncio.Task[Any]] = []  # they end the call
         self._writers: list[asyncio.Task[Any]] = []  # they drain at the end
 
@@ -367,10 +307,10 @@ class ProxiedCall:
         code: int | None = None,
         problem: tuple[str, str] | None = None,
     ) -> None:
-        """End the call (event loop). ``reason``: close the session so, after the work already
-        handed to the analysis thread (the frames relayed so far are analysed first), with
-        ``problem`` (code, message) as a diagnostic before it; ``code``: Twilio's close code.
-        ``run()`` then hangs up both sides."""
+        """End the call. ``reason``: close the session so, after the work already handed to
+        the ``Analyst`` (the frames relayed so far are analysed first), with ``problem``
+        (code, message) as a diagnostic before it; ``code``: Twilio's close code. ``run()``
+        then hangs up both sides."""
         if code is not None and not self.ending:
             self.twilio_close_code = code
         if self.ending:
@@ -395,8 +335,7 @@ class ProxiedCall:
         self.done.set()
 
     def drain(self) -> None:
-        """Publish what the session has produced (event loop)."""
-        self._publish_pending = False
+        """Publish what the session has produced."""
         for record in self.bridge.flush_session(self.session):
             if isinstance(record, StreamStarted):
                 self.log = self.log.bind(call_sid=record.call_sid, stream_sid=record.stream_sid)
@@ -404,31 +343,27 @@ class ProxiedCall:
             elif isinstance(record, StreamStopped):
                 self.stopped = record
 
-    # -- the analysis thread ---------------------------------------------------------------
+    # -- the analysis --------------------------------------------------------------------
 
     def _submit(self, work: Callable[[], None], *, then: Callable[[], None] | None = None) -> None:
-        """Run ``work`` on the analysis thread, then publish on the loop (and run ``then``)."""
+        """Run ``work`` through the ``Analyst``, publish what it produced, then ``then``."""
 
         def job() -> None:
+            if self.done.is_set():
+                return
             try:
                 work()
             except Exception:
                 self.log.exception("proxy_analysis_failed")
-                self._loop.call_soon_threadsafe(self.end, "eof")
+                self.end("eof", code=1011)
                 return
-            closed = self.session.close_expected()
+            self.drain()
             if then is not None:
-                self._loop.call_soon_threadsafe(then)
-            elif closed or (self.session.collect() and not self._publish_pending):
-                self._publish_pending = True  # one wake-up for a burst of records
-                self._loop.call_soon_threadsafe(self._published, closed)
+                then()
+            elif self.session.close_expected():  # ``stop``, eof, or a refused start
+                self.end(code=self.session.close_code())
 
         self.analyst.submit(job)
-
-    def _published(self, closed: bool) -> None:
-        self.drain()
-        if closed:  # ``stop``, eof, or a refused start
-            self.end(code=self.session.close_code())
 
     async def _guard(self, work: Awaitable[None]) -> None:
         # A bug in one call's relay must end only that call, with what it had so far.
@@ -464,8 +399,8 @@ class ProxiedCall:
                     return
                 self._submit(self._analysis_of(data, received_at_s, histogram.observe))
                 continue
-            # Not started: the session judges first (``start``'s api_key), here on the loop,
-            # and the bot sees the frame only if it was not refused.
+            # Not started: the session judges first (``start``'s api_key), and the bot sees
+            # the frame only if it was not refused.
             session.receive_text(data, received_at_s=received_at_s)
             if session.rejection is not None:
                 self.log.warning(
@@ -608,7 +543,7 @@ class ProxiedCall:
                 metrics.messages_total.labels(event=event).inc(count)
             now = time.monotonic()
             if self.ending:
-                # The analysis thread has the close; if it never answers, hang up anyway.
+                # The analyst has the close; if it never gets to it, hang up anyway.
                 ending_since = ending_since or now
                 if now - ending_since > DRAIN_S:
                     self._finish()
