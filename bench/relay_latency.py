@@ -8,8 +8,10 @@ timestamps every frame it receives and streams 100 ms of agent audio every 100 m
 analysis runs), and N concurrent "Twilio" calls (this process) streaming the connect_inbound
 caller in real time, 20 ms frames, and timestamping every frame they receive.
 
-Each round runs the calls straight to the bot (``direct``) and then through the proxy
-(``proxy``) to the same bot, in the same run; the order of the two alternates per round. A
+Each round runs the calls straight to the bot (``direct``), through the proxy (``proxy``) and,
+as an anchor for what any Python relay hop costs on this machine, through a bare relay
+(``bare``: this script, ``--role relay``, copying frames between two ``websockets``
+connections with nothing else), to the same bot in the same run; the order rotates per round. A
 frame's latency is its receive time minus its send time, both ``time.monotonic_ns`` (the
 system-wide CLOCK_MONOTONIC, comparable across processes), matched per call by
 ``sequenceNumber`` toward the bot and by order toward Twilio (the relay keeps order). The added
@@ -42,6 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_CHUNK_MS = 100
+PATHS = ["direct", "proxy", "bare"]
 SETUP_S = 1.0
 """Each call's first second (its bot dialled while the other calls start too) is reported
 apart from the steady state."""
@@ -51,22 +54,41 @@ apart from the steady state."""
 # the bot (a child process)
 
 
+def agent_track() -> bytes:
+    """The outbound (agent) track of fixtures/fork_two_track.jsonl as μ-law bytes."""
+    track = bytearray()
+    for line in (ROOT / "fixtures" / "fork_two_track.jsonl").read_text().splitlines():
+        if '"track":"outbound"' in line:
+            track += base64.b64decode(json.loads(line)["media"]["payload"])
+    return bytes(track)
+
+
 async def bot_main(port: int, log_path: Path) -> None:
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.exceptions import ConnectionClosed
 
-    clip = bytes(range(0, 256, 2)) * 50  # any agent audio will do; 800 bytes per chunk
+    agent = agent_track()
+    chunk = BOT_CHUNK_MS * 8
     log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230 - the process's life
 
     async def stream_audio(ws: ServerConnection, sid: str, sent: list[int]) -> None:
-        payload = base64.b64encode(clip[: BOT_CHUNK_MS * 8]).decode()
-        message = json.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload}})
+        # The agent's side of fork_two_track (speech and its pauses), in real time.
+        messages = [
+            json.dumps(
+                {
+                    "event": "media",
+                    "streamSid": sid,
+                    "media": {"payload": base64.b64encode(agent[i : i + chunk]).decode()},
+                }
+            )
+            for i in range(0, len(agent) - chunk, chunk)
+        ]
         next_at = time.monotonic()
-        while True:
+        for k in range(1 << 30):
             next_at += BOT_CHUNK_MS / 1000
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             sent.append(time.monotonic_ns())
-            await ws.send(message)
+            await ws.send(messages[k % len(messages)])
 
     async def handler(ws: ServerConnection) -> None:
         received: list[tuple[int, int]] = []
@@ -89,6 +111,29 @@ async def bot_main(port: int, log_path: Path) -> None:
                 streamer.cancel()
             log.write(json.dumps({"sid": sid, "received": received, "sent": sent}) + "\n")
             log.flush()
+
+    async with serve(handler, "127.0.0.1", port, compression=None, max_size=None):
+        print("ready", flush=True)
+        await asyncio.Future()
+
+
+async def relay_main(port: int, bot_port: int) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+
+    async def pipe(source: Any, sink: Any) -> None:
+        try:
+            async for message in source:
+                await sink.send(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            await sink.close()
+
+    async def handler(twilio: ServerConnection) -> None:
+        async with connect(f"ws://127.0.0.1:{bot_port}/twilio", compression=None) as bot:
+            await asyncio.gather(pipe(twilio, bot), pipe(bot, twilio))
 
     async with serve(handler, "127.0.0.1", port, compression=None, max_size=None):
         print("ready", flush=True)
@@ -158,9 +203,10 @@ async def one_call(url: str, call: str, seconds: float, delay_s: float) -> dict[
 
 async def run_calls(url: str, calls: int, seconds: float, tag: str) -> list[dict[str, Any]]:
     # Spread the call starts over one frame time, as real calls are.
+    # Calls start over one frame time and end over two seconds, as independent calls would.
     return await asyncio.gather(
         *(
-            one_call(url, f"MZ{tag}{i:030x}", seconds, delay_s=0.02 * i / calls)
+            one_call(url, f"MZ{tag}{i:030x}", seconds + 2.0 * i / calls, delay_s=0.02 * i / calls)
             for i in range(calls)
         )
     )
@@ -240,16 +286,20 @@ def main() -> None:
     parser.add_argument(
         "--no-features", action="store_true", help="MISE_MEASURE_FEATURES=0 on the proxy"
     )
-    parser.add_argument("--role", choices=["main", "bot"], default="main")
+    parser.add_argument("--role", choices=["main", "bot", "relay"], default="main")
+    parser.add_argument("--bot-port", type=int)
     parser.add_argument("--port", type=int)
     parser.add_argument("--log", type=Path)
     args = parser.parse_args()
     if args.role == "bot":
         asyncio.run(bot_main(args.port, args.log))
         return
+    if args.role == "relay":
+        asyncio.run(relay_main(args.port, args.bot_port))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
-        bot_port, proxy_port = _free_port(), _free_port()
+        bot_port, proxy_port, bare_port = _free_port(), _free_port(), _free_port()
         bot_log = Path(tmp) / "bot.jsonl"
         bot_args = ["--role", "bot", "--port", str(bot_port), "--log", str(bot_log)]
         bot = subprocess.Popen(
@@ -268,8 +318,13 @@ def main() -> None:
         proxy = subprocess.Popen(
             [sys.executable, "-m", "mise_twilio.cli", "serve"], env=env, stderr=subprocess.DEVNULL
         )
+        relay_args = ["--role", "relay", "--port", str(bare_port), "--bot-port", str(bot_port)]
+        bare = subprocess.Popen(
+            [sys.executable, __file__, *relay_args], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert bot.stdout is not None and bot.stdout.readline().strip() == "ready"
+            assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
             for _ in range(400):
                 try:
                     urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/healthz", timeout=0.2)
@@ -279,15 +334,16 @@ def main() -> None:
             urls = {
                 "direct": f"ws://127.0.0.1:{bot_port}/twilio",
                 "proxy": f"ws://127.0.0.1:{proxy_port}/v1/stream/twilio/proxy/bench",
+                "bare": f"ws://127.0.0.1:{bare_port}/",
             }
             asyncio.run(run_calls(urls["proxy"], 5, 1.0, "ff"))  # warm-up
             time.sleep(0.5)
             relay_before = relay_histogram(proxy_port)
-            results: dict[str, list[dict[str, Any]]] = {"direct": [], "proxy": []}
+            results: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
             cpu = {"proxy_s": 0.0, "loop_s": 0.0, "messages": 0, "wall_s": 0.0}
             harness0 = time.process_time() + _cpu_seconds(bot.pid)
             for r in range(args.rounds):
-                order = ["direct", "proxy"] if r % 2 == 0 else ["proxy", "direct"]
+                order = PATHS[r % 3 :] + PATHS[: r % 3]
                 for path in order:
                     cpu0, wall0 = _cpu_seconds(proxy.pid), time.monotonic()
                     loop0 = _cpu_seconds(proxy.pid, proxy.pid)
@@ -310,10 +366,9 @@ def main() -> None:
                 record = json.loads(line)
                 seen[record["sid"]] = record
         finally:
-            proxy.terminate()
-            bot.terminate()
-            proxy.wait(30)
-            bot.wait(30)
+            for process in (proxy, bare, bot):
+                process.terminate()
+                process.wait(30)
 
     print(
         f"\n{args.calls} concurrent calls, {args.seconds:.0f} s each, {args.rounds} rounds; "
@@ -328,12 +383,12 @@ def main() -> None:
         columns = ("frames", "p50", "p90", "p99", "max")
         print(f"{'direction':<10} {'path':<7} " + " ".join(f"{c:>7}" for c in columns))
         table: dict[tuple[str, str], np.ndarray] = {}
-        for path in ("direct", "proxy"):
+        for path in PATHS:
             to_bot, to_twilio = latencies(results[path], seen, after_s=lo, until_s=hi)
             table[("to bot", path)] = to_bot
             table[("to Twilio", path)] = to_twilio
         for direction in ("to bot", "to Twilio"):
-            for path in ("direct", "proxy"):
+            for path in PATHS:
                 x = table[(direction, path)]
                 p50, p90, p99 = np.percentile(x, [50, 90, 99])
                 print(
@@ -341,9 +396,14 @@ def main() -> None:
                     f"{x.max():7.2f}"
                 )
         for direction in ("to bot", "to Twilio"):
-            d, p = table[(direction, "direct")], table[(direction, "proxy")]
-            added = np.percentile(p, [50, 99]) - np.percentile(d, [50, 99])
-            print(f"added by the proxy {direction}: p50 {added[0]:+.3f} ms, p99 {added[1]:+.3f} ms")
+            d = table[(direction, "direct")]
+            for path in ("proxy", "bare"):
+                x = table[(direction, path)]
+                added = np.percentile(x, [50, 99]) - np.percentile(d, [50, 99])
+                print(
+                    f"added by the {path:<5} {direction:<9}: p50 {added[0]:+.3f} ms, "
+                    f"p99 {added[1]:+.3f} ms"
+                )
     print()
     for direction, after in relay_after.items():
         before = dict(relay_before.get(direction, []))

@@ -45,13 +45,16 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import sys
 import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+import numpy as np
 import structlog
 from starlette.responses import PlainTextResponse
 from starlette.routing import WebSocketRoute
@@ -60,8 +63,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from mise_twilio import __version__
-from mise_twilio.core.call import CallSession
-from mise_twilio.core.records import StopReason, StreamStarted, StreamStopped
+from mise_twilio.core.audio import FRAME_MS
+from mise_twilio.core.call import CallSession, SessionParams
+from mise_twilio.core.features import FeatureParams, turn_acoustics
+from mise_twilio.core.records import (
+    AnyRecord,
+    StopReason,
+    StreamStarted,
+    StreamStopped,
+    TurnRecord,
+)
 
 if TYPE_CHECKING:
     from mise_twilio.server.app import Bridge
@@ -78,7 +89,12 @@ the diagnostic names the call (Twilio sends ``start`` right after the upgrade)."
 DRAIN_S = 2.0
 """At the end, frames still queued toward a side get this long to go out."""
 ANALYSIS_SLICE_S = 0.0002
-"""The analysis works this long at a time before the loop's I/O gets its turn."""
+"""The analysis works this long at a time before the loop's I/O gets its turn..."""
+ANALYSIS_MAX_LAG_S = 0.05
+"""... unless its oldest job has waited longer than this: then it catches up first."""
+GIL_SWITCH_INTERVAL_S = 0.0005
+"""How long the turn-features thread may keep the GIL from the event loop in Python code
+(CPython's default, 5 ms, is longer than the relay's latency budget)."""
 
 log = structlog.get_logger("mise_twilio.server")
 
@@ -185,10 +201,124 @@ class _Pump:
             self._observe(time.perf_counter() - queued_at)
 
 
+class ProxiedSession(CallSession):
+    """A proxied stream's ``CallSession``, whose turn features are measured off the event loop.
+
+    A turn's features take milliseconds of numpy (about 1 ms per second of turn audio), long
+    enough to hold up every other call's relay on a shared loop. So the core measures none
+    (``measure_features=False``) and keeps each turn's audio; ``take_events()`` hands each turn
+    record with its audio to a worker thread (``turn_acoustics``, the function the core would
+    have called, on the same audio and speech mask: the same numbers) and returns the records
+    in order up to the first turn still being measured. Every reader of the session's records
+    (the call's publishing, the server's shutdown and status join) goes through it.
+    ``on_ready`` is called on the event loop when held records can be released. When
+    ``finish_now()`` is true (the server is shutting down: the sinks close next), a closed
+    session's records wait for their features instead of being held.
+    """
+
+    def __init__(
+        self,
+        params: SessionParams,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_ready: Callable[[], None],
+        finish_now: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._features = params.features if params.measure_features else None
+        self._wav = params.keep_turn_audio
+        inner = dataclasses.replace(
+            params,
+            measure_features=False,
+            keep_turn_audio=params.keep_turn_audio or self._features is not None,
+        )
+        super().__init__(inner)
+        self._loop = loop
+        self._on_ready = on_ready
+        self._finish_now = finish_now
+        self._held: deque[tuple[AnyRecord | Future[TurnRecord], bytes | None]] = deque()
+        self._released_audio: list[tuple[str, bytes]] = []
+
+    def take_events(self) -> list[AnyRecord]:
+        audio = dict(super().take_turn_audio())
+        for record in super().take_events():
+            pcm = audio.get(record.id)
+            if isinstance(record, TurnRecord) and self._features is not None:
+                measured = _feature_pool().submit(_measured, record, pcm or b"", self._features)
+                measured.add_done_callback(self._measured_one)
+                self._held.append((measured, pcm))
+            else:
+                self._held.append((record, pcm))
+        wait = self.close_expected() and self._finish_now()
+        released: list[AnyRecord] = []
+        while self._held:
+            item, pcm = self._held[0]
+            if isinstance(item, Future):
+                if not item.done() and not wait:
+                    break
+                item = item.result()  # at shutdown: waits for the worker (milliseconds)
+            self._held.popleft()
+            released.append(item)
+            if self._wav and pcm is not None:
+                self._released_audio.append((item.id, pcm))
+        return released
+
+    def take_turn_audio(self) -> list[tuple[str, bytes]]:
+        out, self._released_audio = self._released_audio, []
+        return out
+
+    def pending_features(self) -> list[Future[TurnRecord]]:
+        """The turns still being measured."""
+        return [item for item, _ in self._held if isinstance(item, Future) and not item.done()]
+
+    def _measured_one(self, _: Future[TurnRecord]) -> None:
+        # On the worker thread: hand the release to the loop (it may be gone at exit).
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_ready)
+
+
+def _measured(record: TurnRecord, pcm: bytes, params: FeatureParams) -> TurnRecord:
+    """``record`` with the features of its audio (worker thread). A failure keeps the record
+    without them (logged): features must not cost a turn."""
+    try:
+        segments = tuple(
+            ((s - record.start_ms) // FRAME_MS, (e - record.start_ms) // FRAME_MS)
+            for s, e in record.segments
+        )
+        if not pcm:
+            return record
+        acoustics = turn_acoustics(np.frombuffer(pcm, dtype=np.int16), segments, 0, params=params)
+    except Exception:
+        log.exception("turn_features_failed", turn=record.id)
+        return record
+    return record.model_copy(
+        update={
+            "energy": acoustics.energy,
+            "pitch": acoustics.pitch,
+            "speech_rate_hz": acoustics.speech_rate_hz,
+        }
+    )
+
+
+_FEATURE_POOL: ThreadPoolExecutor | None = None
+
+
+def _feature_pool() -> ThreadPoolExecutor:
+    """The one worker thread that measures proxied calls' turns (numpy releases the GIL for its
+    heavy parts; the switch interval is lowered to ``GIL_SWITCH_INTERVAL_S`` so the loop gets
+    the GIL back that soon from its Python parts)."""
+    global _FEATURE_POOL
+    if _FEATURE_POOL is None:
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+        _FEATURE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mise-turn-features")
+    return _FEATURE_POOL
+
+
 class Analyst:
     """The sessions' work on one event loop, off the relay's path: jobs run in submission
-    order, in slices of at most ``ANALYSIS_SLICE_S`` with the loop's I/O between them.
-    ``Analyst.for_loop()`` starts the running loop's on first use."""
+    order, in slices of ``ANALYSIS_SLICE_S`` with the loop's I/O between them, longer when the
+    oldest job waiting is older than ``ANALYSIS_MAX_LAG_S`` (so the analysis keeps pace when
+    the loop is busy, and the backlog stays bounded). ``Analyst.for_loop()`` starts the running
+    loop's on first use."""
 
     _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Analyst]] = (
         weakref.WeakKeyDictionary()
@@ -196,7 +326,7 @@ class Analyst:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._jobs: deque[Callable[[], None]] = deque()
+        self._jobs: deque[tuple[Callable[[], None], float]] = deque()
         self._idle: asyncio.Future[None] | None = None
         self._task = loop.create_task(self._run())
 
@@ -209,7 +339,7 @@ class Analyst:
         return analyst
 
     def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.append(job)
+        self._jobs.append((job, time.perf_counter()))
         idle = self._idle
         if idle is not None and not idle.done():
             idle.set_result(None)
@@ -222,13 +352,15 @@ class Analyst:
                 self._idle = self._loop.create_future()
                 await self._idle
                 continue
-            until = clock() + ANALYSIS_SLICE_S
-            while jobs and clock() < until:
-                job = jobs.popleft()
+            now = clock()
+            until = now + ANALYSIS_SLICE_S
+            while jobs and (now < until or now - jobs[0][1] > ANALYSIS_MAX_LAG_S):
+                job, _ = jobs.popleft()
                 try:
                     job()
                 except Exception:  # a job guards itself; this is the last line
                     log.exception("analysis_failed")
+                now = clock()
             await asyncio.sleep(0)  # the loop's I/O (the relay) goes first
 
 
@@ -253,7 +385,12 @@ class ProxiedCall:
         self.url = url
         self.headers = headers
         self.dial_at_start = dial_at_start
-        self.session = CallSession(dataclasses.replace(bridge.params, proxied=True))
+        self.session = ProxiedSession(
+            dataclasses.replace(bridge.params, proxied=True),
+            loop=asyncio.get_running_loop(),
+            on_ready=self.drain,
+            finish_now=lambda: bridge.shutting_down,
+        )
         self.analyst = Analyst.for_loop()
         limit = bridge.settings.proxy_backlog_bytes
         relay = bridge.metrics.relay_seconds
@@ -575,6 +712,10 @@ class ProxiedCall:
         for event, count in session.take_message_counts().items():
             self.bridge.metrics.messages_total.labels(event=event).inc(count)
         self.drain()
+        pending = [asyncio.wrap_future(f) for f in session.pending_features()]
+        if pending:  # the last turns' features: publish them before the call is gone
+            await asyncio.wait(pending, timeout=DRAIN_S)
+            self.drain()
 
 
 def _redacted(url: str) -> str:

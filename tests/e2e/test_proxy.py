@@ -579,3 +579,49 @@ async def test_with_only_an_api_key_the_bot_is_dialled_after_start(
         bot.kill()
     assert log.close_code == 1008
     assert [r for r in bot.records() if r["kind"] == "connection"] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# turn features off the event loop
+
+
+async def test_turn_features_measured_off_the_loop_equal_the_core_s(tmp_path: Path) -> None:
+    """ProxiedSession measures turns on a worker thread; the records are the ones the core
+    gives when it measures them itself, in the same order."""
+    from mise_twilio.core.call import CallSession, SessionParams
+    from mise_twilio.core.records import to_json
+    from mise_twilio.server.proxy import ProxiedSession
+
+    clips = load_clips()
+    lines = caller_stream("connect_inbound", call=13)
+    sid = stream_sid_of(lines)
+    bot = {
+        400: clips[4],  # while the caller is still silent
+        5600: clips[0],  # after the caller's first turn
+    }
+    params = SessionParams(proxied=True)
+    ready = asyncio.Event()
+    deferred = ProxiedSession(params, loop=asyncio.get_running_loop(), on_ready=ready.set)
+    inline = CallSession(params)
+    got: list[Any] = []
+    for line in lines:
+        for session in (inline, deferred):
+            session.receive_text(line)
+        message = json.loads(line) if line.startswith("{") else {}
+        if message.get("event") == "media":
+            at = int(message["media"]["timestamp"]) - 157
+            if at in bot:
+                media = {"payload": base64.b64encode(bot.pop(at)).decode()}
+                frame = json.dumps({"event": "media", "streamSid": sid, "media": media})
+                for session in (inline, deferred):
+                    session.receive_playback(frame)
+        got += deferred.take_events()
+    while not any(r.type == "stream.stopped" for r in got):
+        ready.clear()
+        await asyncio.wait_for(ready.wait(), HANG_GUARD_S)
+        got += deferred.take_events()
+    want = inline.take_events()
+    assert [to_json(r) for r in got] == [to_json(r) for r in want]
+    turns = [r for r in got if r.type == "turn"]
+    assert {t.speaker for t in turns} == {"caller", "agent"}
+    assert all(t.energy is not None and t.pitch is not None for t in turns)
