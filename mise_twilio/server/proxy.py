@@ -10,7 +10,7 @@ session's playback model (``CallSession.receive_playback``), which rebuilds the 
 Relay first, analyse after. A reader queues each frame for the other side's writer and hands
 the session's work on it to the ``Analyst``, one task per event loop that runs every proxied
 session's work (parsing, the playback model, VAD, turns) in the order the frames arrived, in
-slices of at most ``ANALYSIS_SLICE_S``: between slices the loop polls its sockets, so a frame
+slices of at most ``ANALYSIS_SLICE_MAX_S``: between slices the loop polls its sockets, so a frame
 waiting to be relayed waits for at most one slice and the job in hand (a turn's features are one
 job: a few ms of numpy). Until Twilio's ``start`` is admitted the caller's side is judged first:
 the session checks ``start`` (the api_key) before the bot may see it.
@@ -88,10 +88,8 @@ START_GRACE_S = 1.0
 the diagnostic names the call (Twilio sends ``start`` right after the upgrade)."""
 DRAIN_S = 2.0
 """At the end, frames still queued toward a side get this long to go out."""
-ANALYSIS_SLICE_S = 0.0002
-"""The analysis works this long at a time before the loop's I/O gets its turn..."""
-ANALYSIS_MAX_LAG_S = 0.05
-"""... unless its oldest job has waited longer than this: then it catches up first."""
+ANALYSIS_SLICE_MAX_S = 0.001
+"""The analysis works at most this long at a time before the loop's I/O gets its turn."""
 GIL_SWITCH_INTERVAL_S = 0.0005
 """How long the turn-features thread may keep the GIL from the event loop in Python code
 (CPython's default, 5 ms, is longer than the relay's latency budget)."""
@@ -315,10 +313,10 @@ def _feature_pool() -> ThreadPoolExecutor:
 
 class Analyst:
     """The sessions' work on one event loop, off the relay's path: jobs run in submission
-    order, in slices of ``ANALYSIS_SLICE_S`` with the loop's I/O between them, longer when the
-    oldest job waiting is older than ``ANALYSIS_MAX_LAG_S`` (so the analysis keeps pace when
-    the loop is busy, and the backlog stays bounded). ``Analyst.for_loop()`` starts the running
-    loop's on first use."""
+    order, in slices with the loop's I/O between them. A slice takes the jobs that were waiting
+    when it began (so the analysis keeps pace with the relay: each loop iteration analyses what
+    the one before relayed), for at most ``ANALYSIS_SLICE_MAX_S``; the rest waits one iteration.
+    ``Analyst.for_loop()`` starts the running loop's on first use."""
 
     _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Analyst]] = (
         weakref.WeakKeyDictionary()
@@ -327,6 +325,7 @@ class Analyst:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._jobs: deque[tuple[Callable[[], None], float]] = deque()
+        self._after: dict[int, Callable[[], None]] = {}
         self._idle: asyncio.Future[None] | None = None
         self._task = loop.create_task(self._run())
 
@@ -337,6 +336,11 @@ class Analyst:
         if analyst is None:
             analyst = cls._by_loop[loop] = cls(loop)
         return analyst
+
+    def after_slice(self, key: object, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the current slice ends, once per ``key`` (a call publishes
+        once per slice, not once per frame)."""
+        self._after[id(key)] = callback
 
     def submit(self, job: Callable[[], None]) -> None:
         self._jobs.append((job, time.perf_counter()))
@@ -352,15 +356,22 @@ class Analyst:
                 self._idle = self._loop.create_future()
                 await self._idle
                 continue
-            now = clock()
-            until = now + ANALYSIS_SLICE_S
-            while jobs and (now < until or now - jobs[0][1] > ANALYSIS_MAX_LAG_S):
+            began = clock()
+            until = began + ANALYSIS_SLICE_MAX_S
+            while jobs and jobs[0][1] <= began:
                 job, _ = jobs.popleft()
                 try:
                     job()
                 except Exception:  # a job guards itself; this is the last line
                     log.exception("analysis_failed")
-                now = clock()
+                if clock() > until:
+                    break
+            after, self._after = self._after, {}
+            for callback in after.values():
+                try:
+                    callback()
+                except Exception:
+                    log.exception("analysis_failed")
             await asyncio.sleep(0)  # the loop's I/O (the relay) goes first
 
 
@@ -494,13 +505,21 @@ class ProxiedCall:
                 self.log.exception("proxy_analysis_failed")
                 self.end("eof", code=1011)
                 return
-            self.drain()
             if then is not None:
+                self.drain()
                 then()
-            elif self.session.close_expected():  # ``stop``, eof, or a refused start
-                self.end(code=self.session.close_code())
+            else:
+                self.analyst.after_slice(self, self._settle)
 
         self.analyst.submit(job)
+
+    def _settle(self) -> None:
+        """After a slice of this call's analysis: publish, and end if the session ended."""
+        if self.done.is_set():
+            return
+        self.drain()
+        if self.session.close_expected():  # ``stop``, eof, or a refused start
+            self.end(code=self.session.close_code())
 
     async def _guard(self, work: Awaitable[None]) -> None:
         # A bug in one call's relay must end only that call, with what it had so far.
