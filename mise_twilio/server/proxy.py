@@ -9,11 +9,12 @@ session's playback model (``CallSession.receive_playback``), which rebuilds the 
 
 Relay first, analyse after. A reader queues each frame for the other side's writer and hands
 the session's work on it to the ``Analyst``, one task per event loop that runs every proxied
-session's work (parsing, the playback model, VAD, turns) in the order the frames arrived, in
-slices of at most ``ANALYSIS_SLICE_MAX_S``: between slices the loop polls its sockets, so a frame
-waiting to be relayed waits for at most one slice and the job in hand (a turn's features are one
-job: a few ms of numpy). Until Twilio's ``start`` is admitted the caller's side is judged first:
-the session checks ``start`` (the api_key) before the bot may see it.
+session's per-frame work (parsing, the playback model, VAD, turns) in arrival order, in slices
+of at most ``ANALYSIS_SLICE_MAX_S`` with the loop's socket polling between them, so a frame
+waiting to be relayed waits for at most one slice. A turn's features (milliseconds of numpy)
+are measured on a worker thread (``ProxiedSession``), its records released in order. Until
+Twilio's ``start`` is admitted the caller's side is judged first: the session checks ``start``
+(the api_key) before the bot may see it.
 
 Authentication is the stream endpoint's: ``X-Twilio-Signature`` on the upgrade (against
 ``MISE_PUBLIC_URL`` + this path), ``customParameters.api_key`` against ``MISE_API_KEY``. An
