@@ -228,19 +228,26 @@ class Bridge:
     # -- the stream -----------------------------------------------------------------------
 
     async def stream(self, ws: WebSocket) -> None:
+        if await self.refuse_upgrade(ws):
+            return
+        await ws.accept()
+        await run_stream(self, ws)
+
+    async def refuse_upgrade(self, ws: WebSocket) -> bool:
+        """Refuse a Media Stream upgrade before accept, and say so: while shutting down (1013,
+        try another replica) or when ``X-Twilio-Signature`` does not match (403)."""
         path = ws.url.path
         if self.shutting_down:
             await ws.close(code=1013)  # try again later: another replica takes it
-            return
+            return True
         if self.signature is not None and not self.signature.check_websocket(
             path, ws.headers.get("x-twilio-signature")
         ):
             self.metrics.webhook_requests_total.labels(outcome="ws_forbidden").inc()
             log.warning("stream_forbidden", reason="bad or missing X-Twilio-Signature", path=path)
             await ws.close(code=1008)  # before accept: the handshake is refused with 403
-            return
-        await ws.accept()
-        await run_stream(self, ws)
+            return True
+        return False
 
 
 def create_app(

@@ -112,22 +112,12 @@ def proxy_routes(bridge: Bridge) -> list[WebSocketRoute]:
 
 async def serve_proxy(bridge: Bridge, ws: WebSocket) -> None:
     """Admit one proxied Media Stream and relay it until either side ends it."""
-    path = ws.url.path
+    if await bridge.refuse_upgrade(ws):  # shutting down, or the signature does not match
+        return
     name = str(ws.path_params.get("name", ""))
-    if bridge.shutting_down:
-        await ws.close(code=1013)  # try again later: another replica takes it
-        return
-    signed = bridge.signature is not None
-    if bridge.signature is not None and not bridge.signature.check_websocket(
-        path, ws.headers.get("x-twilio-signature")
-    ):
-        bridge.metrics.webhook_requests_total.labels(outcome="ws_forbidden").inc()
-        log.warning("stream_forbidden", reason="bad or missing X-Twilio-Signature", path=path)
-        await ws.close(code=1008)  # before accept: the handshake is refused with 403
-        return
     upstream = bridge.settings.upstream(name)
     if upstream is None:
-        log.warning("unknown_upstream", upstream=name, path=path)
+        log.warning("unknown_upstream", upstream=name, path=ws.url.path)
         try:
             await ws.send_denial_response(PlainTextResponse("unknown upstream", status_code=404))
         except RuntimeError:  # a server without the denial-response extension: 403
@@ -135,6 +125,7 @@ async def serve_proxy(bridge: Bridge, ws: WebSocket) -> None:
         return
     url, headers = upstream
     await ws.accept()
+    signed = bridge.signature is not None
     dial_at_start = not signed and bridge.params.expected_api_key is not None
     await ProxiedCall(bridge, ws, name, url, headers, dial_at_start=dial_at_start).run()
 
