@@ -48,7 +48,6 @@ import dataclasses
 import functools
 import sys
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -310,9 +309,7 @@ class Analyst:
     the one before relayed), for at most ``ANALYSIS_SLICE_MAX_S``; the rest waits one iteration.
     ``Analyst.for_loop()`` starts the running loop's on first use."""
 
-    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Analyst]] = (
-        weakref.WeakKeyDictionary()
-    )
+    _by_loop: ClassVar[dict[int, Analyst]] = {}
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -324,10 +321,17 @@ class Analyst:
     @classmethod
     def for_loop(cls) -> Analyst:
         loop = asyncio.get_running_loop()
-        analyst = cls._by_loop.get(loop)
-        if analyst is None:
-            analyst = cls._by_loop[loop] = cls(loop)
+        for key, other in list(cls._by_loop.items()):
+            if other.loop.is_closed():  # a closed loop's (tests run one loop each)
+                del cls._by_loop[key]
+        analyst = cls._by_loop.get(id(loop))
+        if analyst is None or analyst.loop is not loop:
+            analyst = cls._by_loop[id(loop)] = cls(loop)
         return analyst
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     def after_slice(self, key: object, callback: Callable[[], None]) -> None:
         """Run ``callback`` when the current slice ends, once per ``key`` (a call publishes
