@@ -502,8 +502,22 @@ def cmd_twiml(args: argparse.Namespace) -> int:
     if "?" in args.url:
         print("error: Twilio drops query strings from stream URLs; use --api-key", file=sys.stderr)
         return 2
+    url = args.url
+    if args.mode == "proxy":
+        from mise_twilio.server.config import UPSTREAM_NAME_RE
+
+        if not args.upstream or not UPSTREAM_NAME_RE.fullmatch(args.upstream):
+            print(
+                "error: --mode proxy needs --upstream NAME, a bot named in MISE_UPSTREAMS",
+                file=sys.stderr,
+            )
+            return 2
+        url = f"{url.rstrip('/')}/proxy/{args.upstream}"
+    elif args.upstream:
+        print("error: --upstream is for --mode proxy", file=sys.stderr)
+        return 2
     response = VoiceResponse()
-    stream_kwargs: dict[str, str] = {"url": args.url}
+    stream_kwargs: dict[str, str] = {"url": url}
     if args.status_callback:
         stream_kwargs["status_callback"] = args.status_callback
         stream_kwargs["status_callback_method"] = "POST"
@@ -523,6 +537,12 @@ def cmd_twiml(args: argparse.Namespace) -> int:
         print(
             "<!-- <Start> does not block: put your existing call flow after it, or the call "
             "ends here. -->"
+        )
+    elif args.mode == "proxy":
+        print(
+            "<!-- Add your bot's own <Parameter>s: it sees start.customParameters as sent. "
+            "TwiML after </Connect> runs when the stream ends, e.g. when the bot cannot be "
+            "reached: a fallback <Say> or <Dial> goes there. -->"
         )
     return 0
 
@@ -628,8 +648,11 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     twiml = sub.add_parser("twiml", help="print TwiML that streams a call to mise-twilio")
-    twiml.add_argument("--url", required=True, help="wss://HOST/v1/stream/twilio")
-    twiml.add_argument("--mode", choices=["fork", "connect"], default="fork")
+    twiml.add_argument(
+        "--url", required=True, help="wss://HOST/v1/stream/twilio (proxy: /proxy/NAME is added)"
+    )
+    twiml.add_argument("--mode", choices=["fork", "connect", "proxy"], default="fork")
+    twiml.add_argument("--upstream", help="--mode proxy: the bot's name in MISE_UPSTREAMS")
     twiml.add_argument("--status-callback", help="https://HOST/v1/webhook/twilio")
     twiml.add_argument("--api-key", help="shared secret sent as <Parameter name='api_key'>")
     twiml.add_argument("--name", help="stream name (lets you stop a fork by name)")

@@ -96,21 +96,10 @@ def scripted_call_lines(
 
     import numpy as np
 
-    from mise_twilio.core.audio import pcm16_to_ulaw
-
     rng = np.random.default_rng(seed)
     n = duration_ms * 8
     tracks = list(speech_ms)
-    ulaw: dict[str, bytes] = {}
-    for track, spans in speech_ms.items():
-        x = rng.normal(0.0, 32768 * 10 ** (-60 / 20), n)
-        t = np.arange(n) / 8000.0
-        for start, end in spans:
-            seg = slice(start * 8, end * 8)
-            envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t[seg])
-            x[seg] += rng.normal(0.0, 32768 * 10 ** (-20 / 20), end * 8 - start * 8) * envelope
-        pcm = np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
-        ulaw[track] = pcm16_to_ulaw(pcm)
+    ulaw = {track: speechlike_ulaw(spans, duration_ms, rng) for track, spans in speech_ms.items()}
     call = "CA" + "5" * 32
     account = "AC" + "5" * 32
     lines = [json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})]
@@ -193,3 +182,22 @@ def audio_call_lines(tracks: dict[str, Any], *, name: str = "audio-call") -> lis
         ulaw, first_timestamp_ms=120, custom_parameters=None, **make_fixtures.sids(name)
     )
     return lines
+
+
+def speechlike_ulaw(spans: list[tuple[int, int]], duration_ms: int, rng: Any) -> bytes:
+    """``duration_ms`` of 8 kHz μ-law: loud noise bursts (about -20 dBFS, speech-like 4 Hz
+    envelope) over ``spans`` (ms from the start), -60 dBFS line noise elsewhere. ``rng``: a
+    ``numpy.random.Generator``."""
+    import numpy as np
+
+    from mise_twilio.core.audio import pcm16_to_ulaw
+
+    n = duration_ms * 8
+    x = rng.normal(0.0, 32768 * 10 ** (-60 / 20), n)
+    t = np.arange(n) / 8000.0
+    for start, end in spans:
+        seg = slice(start * 8, end * 8)
+        envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t[seg])
+        x[seg] += rng.normal(0.0, 32768 * 10 ** (-20 / 20), end * 8 - start * 8) * envelope
+    pcm = np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+    return pcm16_to_ulaw(pcm)

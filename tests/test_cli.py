@@ -102,3 +102,26 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert sum('"type":"turn"' in line for line in lines) == 10
     assert str(tmp_path / "events.jsonl") in result.stdout
+
+
+def test_twiml_proxy_streams_to_the_named_upstream() -> None:
+    proxy = cli(
+        "twiml",
+        "--url",
+        "wss://ingest.example.com/v1/stream/twilio",
+        "--mode",
+        "proxy",
+        "--upstream",
+        "support",
+    )
+    assert proxy.returncode == 0
+    assert (
+        '<Connect><Stream url="wss://ingest.example.com/v1/stream/twilio/proxy/support"'
+        in proxy.stdout
+    )
+    assert "both_tracks" not in proxy.stdout
+    for args in (("--mode", "proxy"), ("--mode", "proxy", "--upstream", "Bad/Name")):
+        bad = cli("twiml", "--url", "wss://ingest.example.com/v1/stream/twilio", *args)
+        assert bad.returncode == 2 and "--upstream" in bad.stderr
+    stray = cli("twiml", "--url", "wss://x/v1/stream/twilio", "--upstream", "support")
+    assert stray.returncode == 2

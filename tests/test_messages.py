@@ -22,6 +22,7 @@ from mise_twilio.core.messages import (
     decode_payload,
     encode_outbound,
     parse_message,
+    parse_outbound,
 )
 
 # Verbatim from docs/protocol.md §1.2 / §1.3 (real capture, jremi fixture).
@@ -161,3 +162,35 @@ def test_outbound_messages_use_twilio_field_names() -> None:
     assert mark == {"event": "mark", "streamSid": "MZ1", "mark": {"name": "n"}}
     clear = json.loads(encode_outbound(OutboundClearMessage(stream_sid="MZ1")))
     assert clear == {"event": "clear", "streamSid": "MZ1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{nope", "bad_json"),
+        ("[1]", "bad_json"),
+        ('{"streamSid":"MZ1"}', "unknown_event"),
+        ('{"event":"stop","streamSid":"MZ1"}', "unknown_event"),
+        ('{"event":"mark","streamSid":"MZ1"}', "bad_message"),  # the mark object is required
+        ('{"event":"clear","streamSid":"MZ1","extra":1}', "bad_message"),  # 31951: extra field
+        (
+            '{"event":"media","streamSid":"MZ1","media":{"payload":"AA==","track":"x"}}',
+            "bad_message",
+        ),
+        ('{"event":"media","stream_sid":"MZ1","media":{"payload":"AA=="}}', "bad_message"),
+    ],
+)
+def test_parse_outbound_refuses_what_twilio_ignores(text: str, code: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_outbound(text)
+    assert info.value.code == code
+
+
+def test_parse_outbound_round_trips_encode_outbound() -> None:
+    messages = [
+        OutboundMediaMessage(stream_sid="MZ1", media=OutboundMedia(payload="AAA=")),
+        OutboundMarkMessage(stream_sid="MZ1", mark={"name": "n"}),  # type: ignore[arg-type]
+        OutboundClearMessage(stream_sid="MZ1"),
+    ]
+    for message in messages:
+        assert parse_outbound(encode_outbound(message)) == message

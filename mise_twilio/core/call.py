@@ -19,6 +19,10 @@ Theory of operation. A stream is in one of four states:
 - ``REJECTED``: ``start`` failed the api_key check. Nothing is emitted at all; the edge should
   close the socket with 1008.
 
+In proxy mode (``SessionParams.proxied``) the edge also feeds what the bot sends toward Twilio
+(``receive_playback``): a ``PlaybackModel`` rebuilds the ``outbound`` track from it, as Twilio
+plays it, on the stream clock that the inbound track drives (``core/playback.py``).
+
 Transitions are the table ``TRANSITIONS`` below; no other code assigns the state.
 """
 
@@ -42,14 +46,19 @@ from mise_twilio.core.messages import (
     DtmfMessage,
     MarkMessage,
     MediaMessage,
+    OutboundClearMessage,
+    OutboundMediaMessage,
     StartMessage,
     StopMessage,
     Track,
     UnknownMessage,
     admit_start,
+    decode_payload,
     parse_message,
+    parse_outbound,
     read_media,
 )
+from mise_twilio.core.playback import PlaybackModel
 from mise_twilio.core.prosody import CallProsody
 from mise_twilio.core.records import (
     SPEAKER_BY_TRACK,
@@ -123,6 +132,10 @@ class SessionParams:
     - ``measure_features``: compute each turn's acoustics (energy, pitch, rate, prosody, voice
       quality, arousal) and look for steady tones (numpy, once per turn).
     - ``keep_turn_audio``: keep each turn's PCM for ``take_turn_audio()``.
+    - ``proxied``: proxy mode: the stream is relayed to a bot, whose messages are fed to
+      ``receive_playback``; the ``outbound`` track (speaker ``agent``) is rebuilt from them.
+    - ``max_playback_queue_ms``: proxy mode: bot audio queued ahead of the stream clock
+      beyond this is not modelled (``playback_queue_full``); Twilio's limit is not documented.
     """
 
     vad: VadParams = field(default_factory=VadParams)
@@ -138,6 +151,8 @@ class SessionParams:
     expected_api_key: str | None = None
     measure_features: bool = True
     keep_turn_audio: bool = False
+    proxied: bool = False
+    max_playback_queue_ms: int = 600_000
 
 
 class _Diagnostics:
@@ -210,6 +225,8 @@ class CallSession:
         self._media_ok = False
         self._started_wall_s: float | None = None
         self._lockstep: Lockstep | None = None
+        self._playback: PlaybackModel | None = None
+        self._played_chunks = 0
         self._stats = CallStats()
         self._prosody = CallProsody()
         self._diagnostics = _Diagnostics(self.params.max_diagnostics_per_code)
@@ -313,6 +330,68 @@ class CallSession:
         """The socket closed. Without a prior ``stop`` this ends the stream (reason ``eof``)."""
         self.close("eof", at_s=at_s)
 
+    def receive_playback(self, frame: str | bytes) -> None:
+        """Proxy mode: feed one WebSocket message the bot sent toward Twilio, in relay order
+        (``str``: a text frame, ``bytes``: a binary one).
+
+        ``media`` is queued for playback, ``mark`` waits for the audio before it, ``clear``
+        drops what has not played (``core/playback.py``); the played audio reaches the
+        analysis as the inbound track's clock passes it. What Twilio would ignore is a
+        diagnostic and plays nothing: a binary frame (31950), a message that is not a valid
+        ``media``/``mark``/``clear`` or names another ``streamSid`` (31951), a message before
+        ``start``. Raises ``RuntimeError`` when the session is not ``proxied``.
+        """
+        if not self.params.proxied:
+            raise RuntimeError("receive_playback needs SessionParams(proxied=True)")
+        if self.close_expected():
+            return
+        playback = self._playback
+        try:
+            if playback is None:
+                raise ProtocolError(
+                    "upstream_before_start", "bot message before start; Twilio ignores it"
+                )
+            if isinstance(frame, bytes):
+                raise ProtocolError(
+                    "upstream_binary_frame", "binary frame from the bot; Twilio plays none (31950)"
+                )
+            try:
+                message = parse_outbound(frame)
+            except ProtocolError as exc:
+                raise ProtocolError(f"upstream_{exc.code}", exc.message) from None
+            self._message_counts[f"upstream_{message.event}"] += 1
+            if message.stream_sid != self.stream_sid:
+                raise ProtocolError(
+                    "upstream_wrong_stream_sid",
+                    f"bot {message.event} for streamSid {message.stream_sid!r}; Twilio ignores it",
+                )
+            if isinstance(message, OutboundMediaMessage):
+                try:
+                    payload = decode_payload(message.media.payload)
+                except ProtocolError as exc:
+                    raise ProtocolError(f"upstream_{exc.code}", exc.message) from None
+                dropped = playback.media(payload)
+                if dropped:
+                    raise ProtocolError(
+                        "playback_queue_full",
+                        f"{dropped // audio.SAMPLES_PER_MS} ms of bot audio beyond "
+                        f"{self.params.max_playback_queue_ms} ms queued not modelled",
+                    )
+            elif isinstance(message, OutboundClearMessage):
+                playback.clear()
+            else:
+                playback.mark(message.mark.name)
+        except ProtocolError as exc:
+            if exc.code.startswith("upstream_"):
+                self._message_counts["upstream_invalid"] += 1
+            self._diag(exc.code, exc.message, None)
+
+    def report(self, code: str, message: str) -> None:
+        """Record a problem the edge met with this stream as a ``diagnostic`` record (the
+        proxy's ``upstream_unreachable``, ``upstream_closed``, ``backlog``). Throttled per code
+        like every diagnostic; nothing once the stream was rejected."""
+        self._diag(code, message, None)
+
     def close(self, reason: StopReason, *, at_s: float | None = None) -> None:
         """End the stream: flush both tracks, close open turns (``stream_end``), emit
         ``stream.stopped`` with the call summary. ``at_s``: epoch seconds. Idempotent."""
@@ -322,6 +401,10 @@ class CallSession:
             return
         lockstep = self._lockstep
         assert lockstep is not None
+        media_messages = lockstep.media_messages()
+        if self._playback is not None:
+            self._playback.finish()
+            media_messages["outbound"] = self._playback.media_messages
         lockstep.finish()
         self._take_analysis()
         ids = self._ids()
@@ -331,7 +414,7 @@ class CallSession:
             span_ms=lockstep.span_ms,
             cross_track=lockstep.cross_track,
             lost_ms=lockstep.lost_ms(),
-            media_messages=lockstep.media_messages(),
+            media_messages=media_messages,
             diagnostics=self._diagnostics.total,
         )
         self._events.append(
@@ -390,8 +473,15 @@ class CallSession:
         self._media_ok = admission.media_ok
         self._started_wall_s = received_at_s
         p = self.params
+        tracks = admission.tracks
+        if p.proxied:
+            # ``<Connect>`` streams carry the caller only; the agent is rebuilt from the bot.
+            tracks = ["inbound", "outbound"]
+            self._playback = PlaybackModel(
+                max_queued_ms=p.max_playback_queue_ms, max_gap_ms=p.max_gap_ms
+            )
         self._lockstep = Lockstep(
-            admission.tracks,
+            tracks,
             vad=p.vad,
             turns=p.turns,
             max_gap_ms=p.max_gap_ms,
@@ -419,10 +509,24 @@ class CallSession:
         )
         lockstep = self._lockstep
         assert lockstep is not None
+        playback = self._playback
+        if playback is not None and chunk.track == "outbound":
+            raise ProtocolError(
+                "outbound_media_in_proxy",
+                "Twilio sent outbound media on a proxied stream; the bot's audio is the "
+                "outbound track, so it is dropped",
+                sequence_number=chunk.sequence_number,
+            )
         try:
             lockstep.push(
                 chunk.track, chunk.timestamp_ms, chunk.payload, chunk.chunk, chunk.sequence_number
             )
+            if playback is not None:
+                for timestamp_ms, frame in playback.on_inbound(
+                    chunk.timestamp_ms, len(chunk.payload)
+                ):
+                    self._played_chunks += 1
+                    lockstep.push("outbound", timestamp_ms, frame, self._played_chunks)
         finally:
             self._take_analysis()
 
@@ -441,13 +545,25 @@ class CallSession:
 
     def _on_mark(self, message: MarkMessage) -> None:
         seq = message.sequence_number
+        name = message.mark.name
+        outcome = None
+        if self._playback is not None:
+            outcome = self._playback.echo(name)
+            if outcome is None:
+                self._diag(
+                    "mark_not_sent",
+                    f"Twilio echoed mark {name!r}, which the bot did not send (or was echoed)",
+                    seq,
+                )
         self._events.append(
             MarkEvent(
                 id=self._event_id("mark", seq),
                 **self._ids(),
-                name=message.mark.name,
+                name=name,
                 sequence_number=seq,
                 at_ms=self._inbound_position_ms(),
+                outcome=outcome.outcome if outcome else None,
+                expected_at_ms=outcome.at_ms if outcome else None,
             )
         )
 
@@ -470,6 +586,15 @@ class CallSession:
         start_ms = origin_ms + turn.start_frame * frame_ms
         end_ms = origin_ms + turn.end_frame * frame_ms
         speaker = SPEAKER_BY_TRACK[turn.track]
+        interrupted = turn.interrupted
+        unplayed_ms = None
+        if self._playback is not None and turn.track == "outbound":
+            # Cuts in the turn, or in its tail up to the pause that would end it.
+            cuts = self._playback.claim(start_ms, end_ms + self.params.turns.turn_pause_ms)
+            unplayed = sum(c.unplayed_samples for c in cuts)
+            unplayed_ms = (unplayed + audio.SAMPLES_PER_MS // 2) // audio.SAMPLES_PER_MS
+            if any(c.by_clear and c.unplayed_samples for c in cuts):
+                interrupted = True  # the bot cut it short with ``clear``
         acoustics = relative = None
         if self.params.measure_features and closed.pcm:
             acoustics = turn_acoustics(
@@ -498,10 +623,11 @@ class CallSession:
             gap_before_ms=_ms(turn.gap_before_frames),
             overlap_ms=_ms(turn.overlap_frames),
             barge_in=turn.barge_in,
-            interrupted=turn.interrupted,
+            interrupted=interrupted,
             backchannel=turn.backchannel,
             lost_ms=closed.lost_samples // audio.SAMPLES_PER_MS,
             cross_track_partial=closed.cross_track_partial,
+            unplayed_ms=unplayed_ms,
             energy=acoustics.energy if acoustics else None,
             pitch=acoustics.pitch if acoustics else None,
             speech_rate_hz=acoustics.speech_rate_hz if acoustics else None,

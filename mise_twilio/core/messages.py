@@ -363,36 +363,90 @@ def admit_start(
 
 # ---------------------------------------------------------------------------------------------
 # us -> Twilio (bidirectional <Connect><Stream> only; never on a <Start> fork, error 31924)
+#
+# Twilio is strict about these (error 31951, https://www.twilio.com/docs/api/errors/31951): only
+# ``media``, ``mark`` and ``clear``, with exactly the documented fields ("missing required fields,
+# included unexpected fields, or used the wrong object structure") and the active ``streamSid``;
+# anything else is ignored. The models forbid extra fields so that ``parse_outbound`` accepts
+# what Twilio accepts (proxy mode models what the caller hears from it).
 
 
-class OutboundMedia(BaseModel):
+class _Outbound(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+
+class OutboundMedia(_Outbound):
     payload: str = Field(description="base64 μ-law 8 kHz, no WAV header; any size.")
 
 
-class OutboundMediaMessage(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+class OutboundMediaMessage(_Outbound):
     event: Literal["media"] = "media"
     stream_sid: str = Field(alias="streamSid")
     media: OutboundMedia
 
 
-class OutboundMarkMessage(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+class OutboundMark(_Outbound):
+    name: str
+
+
+class OutboundMarkMessage(_Outbound):
     event: Literal["mark"] = "mark"
     stream_sid: str = Field(alias="streamSid")
-    mark: MarkPayload
+    mark: OutboundMark
 
 
-class OutboundClearMessage(BaseModel):
+class OutboundClearMessage(_Outbound):
     """Empties Twilio's playback buffer; every pending mark is then echoed back."""
 
-    model_config = ConfigDict(populate_by_name=True)
     event: Literal["clear"] = "clear"
     stream_sid: str = Field(alias="streamSid")
 
 
-def encode_outbound(
-    message: OutboundMediaMessage | OutboundMarkMessage | OutboundClearMessage,
-) -> str:
+AnyOutbound = OutboundMediaMessage | OutboundMarkMessage | OutboundClearMessage
+
+OUTBOUND_EVENTS = frozenset({"media", "mark", "clear"})
+
+
+def _outbound_tag(value: Any) -> str | None:
+    event = value.get("event") if isinstance(value, dict) else getattr(value, "event", None)
+    return event if isinstance(event, str) and event in OUTBOUND_EVENTS else None
+
+
+_OUTBOUND: TypeAdapter[AnyOutbound] = TypeAdapter(
+    Annotated[
+        Annotated[OutboundMediaMessage, Tag("media")]
+        | Annotated[OutboundMarkMessage, Tag("mark")]
+        | Annotated[OutboundClearMessage, Tag("clear")],
+        Discriminator(_outbound_tag),
+    ]
+)
+
+
+def parse_outbound(text: str | bytes) -> AnyOutbound:
+    """Parse one text frame a bot sends toward Twilio (``media``, ``mark`` or ``clear``).
+
+    Raises ``ProtocolError``: ``bad_json`` (not a JSON object), ``unknown_event`` (no
+    ``event``, or one Twilio does not accept from a server), ``bad_message`` (missing, extra
+    or wrongly typed fields). Twilio ignores each of these (31951), so the caller hears
+    nothing of them. The payload is not decoded here (``decode_payload``).
+    """
+    try:
+        # By alias only: ``stream_sid`` is not ``streamSid`` to Twilio (31951).
+        return _OUTBOUND.validate_json(text, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        error = _classify(exc)
+        if error.code != "missing_event":
+            raise error from None
+        found = exc.errors(include_url=False)[0].get("input")
+    if not isinstance(found, dict):
+        raise ProtocolError("bad_json", "a message to Twilio must be a JSON object")
+    event = found.get("event")
+    raise ProtocolError(
+        "unknown_event",
+        f"event {event!r} is not one Twilio accepts from a server (media, mark, clear)",
+    )
+
+
+def encode_outbound(message: AnyOutbound) -> str:
     """Serialize a message for Twilio: a text frame, ``streamSid`` spelled exactly (31951)."""
     return message.model_dump_json(by_alias=True)

@@ -23,7 +23,20 @@ SCHEMA_VERSION: Literal[1] = 1
 
 Speaker = Literal["caller", "agent"]
 EndReason = Literal["pause", "floor_taken", "max_duration", "stream_end"]
-StopReason = Literal["stop", "eof", "idle", "shutdown", "max_duration", "rejected"]
+StopReason = Literal[
+    "stop",
+    "eof",
+    "idle",
+    "shutdown",
+    "max_duration",
+    "rejected",
+    "upstream_unreachable",
+    "upstream_closed",
+    "backlog",
+]
+"""Why a stream ended. Proxy mode adds ``upstream_unreachable`` (the bot's WebSocket could not
+be opened), ``upstream_closed`` (the bot closed or dropped it mid-call) and ``backlog`` (one
+side did not keep up with the other; the relay's buffer filled)."""
 
 SPEAKER_BY_TRACK: dict[Track, Speaker] = {"inbound": "caller", "outbound": "agent"}
 """Twilio's ``inbound`` track is the audio Twilio receives from the caller; ``outbound`` is what
@@ -154,6 +167,13 @@ class TurnRecord(_RecordBase):
         "analysed (it lagged more than MISE_MAX_TRACK_SKEW_MS, or this turn's audio did): the "
         "cross-track fields take the missing audio as silence.",
     )
+    unplayed_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="Proxy mode, agent turns: audio the bot sent for this turn that the caller "
+        "never heard (dropped by a clear, or still queued when the stream ended), ms. Null "
+        "outside proxy mode and for caller turns.",
+    )
     energy: Energy | None = None
     pitch: Pitch | None = None
     speech_rate_hz: float | None = Field(default=None, description="Syllable nuclei per second.")
@@ -279,14 +299,24 @@ class DtmfEvent(_RecordBase):
 
 
 class MarkEvent(_RecordBase):
-    """Twilio's echo of a mark: the audio before it played, or a ``clear`` dropped it."""
+    """Twilio's echo of a mark: the audio before it played, or a ``clear`` dropped it (Twilio
+    echoes both the same way; proxy mode tells them apart with its playback model)."""
 
     type: Literal["mark"] = "mark"
     name: str
     sequence_number: int | None
-    at_ms: int | None
-    cleared: bool | None = Field(
-        default=None, description="True when the echo followed a clear (not played)."
+    at_ms: int | None = Field(description="Stream clock position of the inbound track, ms.")
+    outcome: Literal["played", "cleared"] | None = Field(
+        default=None,
+        description="Proxy mode: played (the audio before the mark played) or cleared (a "
+        "clear dropped it first). Null when the bot's messages were not seen (not proxy mode, "
+        "or a mark the bot never sent).",
+    )
+    expected_at_ms: int | None = Field(
+        default=None,
+        description="Proxy mode: stream clock ms at which the playback model put the outcome "
+        "(the end of the audio queued before the mark, or the clear); at_ms minus this is "
+        "the model's lag behind Twilio.",
     )
 
 

@@ -3,6 +3,7 @@
 Routes (Starlette, served by uvicorn with ``ws="websockets-sansio"``):
 
 - ``WS  /v1/stream/twilio``   Twilio Media Streams (``<Start><Stream>`` fork or ``<Connect>``)
+- ``WS  /v1/stream/twilio/proxy/{name}``   proxy mode: relayed to the bot ``name`` (``proxy.py``)
 - ``POST|GET /v1/webhook/twilio``  call and stream status callbacks (``webhook.py``)
 - ``GET /healthz``  the process is up;  ``GET /readyz``  every sink answers
 - ``GET /metrics``  Prometheus text format
@@ -46,6 +47,7 @@ from mise_twilio.server.config import Settings, session_params
 from mise_twilio.server.limits import MAX_HEADER_BYTES, RequestLimits
 from mise_twilio.server.logs import uvicorn_log_config
 from mise_twilio.server.metrics import Metrics
+from mise_twilio.server.proxy import proxy_routes
 from mise_twilio.server.shared_join import RedisJoinStore, SharedJoinEdge
 from mise_twilio.server.signature import TwilioSignature
 from mise_twilio.server.sinks import SinkHub, build_hub
@@ -317,23 +319,31 @@ class Bridge:
         )
 
     async def stream(self, ws: WebSocket) -> None:
+        if await self.refuse_upgrade(ws):
+            return
+        await ws.accept()
+        await run_stream(self, ws)
+
+    async def refuse_upgrade(self, ws: WebSocket) -> bool:
+        """Refuse a Media Stream upgrade before accept, and say so: the app was never started
+        (503), it is shutting down (1013, try another replica), or ``X-Twilio-Signature`` does
+        not match (403). True when refused."""
         path = ws.url.path
         if (problem := self.not_started()) is not None:
             log.error("not_started", detail=problem, path=path)
             await ws.send_denial_response(PlainTextResponse(problem, status_code=503))
-            return
+            return True
         if self.shutting_down:
             await ws.close(code=1013)  # try again later: another replica takes it
-            return
+            return True
         if self.signature is not None and not self.signature.check_websocket(
             path, ws.headers.get("x-twilio-signature")
         ):
             self.metrics.webhook_requests_total.labels(outcome="ws_forbidden").inc()
             log.warning("stream_forbidden", reason="bad or missing X-Twilio-Signature", path=path)
             await ws.close(code=1008)  # before accept: the handshake is refused with 403
-            return
-        await ws.accept()
-        await run_stream(self, ws)
+            return True
+        return False
 
 
 def create_app(
@@ -397,6 +407,7 @@ def create_app(
         routes=[
             WebSocketRoute(STREAM_PATH, bridge.stream),
             WebSocketRoute(STREAM_PATH + "/", bridge.stream),
+            *proxy_routes(bridge),
             Route(WEBHOOK_PATH, webhook, methods=["GET", "POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -6,6 +6,16 @@ reachable from here: the core's own parameter classes are nested fields (``vad``
 levels, e.g. ``MISE_VAD__HANGOVER_MS=300`` or ``MISE_LIFECYCLE__REORDER_WINDOW_S=3``. The edge
 builds ``SessionParams`` and the lifecycle objects from them (``session_params``).
 ``mise-twilio config`` prints every setting with its variable, type, default and unit.
+
+Proxy mode's bots are named here and only here (never taken from a request, so a caller cannot
+point the relay anywhere else):
+
+    MISE_UPSTREAMS="support=wss://bot.internal/twilio,sales=ws://10.0.0.5:8765/ws"
+    MISE_UPSTREAM_HEADERS__support='{"Authorization": "Bearer ..."}'
+
+``upstream_headers`` may also be given whole as JSON (``MISE_UPSTREAM_HEADERS='{"support":
+{...}}'``). Names are lower-case (environment keys after ``__`` are lower-cased) letters,
+digits, ``-`` and ``_``.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -27,9 +37,11 @@ from pydantic import (
     TypeAdapter,
     UrlConstraints,
     ValidationError,
+    WebsocketUrl,
     field_validator,
+    model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mise_twilio.core.call import SessionParams
 from mise_twilio.core.features import FeatureParams
@@ -91,6 +103,14 @@ class LifecycleSettings(BaseModel):
     shared_join_ttl_s: float = Field(
         default=6 * 3600.0, ge=1, description="a call's join hash in Redis expires after this"
     )
+
+
+UPSTREAM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+"""An upstream's name: it is a URL path segment and an environment-variable key."""
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_RESERVED_HEADERS = frozenset(
+    {"host", "upgrade", "connection", "content-length", "transfer-encoding"}
+)
 
 
 class Settings(BaseSettings):
@@ -197,6 +217,29 @@ class Settings(BaseSettings):
         default="none", description="wav: each turn also saved as a 16 kHz WAV file"
     )
 
+    # --- proxy mode (WS /v1/stream/twilio/proxy/NAME) --------------------------------------
+    upstreams: Annotated[dict[str, WebsocketUrl], NoDecode] = Field(
+        default_factory=dict,
+        description="Proxy mode's bots: NAME=ws(s)://URL,... (Twilio connects to "
+        "/v1/stream/twilio/proxy/NAME).",
+    )
+    upstream_headers: dict[str, dict[str, SecretStr]] = Field(
+        default_factory=dict,
+        description='Extra upgrade headers per bot: MISE_UPSTREAM_HEADERS__NAME=\'{"H": "v"}\'.',
+    )
+    upstream_open_timeout_s: float = Field(
+        default=5.0, gt=0, description="Opening a bot's WebSocket may take this long."
+    )
+    proxy_backlog_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Frames queued toward a side that does not keep up, beyond this, end the "
+        "call (about 15 s of Twilio's media).",
+    )
+    max_playback_queue_ms: int = Field(
+        default=600_000, ge=1000, description="Bot audio queued ahead of playback that is modelled."
+    )
+
     # --- the core's analysis and lifecycle ---------------------------------------------
     vad: VadParams = Field(default_factory=VadParams)
     turns: TurnParams = Field(default_factory=TurnParams)
@@ -218,6 +261,53 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         # ``MISE_HTTP_URL=`` (set but empty, as compose files often leave it) means "off".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _parse_upstreams(cls, value: Any) -> Any:
+        """``name=url,name=url`` (the environment's form) or a mapping; names checked."""
+        if isinstance(value, str):
+            pairs: dict[str, str] = {}
+            for item in filter(None, (part.strip() for part in value.split(","))):
+                name, sep, url = item.partition("=")
+                name = name.strip()
+                if not sep or not url.strip():
+                    raise ValueError(f"upstream {item!r} is not NAME=ws(s)://URL")
+                if name in pairs:
+                    raise ValueError(f"upstream {name!r} is named twice")
+                pairs[name] = url.strip()
+            value = pairs
+        if isinstance(value, dict):
+            for name in value:
+                if not isinstance(name, str) or not UPSTREAM_NAME_RE.fullmatch(name):
+                    raise ValueError(
+                        f"upstream name {name!r}: use lower-case letters, digits, '-' and '_' "
+                        "(at most 63)"
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _check_upstream_headers(self) -> Settings:
+        for name, headers in self.upstream_headers.items():
+            if name not in self.upstreams:
+                raise ValueError(f"MISE_UPSTREAM_HEADERS names {name!r}, not in MISE_UPSTREAMS")
+            for header, secret in headers.items():
+                if not _HEADER_NAME_RE.fullmatch(header) or header.lower() in _RESERVED_HEADERS:
+                    raise ValueError(f"upstream {name!r}: {header!r} is not a header it may set")
+                if header.lower().startswith("sec-websocket-"):
+                    raise ValueError(f"upstream {name!r}: {header!r} belongs to the handshake")
+                if any(c in secret.get_secret_value() for c in "\r\n\0"):
+                    raise ValueError(f"upstream {name!r}: header {header!r} has a line break")
+        return self
+
+    def upstream(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """Proxy mode: the URL and extra upgrade headers of the bot named ``name``, or ``None``
+        when no bot has that name."""
+        url = self.upstreams.get(name)
+        if url is None:
+            return None
+        headers = {k: v.get_secret_value() for k, v in self.upstream_headers.get(name, {}).items()}
+        return str(url), headers
 
     @property
     def resolved_jsonl_path(self) -> Path:
@@ -244,6 +334,7 @@ def session_params(settings: Settings) -> SessionParams:
         expected_api_key=settings.api_key.get_secret_value() if settings.api_key else None,
         measure_features=settings.measure_features,
         keep_turn_audio=settings.turn_audio != "none",
+        max_playback_queue_ms=settings.max_playback_queue_ms,
     )
 
 
@@ -268,7 +359,7 @@ _UNITS = (
     ("_bytes", "bytes"),
     ("_semitones", "semitones"),
 )
-_SECRET = {"twilio_auth_token", "api_key", "pii_key", "http_token"}
+_SECRET = {"twilio_auth_token", "api_key", "pii_key", "http_token", "upstream_headers"}
 
 
 def describe_settings() -> list[SettingInfo]:
@@ -283,7 +374,8 @@ def describe_settings() -> list[SettingInfo]:
         ):
             out.extend(_nested(name, annotation))
             continue
-        default = "-" if info.default is None else str(info.default)
+        value = info.get_default(call_default_factory=True)
+        default = "-" if value is None or value == {} else str(value)
         if name in _SECRET:
             default = "-"
         out.append(
@@ -338,7 +430,12 @@ def _type_name(annotation: object) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation)
-    for noise, short in (("typing.", ""), ("pathlib.", ""), ("pydantic.types.SecretStr", "secret")):
+    for noise, short in (
+        ("typing.", ""),
+        ("pathlib.", ""),
+        ("pydantic.types.SecretStr", "secret"),
+        ("pydantic.networks.", ""),
+    ):
         text = text.replace(noise, short)
     return text
 

@@ -62,6 +62,12 @@ class Metrics:
       in-process join because the shared Redis store failed (``op``: ``stream_started``,
       ``status``, ``stream_stopped``, ``claim``).
     - ``draining``: Gauge, 1 from SIGTERM until exit (``/readyz`` answers 503 meanwhile).
+    - ``relay_seconds{direction}``: Histogram, proxy mode: a frame's time inside the relay,
+      from being read off one socket to being written to the other (``to_bot``,
+      ``to_twilio``), seconds (buckets ``MESSAGE_PROCESSING_BUCKETS_S``).
+    - ``upstream_failures_total{upstream,reason}``: Counter, proxied calls a bot failed:
+      ``unreachable`` (its WebSocket did not open), ``dropped`` (it went away mid-call),
+      ``backlog`` (a side did not keep up).
     """
 
     def __init__(self) -> None:
@@ -115,6 +121,19 @@ class Metrics:
         )
         self.webhook_requests_total = Counter(
             "mise_webhook_requests_total", "Status callbacks by outcome.", ["outcome"], registry=r
+        )
+        self.relay_seconds = Histogram(
+            "mise_relay_seconds",
+            "Proxy mode: a frame's time from one socket to the other, seconds.",
+            ["direction"],
+            buckets=MESSAGE_PROCESSING_BUCKETS_S,
+            registry=r,
+        )
+        self.upstream_failures_total = Counter(
+            "mise_upstream_failures_total",
+            "Proxied calls failed by their bot.",
+            ["upstream", "reason"],
+            registry=r,
         )
 
         self.join_fallback_total = Counter(

@@ -12,6 +12,7 @@ the sinks run, with the port actually bound (``MISE_PORT=0`` picks a free one).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -84,6 +85,11 @@ def serve(settings: Settings) -> None:
     # while it serves, so these only see the re-raise), and the exit status is 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
+    # What imports and start-up made (pydantic schemas, numpy, the app) lives for the whole
+    # process: frozen, it leaves the collector's generations, and a full collection, which
+    # stops every call on the event loop, walks only the calls' own objects.
+    gc.collect()
+    gc.freeze()
     try:
         asyncio.run(_serve(server, bridge, sock))
     finally:
