@@ -253,3 +253,49 @@ def test_dtmf_and_mark_ids_stay_unique_without_sequence_numbers() -> None:
         ids += [r.id for r in session.take_events() if r.type in ("dtmf", "mark")]
     assert len(ids) == 4
     assert len(set(ids)) == 4, ids
+
+
+def test_the_media_fast_path_gives_the_records_the_models_give() -> None:
+    """Every fixture (garbage lines, gaps, dtmf, marks included) plus hostile media frames
+    that the fast path takes (unknown track, bad base64, wrong streamSid, before start,
+    timestamps out of range, an oversized chunk): fed as text (fast path) and as parsed
+    models, the records are identical, diagnostics included."""
+    from mise_twilio.core.messages import match_media, parse_message
+
+    fork = fixture_lines("fork_two_track")
+    media = next(line for line in fork if '"event":"media"' in line)
+    sid = json.loads(media)["streamSid"]
+    hostile = [
+        media.replace('"track":"inbound"', '"track":"sideways"'),
+        media.replace('"payload":"', '"payload":"=='),
+        media.replace(sid, "MZ" + "0" * 32),
+        media.replace('"timestamp":"', '"timestamp":"9999999999'),
+        media.split('"payload":"')[0]
+        + '"payload":"'
+        + "A" * 20000
+        + '"},"streamSid":"'
+        + sid
+        + '"}',
+        media.split('"payload":"')[0] + '"payload":""},"streamSid":"' + sid + '"}',
+    ]
+    assert all(match_media(line) is not None for line in hostile)
+    calls = [fixture_lines(name) for name in FIXTURE_NAMES]
+    calls.append([media, *fork[:40], *hostile, *fork[40:]])
+    small = SessionParams(max_chunk_ms=100, max_timestamp_ms=10**9)
+    for lines in calls:
+        fast, models = CallSession(small), CallSession(small)
+        for line in lines:
+            fast.receive_text(line)
+            try:
+                message = parse_message(line)
+            except Exception:
+                message = None
+            if message is None or len(line) > small.max_message_bytes:
+                models.receive_text(line)  # dropped before parsing: both take the same path
+            else:
+                models.receive_message(message)
+        fast.receive_eof()
+        models.receive_eof()
+        assert [r.model_dump() for r in fast.take_events()] == [
+            r.model_dump() for r in models.take_events()
+        ]

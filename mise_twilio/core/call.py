@@ -47,8 +47,9 @@ from mise_twilio.core.messages import (
     Track,
     UnknownMessage,
     admit_start,
+    check_media,
+    match_media,
     parse_message,
-    read_media,
 )
 from mise_twilio.core.records import (
     SPEAKER_BY_TRACK,
@@ -262,6 +263,12 @@ class CallSession:
                 None,
             )
             return
+        fields = match_media(text) if type(text) is str else None
+        if fields is not None:
+            # Twilio's own media frame (nearly every message): straight to the fields, no
+            # model; the same checks, counts and diagnostics as ``receive_message``.
+            self._receive_media(*fields)
+            return
         try:
             message = parse_message(text)
         except ProtocolError as exc:
@@ -406,21 +413,54 @@ class CallSession:
             )
         )
 
+    def _receive_media(
+        self, stream_sid: str, seq: int, track: str, timestamp_ms: int, chunk: int, payload: str
+    ) -> None:
+        """``receive_message`` for a media message given as its fields (``match_media``)."""
+        self._message_counts["media"] += 1
+        try:
+            if "media" not in ACCEPTS[self._state]:
+                raise ProtocolError(
+                    "media_before_start", "media before start ignored", sequence_number=seq
+                )
+            if stream_sid != self.stream_sid:
+                self._check_stream(stream_sid, seq)
+            self._media(track, timestamp_ms, payload, chunk, seq)
+        except ProtocolError as exc:
+            self._diag(exc.code, exc.message, exc.sequence_number)
+
     def _on_media(self, message: MediaMessage) -> None:
+        media = message.media
+        self._media(
+            media.track, media.timestamp, media.payload, media.chunk, message.sequence_number
+        )
+
+    def _media(
+        self,
+        track_name: str,
+        timestamp_ms: int,
+        payload_b64: str,
+        chunk: int | None,
+        seq: int | None,
+    ) -> None:
         if not self._media_ok:
             return
         p = self.params
-        chunk = read_media(
-            message, max_timestamp_ms=p.max_timestamp_ms, max_chunk_ms=p.max_chunk_ms
+        track, payload = check_media(
+            track_name,
+            timestamp_ms,
+            payload_b64,
+            seq,
+            max_timestamp_ms=p.max_timestamp_ms,
+            max_chunk_ms=p.max_chunk_ms,
         )
         lockstep = self._lockstep
         assert lockstep is not None
         try:
-            lockstep.push(
-                chunk.track, chunk.timestamp_ms, chunk.payload, chunk.chunk, chunk.sequence_number
-            )
+            lockstep.push(track, timestamp_ms, payload, chunk, seq)
         finally:
-            self._take_analysis()
+            if lockstep.has_output:
+                self._take_analysis()
 
     def _on_dtmf(self, message: DtmfMessage) -> None:
         seq = message.sequence_number

@@ -207,6 +207,11 @@ class Lockstep:
 
     # -- output ----------------------------------------------------------------------------
 
+    @property
+    def has_output(self) -> bool:
+        """``take_output()`` has something (checked per message, so it is cheap)."""
+        return bool(self._output)
+
     def take_output(self) -> list[ClosedTurn | Notice]:
         """Turns closed and notices since the last call, in the order they happened."""
         out, self._output = self._output, []
