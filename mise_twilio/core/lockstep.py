@@ -318,13 +318,9 @@ class Lockstep:
                 return
             self._cursor = self._block_start = min(firsts)
             self._first_frame = self._cursor
+        lead: int | None = None  # the leading track's end: pushes move it, stepping does not
         while True:
             k = self._cursor
-            lead = -(1 << 62)
-            for p in pipes:
-                end = p.timeline.end_frame
-                if end is not None and end > lead:
-                    lead = end
             ready = True
             any_frame = False
             for p in pipes:
@@ -333,9 +329,13 @@ class Lockstep:
                     # its frame k, or its next frame is later: frame k is silence for it
                     # (frames come in order, so nothing for k can still arrive but late audio)
                     any_frame = any_frame or frames[0][0] <= k
-                elif not final and (skew is None or lead - k <= skew):
-                    ready = False  # this track has not delivered frame k yet: wait for it
-                    break
+                elif not final:
+                    if skew is not None and lead is None:
+                        ends = [e for q in pipes if (e := q.timeline.end_frame) is not None]
+                        lead = max(ends, default=-(1 << 62))
+                    if skew is None or lead is None or lead - k <= skew:
+                        ready = False  # this track has not delivered frame k yet: wait for it
+                        break
             if not ready:
                 return
             if not any_frame and not any(p.timeline.frames for p in pipes):
