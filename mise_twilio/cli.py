@@ -159,11 +159,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from mise_twilio.replay import read_fixture, replay_offline
+    from mise_twilio.replay import iter_fixture, iter_replay, read_fixture
     from mise_twilio.server.replay_client import replay_websocket, sign_websocket
 
-    lines = read_fixture(args.path)
     if args.to:
+        lines = read_fixture(args.path)
         headers: dict[str, str] = {}
         if args.auth_token:
             signed_url = args.sign_url or args.to
@@ -183,14 +183,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    records = replay_offline(lines)
+    # offline: the file is read line by line and records go out as they come
+    records = iter_replay(iter_fixture(args.path))
     if args.format == "jsonl":
         out = sys.stdout
         for record in records:
             out.write(to_json(record))
             out.write("\n")
     else:
-        _print_table(records, sys.stdout)
+        _print_table(list(records), sys.stdout)
     return 0
 
 
