@@ -349,6 +349,12 @@ class CallSession:
 
     # -- output ----------------------------------------------------------------------------
 
+    @property
+    def events_pending(self) -> bool:
+        """``take_events()`` would return something (cheap: the edge asks after every
+        message, and most messages produce no record)."""
+        return bool(self._events) and self._state is not State.REJECTED
+
     def take_events(self) -> list[AnyRecord]:
         """Records produced since the last call, in order. Always empty once rejected."""
         events, self._events = self._events, []

@@ -313,8 +313,8 @@ class Lockstep:
             if not firsts:
                 return
             waiting = any(p.timeline.end_frame is None for p in pipes)
-            lead = max((p.timeline.end_frame or 0) for p in pipes)
-            if waiting and not final and (skew is None or lead - min(firsts) <= skew):
+            first_lead = max((p.timeline.end_frame or 0) for p in pipes)
+            if waiting and not final and (skew is None or first_lead - min(firsts) <= skew):
                 return
             self._cursor = self._block_start = min(firsts)
             self._first_frame = self._cursor
@@ -506,7 +506,7 @@ class Lockstep:
             assert pipe.buf_start is not None
             lo = max(0, turn.start_frame - pipe.buf_start)
             hi = max(lo, turn.end_frame - pipe.buf_start)
-            pcm = audio.ulaw_to_pcm16(pipe.ulaw[lo * _FRAME_BYTES : hi * _FRAME_BYTES])
+            pcm = audio.ulaw_to_pcm16(bytes(pipe.ulaw[lo * _FRAME_BYTES : hi * _FRAME_BYTES]))
             partial = late or self._released_during(turn)
             self._output.append(ClosedTurn(turn, pcm, sum(pipe.lost[lo:hi]), partial))
 

@@ -91,7 +91,8 @@ async def run_stream(bridge: Bridge, ws: WebSocket) -> None:
                     stream_sid=session.stream_sid,
                 )
                 break
-            drain()
+            if session.events_pending:
+                drain()
             if last_message - started_at > bridge.settings.max_call_s:
                 session.close("max_duration", at_s=time.time())
     except Exception:
