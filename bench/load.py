@@ -332,7 +332,7 @@ async def _one_call(
                         pass
             result.stop_close_s.append(time.perf_counter() - t_stop)
     except (OSError, ConnectionClosed, TimeoutError) as exc:
-        print("call failed", i, repr(exc), file=sys.stderr)
+        print(f"call {i} failed: {exc!r}", file=sys.stderr)
         result.failed += 1
         ready.set()
 
@@ -540,14 +540,14 @@ class RoundResult:
     turns: int = 0
 
 
-def _warm_up(url: str, audio: Audio) -> None:
+def _warm_up(url: str, audio: Audio, n_frames: int) -> None:
     """One short call before measuring (imports, first numpy calls, the first turn)."""
 
     async def go() -> None:
         result = WorkerResult()
         ready, go = asyncio.Event(), asyncio.Event()
         go.set()
-        await _one_call(url, 0, "w", audio, 150, 0.0, {"t0": time.time()}, ready, go, result)
+        await _one_call(url, 0, "w", audio, n_frames, 0.0, {"t0": time.time()}, ready, go, result)
 
     asyncio.run(go())
 
@@ -556,8 +556,8 @@ def run_round(kind: str, args: argparse.Namespace, audio: Audio, tag: str) -> Ro
     n_frames = round(args.seconds / FRAME_S)
     out = RoundResult(kind, args.calls)
     with start_server(kind, args.seconds) as server:
-        _warm_up(server.url, audio)
-        time.sleep(0.5)
+        _warm_up(server.url, audio, 150 if args.seconds >= 20 else 50)
+        time.sleep(0.5 if args.seconds >= 20 else 0.1)
         pid = server.proc.pid
         rss0 = tree_rss_kb(pid)
         tail = JsonlTail(server.data_dir / "events.jsonl") if server.data_dir else None
@@ -569,7 +569,8 @@ def run_round(kind: str, args: argparse.Namespace, audio: Audio, tag: str) -> Ro
         n_workers = max(1, min(args.workers, args.calls))
         groups = [list(range(w, args.calls, n_workers)) for w in range(n_workers)]
         # each call's start, relative to t0 (fixed once every call is connected)
-        offsets = {i: i * RAMP_S / max(1, args.calls) for i in range(args.calls)}
+        ramp_s = min(RAMP_S, args.seconds / 4)
+        offsets = {i: i * ramp_s / max(1, args.calls) for i in range(args.calls)}
         pipes, procs = [], []
         for g in groups:
             parent, child = ctx.Pipe()
@@ -667,7 +668,10 @@ def _ms(v: float | None) -> str:
     return "–" if v is None else f"{v * 1000:.0f}"
 
 
-def report(results: list[RoundResult], kinds: list[str], args: argparse.Namespace) -> None:
+def report(
+    results: list[RoundResult], kinds: list[str], args: argparse.Namespace
+) -> dict[str, dict[str, float | int | None]]:
+    """Print the table; return its figures per server (``--json``)."""
     agg: dict[str, RoundResult] = {}
     for r in results:
         a = agg.setdefault(r.kind, RoundResult(r.kind, r.calls))
@@ -705,6 +709,20 @@ def report(results: list[RoundResult], kinds: list[str], args: argparse.Namespac
     if "mise" in agg:
         a = agg["mise"]
         print(f"mise: {a.turns} turn records; client CPU {a.client_cpu_s:.1f} s over its rounds")
+    return {
+        k: {
+            "us_per_media_message": us[k],
+            "cores": a.cpu_s / a.wall_s,
+            "rss_per_call_kb": a.rss_per_call_kb,
+            "send_lateness_p99_s": p99(a.lateness_s),
+            "turn_latency_p99_s": p99(a.turn_latency_s) if k == "mise" else None,
+            "stop_close_p99_s": p99(a.stop_close_s),
+            "media_messages": a.media,
+            "turn_records": a.turns,
+            "failed": a.failed,
+        }
+        for k, a in ((k, agg[k]) for k in kinds)
+    }
 
 
 def machine() -> str:
@@ -728,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="call length")
     parser.add_argument("--servers", default=DEFAULT_SERVERS, help=f"of {','.join(SERVERS)}")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--serve", choices=[s for s in SERVERS if s != "mise"], help=argparse.SUPPRESS
     )
@@ -753,7 +772,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             results.append(res)
-    report(results, kinds, args)
+    figures = report(results, kinds, args)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "servers": figures}, indent=1))
     return 0
 
 
