@@ -11,10 +11,12 @@ What runs (everything on loopback, everything started here is stopped here by PI
   ``mise``: ``mise-twilio serve`` (JSONL sink in a temp dir, logs at warning); ``ws``: a bare
   decode-only server on websockets' own asyncio server; ``asgi``: the same decode-only work as a
   raw ASGI app under uvicorn with the WebSocket stack mise_twilio uses (``websockets-sansio``,
-  same limits); ``asgi-websockets`` / ``asgi-wsproto``: uvicorn's other WebSocket protocols;
-  ``starlette``: the decode-only work behind Starlette's ``WebSocket`` wrapper (as
-  ``server/stream.py`` reads). Decode-only = per message ``json.loads``, and for media
-  ``binascii.a2b_base64`` + ``audioop.ulaw2lin`` + ``audioop.rms``; ``stop`` closes.
+  same limits, same event loop: uvicorn's ``auto``, uvloop when installed);
+  ``asgi-asyncio`` / ``asgi-uvloop``: the same on a given event loop; ``asgi-websockets`` /
+  ``asgi-wsproto``: uvicorn's other WebSocket protocols; ``starlette``: the decode-only work
+  behind Starlette's ``WebSocket`` wrapper (as ``server/stream.py`` reads). Decode-only = per
+  message ``json.loads``, and for media ``binascii.a2b_base64`` + ``audioop.ulaw2lin`` +
+  ``audioop.rms``; ``stop`` closes.
 - **Calls**: real speech, the seven AMI excerpts of ``../shared/real-speech/ami`` made into
   two-track calls by ``fixtures/real_calls.py`` (``build_call(file, "clean")``), μ-law as
   ``wire_lines`` sends it, looped past their 30 s for longer ``--seconds``; call ``i`` plays
@@ -74,7 +76,16 @@ with warnings.catch_warnings():
 FRAME_S = 0.020
 FIRST_TIMESTAMP_MS = 120
 RAMP_S = 1.0
-SERVERS = ("mise", "asgi", "asgi-websockets", "asgi-wsproto", "starlette", "ws")
+SERVERS = (
+    "mise",
+    "asgi",
+    "asgi-asyncio",
+    "asgi-uvloop",
+    "asgi-websockets",
+    "asgi-wsproto",
+    "starlette",
+    "ws",
+)
 DEFAULT_SERVERS = "mise,asgi,ws"
 STREAM_PATH = "/v1/stream/twilio"
 WS_MAX_SIZE = 1024 * 1024  # as mise_twilio.server.app.WS_HARD_MAX_BYTES
@@ -172,12 +183,11 @@ def serve_bare(kind: str, port: int) -> None:
         return
     import uvicorn
 
-    ws_impl = {
-        "asgi": "websockets-sansio",
-        "asgi-websockets": "websockets",
-        "asgi-wsproto": "wsproto",
-        "starlette": "websockets-sansio",
-    }[kind]
+    ws_impl = {"asgi-websockets": "websockets", "asgi-wsproto": "wsproto"}.get(
+        kind, "websockets-sansio"
+    )
+    # "auto" is what mise_twilio's server runs on (uvloop when it is installed)
+    loop = {"asgi-asyncio": "asyncio", "asgi-uvloop": "uvloop"}.get(kind, "auto")
     app = _starlette_app() if kind == "starlette" else _asgi_app
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -186,6 +196,7 @@ def serve_bare(kind: str, port: int) -> None:
             host="127.0.0.1",
             port=port,
             ws=ws_impl,
+            loop=loop,
             ws_max_size=WS_MAX_SIZE,
             ws_ping_interval=20.0,
             ws_ping_timeout=20.0,
