@@ -12,7 +12,8 @@ What runs (everything on loopback, everything started here is stopped here by PI
   decode-only server on websockets' own asyncio server; ``asgi``: the same decode-only work as a
   raw ASGI app under uvicorn with the WebSocket stack mise_twilio uses (``websockets-sansio``,
   same limits, same event loop: uvicorn's ``auto``, uvloop when installed);
-  ``asgi-asyncio`` / ``asgi-uvloop``: the same on a given event loop; ``asgi-websockets`` /
+  ``asgi-asyncio`` / ``asgi-uvloop``: the same on a given event loop; ``asgi-buffered``: on
+  mise_twilio's own protocol class (``server/ws_protocol.py``); ``asgi-websockets`` /
   ``asgi-wsproto``: uvicorn's other WebSocket protocols; ``starlette``: the decode-only work
   behind Starlette's ``WebSocket`` wrapper (as ``server/stream.py`` reads). Decode-only = per
   message ``json.loads``, and for media ``binascii.a2b_base64`` + ``audioop.ulaw2lin`` +
@@ -81,6 +82,7 @@ SERVERS = (
     "asgi",
     "asgi-asyncio",
     "asgi-uvloop",
+    "asgi-buffered",
     "asgi-websockets",
     "asgi-wsproto",
     "starlette",
@@ -183,9 +185,13 @@ def serve_bare(kind: str, port: int) -> None:
         return
     import uvicorn
 
-    ws_impl = {"asgi-websockets": "websockets", "asgi-wsproto": "wsproto"}.get(
+    ws_impl: Any = {"asgi-websockets": "websockets", "asgi-wsproto": "wsproto"}.get(
         kind, "websockets-sansio"
     )
+    if kind == "asgi-buffered":
+        from mise_twilio.server.ws_protocol import BufferedWebSocketsSansIO
+
+        ws_impl = BufferedWebSocketsSansIO
     # "auto" is what mise_twilio's server runs on (uvloop when it is installed)
     loop = {"asgi-asyncio": "asyncio", "asgi-uvloop": "uvloop"}.get(kind, "auto")
     app = _starlette_app() if kind == "starlette" else _asgi_app

@@ -303,21 +303,28 @@ def create_app(
 
 
 def _shutdown_aware_ws_protocol(bridge: Bridge) -> type[Any]:
-    """uvicorn's websockets sans-I/O protocol, telling ``bridge`` when shutdown begins.
+    """uvicorn's websockets sans-I/O protocol (reads paused only past a high-water mark:
+    ``ws_protocol.py``), telling ``bridge`` when shutdown begins.
 
     On SIGTERM uvicorn stops listening, calls ``shutdown()`` on every open connection (a
     WebSocket gets close 1012 and its app sees ``websocket.disconnect``), waits for them up to
     ``timeout_graceful_shutdown`` and only then runs the lifespan shutdown
     (``Bridge.shutdown``). Marking the bridge as shutting down in the first step lets the read
     loop end those streams with reason ``shutdown`` and refuse new ones, promptly."""
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from mise_twilio.server.ws_protocol import BufferedWebSocketsSansIO
 
-    class ShutdownAwareWebSocket(WebSocketsSansIOProtocol):
+    class ShutdownAwareWebSocket(BufferedWebSocketsSansIO):
         def shutdown(self) -> None:
             bridge.shutting_down = True
             super().shutdown()
 
     return ShutdownAwareWebSocket
+
+
+def _buffered_ws_protocol() -> type[Any]:
+    from mise_twilio.server.ws_protocol import BufferedWebSocketsSansIO
+
+    return BufferedWebSocketsSansIO
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> Any:
@@ -329,7 +336,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> Any:
         app,
         host=settings.host,
         port=settings.port,
-        ws=_shutdown_aware_ws_protocol(bridge) if bridge is not None else "websockets-sansio",
+        ws=_shutdown_aware_ws_protocol(bridge) if bridge is not None else _buffered_ws_protocol(),
         ws_max_size=WS_HARD_MAX_BYTES,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
