@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from mise_twilio import __version__
@@ -225,7 +226,9 @@ class Bridge:
 
     # -- the stream -----------------------------------------------------------------------
 
-    async def stream(self, ws: WebSocket) -> None:
+    async def stream(self, ws: WebSocket, receive: Receive | None = None) -> None:
+        """Serve one Media Stream. ``receive``: the server's ASGI receive, to read frames with
+        (``ws.receive`` when ``None``); see ``StreamEndpoint``."""
         path = ws.url.path
         if self.shutting_down:
             await ws.close(code=1013)  # try again later: another replica takes it
@@ -238,7 +241,20 @@ class Bridge:
             await ws.close(code=1008)  # before accept: the handshake is refused with 403
             return
         await ws.accept()
-        await run_stream(self, ws)
+        await run_stream(self, ws, receive or ws.receive)
+
+
+class StreamEndpoint:
+    """``WS /v1/stream/twilio`` as a raw ASGI app: Starlette's ``WebSocket`` does the handshake
+    and the close, while frames are read with the server's own ``receive``. Starlette's
+    ``WebSocket.receive`` adds its state checks and a coroutine to every Twilio message
+    (``bench/load.py``: ``starlette`` against ``asgi``)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.bridge.stream(WebSocket(scope, receive=receive, send=send), receive)
 
 
 def create_app(
@@ -288,8 +304,8 @@ def create_app(
 
     app = Starlette(
         routes=[
-            WebSocketRoute(STREAM_PATH, bridge.stream),
-            WebSocketRoute(STREAM_PATH + "/", bridge.stream),
+            WebSocketRoute(STREAM_PATH, StreamEndpoint(bridge)),
+            WebSocketRoute(STREAM_PATH + "/", StreamEndpoint(bridge)),
             Route(WEBHOOK_PATH, webhook, methods=["GET", "POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

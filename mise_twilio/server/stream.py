@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
+from starlette.types import Receive
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mise_twilio.core.call import CallSession
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mise_twilio.server")
 
 
-async def run_stream(bridge: Bridge, ws: WebSocket) -> None:
-    """Serve one accepted Media Stream WebSocket until the stream ends."""
+async def run_stream(bridge: Bridge, ws: WebSocket, receive: Receive | None = None) -> None:
+    """Serve one accepted Media Stream WebSocket until the stream ends. ``receive``: what to
+    read frames with (the server's ASGI receive; ``ws.receive`` when ``None``)."""
+    read = receive or ws.receive
     session = CallSession(bridge.params)
     key = id(session)
     bridge.sessions[key] = session
@@ -68,7 +71,7 @@ async def run_stream(bridge: Bridge, ws: WebSocket) -> None:
     try:
         while not session.close_expected():
             try:
-                frame = await ws.receive()
+                frame = await read()
             except (WebSocketDisconnect, RuntimeError):
                 bridge.end_of_input(session)
                 break
