@@ -33,7 +33,9 @@ Printed per server (pooled over its rounds):
 - ``µs/msg``: CPU (utime + stime of the server process tree, ``/proc``) from the first media
   message to the last record written, ÷ media messages sent; the ratios to ``asgi`` and ``ws``.
 - ``cores``: that CPU ÷ the wall time of the window.
-- ``RSS/call``: (peak RSS of the tree during the round − RSS after warm-up) ÷ calls, KB.
+- ``RSS/call``: (the tree's highest RSS while every call streams − its RSS after warm-up) ÷
+  calls, KB; in brackets the same with the peak over the whole round (the calls' ends
+  included: every final turn measured at once).
 - ``late p99``: how late each media message went out vs its schedule (client side: server
   back-pressure, and the client's own CPU starvation on a loaded machine), ms.
 - ``turn p99`` (mise): when a turn record appeared in the JSONL file minus the turn's end,
@@ -549,6 +551,7 @@ class RoundResult:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     rss_per_call_kb: float = 0.0
+    peak_rss_per_call_kb: float = 0.0
     lateness_s: list[float] = field(default_factory=list)
     stop_close_s: list[float] = field(default_factory=list)
     turn_latency_s: list[float] = field(default_factory=list)
@@ -611,7 +614,8 @@ def run_round(kind: str, args: argparse.Namespace, audio: Audio, tag: str) -> Ro
             cpu0, wall0 = tree_cpu_s(pid), time.perf_counter()
             for conn in pipes:
                 conn.send(t0)
-            peak = rss0
+            peak = during = rss0
+            calls_end = time.monotonic() + 0.3 + args.seconds  # the first stop goes out then
             next_rss = 0.0
             results: list[Any] = [None] * len(pipes)
             end_by = time.monotonic() + args.seconds + RAMP_S + 150
@@ -622,7 +626,10 @@ def run_round(kind: str, args: argparse.Namespace, audio: Audio, tag: str) -> Ro
                 if tail is not None:
                     tail.poll()
                 if time.monotonic() >= next_rss:
-                    peak = max(peak, tree_rss_kb(pid))
+                    rss = tree_rss_kb(pid)
+                    peak = max(peak, rss)
+                    if time.monotonic() < calls_end:
+                        during = max(during, rss)
                     next_rss = time.monotonic() + 0.25
                 time.sleep(0.02)
             if tail is not None:
@@ -632,7 +639,8 @@ def run_round(kind: str, args: argparse.Namespace, audio: Audio, tag: str) -> Ro
                     time.sleep(0.02)
             out.cpu_s = tree_cpu_s(pid) - cpu0
             out.wall_s = time.perf_counter() - wall0
-            out.rss_per_call_kb = (peak - rss0) / max(1, args.calls)
+            out.rss_per_call_kb = (during - rss0) / max(1, args.calls)
+            out.peak_rss_per_call_kb = (peak - rss0) / max(1, args.calls)
             for r in results:
                 if r is None:
                     out.failed += 1
@@ -696,6 +704,7 @@ def report(
         a.cpu_s += r.cpu_s
         a.wall_s += r.wall_s
         a.rss_per_call_kb = max(a.rss_per_call_kb, r.rss_per_call_kb)
+        a.peak_rss_per_call_kb = max(a.peak_rss_per_call_kb, r.peak_rss_per_call_kb)
         a.lateness_s += r.lateness_s
         a.stop_close_s += r.stop_close_s
         a.turn_latency_s += r.turn_latency_s
@@ -708,7 +717,7 @@ def report(
         f"{args.rounds} round(s), {args.workers} client processes"
     )
     header = (
-        "| server | µs/msg | ×asgi | ×ws | cores | RSS/call KB | late p99 ms | "
+        "| server | µs/msg | ×asgi | ×ws | cores | RSS/call KB (peak) | late p99 ms | "
         "turn p99 ms | stop→close p99 ms | media msgs | failed |"
     )
     print(header)
@@ -720,7 +729,8 @@ def report(
         turn = _ms(p99(a.turn_latency_s)) if k == "mise" else "–"
         print(
             f"| {k} | {us[k]:.1f} | {ra} | {rw} | {a.cpu_s / a.wall_s:.2f} | "
-            f"{a.rss_per_call_kb:.0f} | {_ms(p99(a.lateness_s))} | {turn} | "
+            f"{a.rss_per_call_kb:.0f} ({a.peak_rss_per_call_kb:.0f}) | "
+            f"{_ms(p99(a.lateness_s))} | {turn} | "
             f"{_ms(p99(a.stop_close_s))} | {a.media} | {a.failed} |"
         )
     if "mise" in agg:
@@ -731,6 +741,7 @@ def report(
             "us_per_media_message": us[k],
             "cores": a.cpu_s / a.wall_s,
             "rss_per_call_kb": a.rss_per_call_kb,
+            "peak_rss_per_call_kb": a.peak_rss_per_call_kb,
             "send_lateness_p99_s": p99(a.lateness_s),
             "turn_latency_p99_s": p99(a.turn_latency_s) if k == "mise" else None,
             "stop_close_p99_s": p99(a.stop_close_s),
