@@ -156,6 +156,7 @@ class Lockstep:
         self._block_start = 0
         self._last_tick: int | None = None
         self._output: list[ClosedTurn | Notice] = []
+        self._lead = -(1 << 62)  # the leading track's end frame (no track has one yet)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -184,7 +185,11 @@ class Lockstep:
         if pipe is None:
             pipe = self._new_pipe(track)
         pipe.media_messages += 1
-        verdict = pipe.timeline.push(timestamp_ms, payload, chunk)
+        timeline = pipe.timeline
+        verdict = timeline.push(timestamp_ms, payload, chunk)
+        end = timeline.end_frame  # only ever moves forward
+        if end is not None and end > self._lead:
+            self._lead = end
         if verdict is not None:
             text = _VERDICTS[verdict].format(track=track, ts=timestamp_ms)
             self._output.append(Notice(verdict, text, sequence_number))
@@ -196,6 +201,9 @@ class Lockstep:
             if pipe.timeline.finish():
                 text = "a timestamp jump was never confirmed; chunk dropped"
                 self._output.append(Notice("timestamp_outlier", text))
+            end = pipe.timeline.end_frame
+            if end is not None and end > self._lead:
+                self._lead = end
         self._advance(final=True)
         self._run_block()
         turns = self._turns
@@ -318,7 +326,7 @@ class Lockstep:
                 return
             self._cursor = self._block_start = min(firsts)
             self._first_frame = self._cursor
-        lead: int | None = None  # the leading track's end: pushes move it, stepping does not
+        lead = self._lead
         while True:
             k = self._cursor
             ready = True
@@ -329,13 +337,9 @@ class Lockstep:
                     # its frame k, or its next frame is later: frame k is silence for it
                     # (frames come in order, so nothing for k can still arrive but late audio)
                     any_frame = any_frame or frames[0][0] <= k
-                elif not final:
-                    if skew is not None and lead is None:
-                        ends = [e for q in pipes if (e := q.timeline.end_frame) is not None]
-                        lead = max(ends, default=-(1 << 62))
-                    if skew is None or lead is None or lead - k <= skew:
-                        ready = False  # this track has not delivered frame k yet: wait for it
-                        break
+                elif not final and (skew is None or lead - k <= skew):
+                    ready = False  # this track has not delivered frame k yet: wait for it
+                    break
             if not ready:
                 return
             if not any_frame and not any(p.timeline.frames for p in pipes):
