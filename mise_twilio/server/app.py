@@ -344,7 +344,8 @@ def _buffered_ws_protocol() -> type[Any]:
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> Any:
-    """A ``uvicorn.Config`` for ``app``: websockets' sans-I/O protocol, our own logging."""
+    """A ``uvicorn.Config`` for ``app``: websockets' sans-I/O protocol (``ws_protocol.py``),
+    uvicorn's ``auto`` event loop (uvloop, a dependency where it builds), our own logging."""
     import uvicorn
 
     bridge = getattr(app.state, "bridge", None)
