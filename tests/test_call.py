@@ -299,3 +299,25 @@ def test_the_media_fast_path_gives_the_records_the_models_give() -> None:
         assert [r.model_dump() for r in fast.take_events()] == [
             r.model_dump() for r in models.take_events()
         ]
+
+
+def test_stop_asks_for_the_close_at_once_and_its_records_come_when_taken() -> None:
+    """The edge hangs up before the stream's end is analysed (``close`` defers that work to
+    ``take_events``): same records, in the same order, as taking them at every step."""
+    lines = fixture_lines("fork_two_track")
+    session = CallSession(SessionParams(max_track_skew_ms=None))
+    records: list[AnyRecord] = []
+    for line in lines[:-1]:
+        session.receive_text(line)
+        records += session.take_events()
+    assert '"event":"stop"' in lines[-1]
+    session.receive_text(lines[-1])
+    assert session.close_expected()
+    assert session.events_pending
+    session.receive_eof()  # a close after the stop changes nothing
+    tail = session.take_events()
+    assert isinstance(tail[-1], StreamStopped) and tail[-1].reason == "stop"
+    assert not session.events_pending and session.take_events() == []
+    assert [r.model_dump() for r in records + tail] == [
+        r.model_dump() for r in replay_offline(lines)
+    ]

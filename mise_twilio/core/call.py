@@ -208,6 +208,7 @@ class CallSession:
         self._media_ok = False
         self._started_wall_s: float | None = None
         self._lockstep: Lockstep | None = None
+        self._closing: tuple[StopReason, float | None] | None = None  # (reason, at_s) to finish
         self._stats = CallStats()
         self._diagnostics = _Diagnostics(self.params.max_diagnostics_per_code)
         self._events: list[AnyRecord] = []
@@ -318,11 +319,25 @@ class CallSession:
 
     def close(self, reason: StopReason, *, at_s: float | None = None) -> None:
         """End the stream: flush both tracks, close open turns (``stream_end``), emit
-        ``stream.stopped`` with the call summary. ``at_s``: epoch seconds. Idempotent."""
+        ``stream.stopped`` with the call summary. ``at_s``: epoch seconds. Idempotent.
+
+        ``close_expected()`` is true at once; the end of the stream (its last frames, the
+        open turns' features, the summary) is analysed when its records are taken
+        (``take_events()``), so the edge can hang up first: that work can take a few ms per
+        long turn, and hundreds of calls hanging up in the same second would otherwise
+        queue every close behind all of it."""
         was = self._state
         self._transition("close")
         if was is not State.STREAMING or self._state is not State.CLOSED:
             return
+        self._closing = (reason, at_s)
+
+    def _finish(self) -> None:
+        """The analysis ``close()`` left for the stream's last records (once)."""
+        if self._closing is None:
+            return
+        reason, at_s = self._closing
+        self._closing = None
         lockstep = self._lockstep
         assert lockstep is not None
         lockstep.finish()
@@ -353,15 +368,18 @@ class CallSession:
     def events_pending(self) -> bool:
         """``take_events()`` would return something (cheap: the edge asks after every
         message, and most messages produce no record)."""
-        return bool(self._events) and self._state is not State.REJECTED
+        pending = bool(self._events) or self._closing is not None
+        return pending and self._state is not State.REJECTED
 
     def take_events(self) -> list[AnyRecord]:
         """Records produced since the last call, in order. Always empty once rejected."""
+        self._finish()
         events, self._events = self._events, []
         return [] if self._state is State.REJECTED else events
 
     def take_turn_audio(self) -> list[tuple[str, bytes]]:
         """(turn id, 16-bit 8 kHz mono PCM) per closed turn, with ``keep_turn_audio``."""
+        self._finish()
         out, self._turn_audio = self._turn_audio, []
         return out
 

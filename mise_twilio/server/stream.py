@@ -94,6 +94,8 @@ async def run_stream(bridge: Bridge, ws: WebSocket, receive: Receive | None = No
                     stream_sid=session.stream_sid,
                 )
                 break
+            if session.close_expected():
+                break  # ``stop``: hang up first (below), then take the stream's last records
             if session.events_pending:
                 drain()
             if last_message - started_at > bridge.settings.max_call_s:
@@ -105,6 +107,9 @@ async def run_stream(bridge: Bridge, ws: WebSocket, receive: Receive | None = No
     finally:
         guard.cancel()
         count_messages()
+        if session.close_expected():
+            with contextlib.suppress(Exception):
+                await ws.close(code=session.close_code())
         drain()
         bridge.sessions.pop(key, None)
         bridge.metrics.active_streams.dec()
