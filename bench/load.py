@@ -41,6 +41,9 @@ Printed per server (pooled over its rounds):
 - ``turn p99`` (mise): when a turn record appeared in the JSONL file minus the turn's end,
   the stream clock mapped to wall time by the call's schedule (``end_ms`` − the first media
   timestamp after the first frame's send time). Includes the 700 ms pause that ends a turn.
+  In brackets: only the turns that ended while every call was streaming (from 5 s after the
+  first start to 1 s before the first stop): the calls start within one second and hang up
+  within one second, so their first and last turns close in two bursts.
 - ``stop→close p99``: from sending ``stop`` to the server's close, ms.
 
 Nothing is asserted: the numbers move with whatever else runs on the machine.
@@ -79,6 +82,7 @@ with warnings.catch_warnings():
 FRAME_S = 0.020
 FIRST_TIMESTAMP_MS = 120
 RAMP_S = 1.0
+STEADY_AFTER_S = 5.0  # turns ending this long after the first start, and 1 s before the first stop
 SERVERS = (
     "mise",
     "asgi",
@@ -555,6 +559,7 @@ class RoundResult:
     lateness_s: list[float] = field(default_factory=list)
     stop_close_s: list[float] = field(default_factory=list)
     turn_latency_s: list[float] = field(default_factory=list)
+    turn_latency_steady_s: list[float] = field(default_factory=list)
     failed: int = 0
     client_cpu_s: float = 0.0
     turns: int = 0
@@ -659,6 +664,8 @@ def run_round(kind: str, args: argparse.Namespace, audio: Audio, tag: str) -> Ro
                         continue
                     ended = starts[i] + (end_ms - FIRST_TIMESTAMP_MS) / 1000.0
                     out.turn_latency_s.append(seen - ended)
+                    if t0 + STEADY_AFTER_S <= ended and ended + 1.0 <= t0 + args.seconds:
+                        out.turn_latency_steady_s.append(seen - ended)
         finally:
             for p in procs:
                 p.join(timeout=5)
@@ -708,6 +715,7 @@ def report(
         a.lateness_s += r.lateness_s
         a.stop_close_s += r.stop_close_s
         a.turn_latency_s += r.turn_latency_s
+        a.turn_latency_steady_s += r.turn_latency_steady_s
         a.failed += r.failed
         a.client_cpu_s += r.client_cpu_s
         a.turns += r.turns
@@ -726,7 +734,9 @@ def report(
         a = agg[k]
         ra = f"{us[k] / us['asgi']:.2f}" if "asgi" in us else "–"
         rw = f"{us[k] / us['ws']:.2f}" if "ws" in us else "–"
-        turn = _ms(p99(a.turn_latency_s)) if k == "mise" else "–"
+        turn = "–"
+        if k == "mise":
+            turn = f"{_ms(p99(a.turn_latency_s))} ({_ms(p99(a.turn_latency_steady_s))})"
         print(
             f"| {k} | {us[k]:.1f} | {ra} | {rw} | {a.cpu_s / a.wall_s:.2f} | "
             f"{a.rss_per_call_kb:.0f} ({a.peak_rss_per_call_kb:.0f}) | "
@@ -744,6 +754,7 @@ def report(
             "peak_rss_per_call_kb": a.peak_rss_per_call_kb,
             "send_lateness_p99_s": p99(a.lateness_s),
             "turn_latency_p99_s": p99(a.turn_latency_s) if k == "mise" else None,
+            "turn_latency_steady_p99_s": p99(a.turn_latency_steady_s) if k == "mise" else None,
             "stop_close_p99_s": p99(a.stop_close_s),
             "media_messages": a.media,
             "turn_records": a.turns,
