@@ -45,15 +45,21 @@ def audio_seconds(lines: list[str]) -> float:
     return (max(stamps) - min(stamps) + 20) / 1000 if stamps else 0.0
 
 
+def best_replay_cpu_s(lines: list[str], rounds: int) -> float:
+    """CPU seconds of ``replay_offline(lines)``, the best of ``rounds``."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        replay_offline(lines)
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def offline(rounds: int) -> dict[str, float]:
     total_cpu = total_audio = total_msgs = parse_cpu = 0.0
     for path in FIXTURES:
         lines = read_fixture(path)
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.process_time()
-            replay_offline(lines)
-            best = min(best, time.process_time() - t0)
+        best = best_replay_cpu_s(lines, rounds)
         t0 = time.process_time()
         for line in lines:
             # as the session parses: the media fast path, the models for everything else
@@ -85,12 +91,7 @@ def offline_real_speech(rounds: int) -> dict[str, float]:
     for name in FILES:
         call = build_call(name, "clean")
         lines = wire_lines(call)
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.process_time()
-            replay_offline(lines)
-            best = min(best, time.process_time() - t0)
-        cpu += best
+        cpu += best_replay_cpu_s(lines, rounds)
         audio += call.n_frames * 0.020
         msgs += len(lines)
     return {"x_realtime": audio / cpu, "us_per_message": cpu / msgs * 1e6}
