@@ -4,7 +4,9 @@
 
 1. Offline: every fixture through ``CallSession`` in this process; CPU time (process_time)
    against the audio duration → × real time, and µs per message. Also split out the parse
-   cost alone (``messages.parse_message``) so the session's own share is visible.
+   cost alone (``messages.match_media``, else ``parse_message``, as the session parses) so the
+   session's own share is visible; and the same on the AMI real-speech calls
+   (``fixtures/real_calls.py``, clean), the load bench's payload.
 2. Server: ``mise-twilio serve`` in a subprocess (JSONL sink to a temp dir); N concurrent
    calls replayed into it as fast as possible; the server's CPU (utime+stime from
    /proc/PID/stat) ÷ media messages it received. Prints ratios, asserts nothing.
@@ -25,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mise_twilio.core.messages import parse_message
+from mise_twilio.core.messages import match_media, parse_message
 from mise_twilio.replay import read_fixture, replay_offline
 from mise_twilio.server.replay_client import media_timestamp_ms, replay_websocket
 
@@ -43,19 +45,27 @@ def audio_seconds(lines: list[str]) -> float:
     return (max(stamps) - min(stamps) + 20) / 1000 if stamps else 0.0
 
 
+def best_replay_cpu_s(lines: list[str], rounds: int) -> float:
+    """CPU seconds of ``replay_offline(lines)``, the best of ``rounds``."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        replay_offline(lines)
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def offline(rounds: int) -> dict[str, float]:
     total_cpu = total_audio = total_msgs = parse_cpu = 0.0
     for path in FIXTURES:
         lines = read_fixture(path)
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.process_time()
-            replay_offline(lines)
-            best = min(best, time.process_time() - t0)
+        best = best_replay_cpu_s(lines, rounds)
         t0 = time.process_time()
         for line in lines:
-            with contextlib.suppress(Exception):
-                parse_message(line)
+            # as the session parses: the media fast path, the models for everything else
+            if match_media(line) is None:
+                with contextlib.suppress(Exception):
+                    parse_message(line)
         parse_cpu += time.process_time() - t0
         total_cpu += best
         total_audio += audio_seconds(lines)
@@ -69,6 +79,22 @@ def offline(rounds: int) -> dict[str, float]:
         "us_per_message": total_cpu / total_msgs * 1e6,
         "parse_us_per_message": parse_cpu / total_msgs * 1e6,
     }
+
+
+def offline_real_speech(rounds: int) -> dict[str, float]:
+    """The seven AMI calls (30 s, two tracks, clean) through ``replay_offline``, best of
+    ``rounds`` each: × real time per two-track call and µs per message."""
+    sys.path.insert(0, str(ROOT))
+    from fixtures.real_calls import FILES, build_call, wire_lines
+
+    cpu = audio = msgs = 0.0
+    for name in FILES:
+        call = build_call(name, "clean")
+        lines = wire_lines(call)
+        cpu += best_replay_cpu_s(lines, rounds)
+        audio += call.n_frames * 0.020
+        msgs += len(lines)
+    return {"x_realtime": audio / cpu, "us_per_message": cpu / msgs * 1e6}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -138,7 +164,7 @@ def server(calls: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=20, help="0: offline only")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print("offline (CallSession, features on):")
@@ -147,6 +173,13 @@ def main() -> None:
         f"  overall: {off['x_realtime']:.0f}× real time, {off['us_per_message']:.1f} µs/message "
         f"(of which JSON parse + validation {off['parse_us_per_message']:.1f} µs)"
     )
+    real = offline_real_speech(args.rounds)
+    print(
+        f"  AMI real speech (7 two-track calls, clean): {real['x_realtime']:.0f}× real time per "
+        f"call, {real['us_per_message']:.1f} µs/message"
+    )
+    if args.calls <= 0:
+        return
     print(f"server ({args.calls} concurrent two-track calls, mise-twilio serve subprocess):")
     srv = server(args.calls)
     print(

@@ -49,7 +49,7 @@ from mise_twilio.core.records import (
 from mise_twilio.core.status import parse_status_callback
 from mise_twilio.core.turns import TurnParams
 from mise_twilio.core.vad import VadParams
-from mise_twilio.replay import read_fixture, replay_offline
+from mise_twilio.replay import iter_fixture, iter_replay, read_fixture, replay_offline
 
 if TYPE_CHECKING:
     from mise_twilio.server.app import create_app
@@ -86,6 +86,8 @@ __all__ = [
     "__version__",
     "create_app",
     "from_json",
+    "iter_fixture",
+    "iter_replay",
     "json_schema",
     "parse_message",
     "parse_status_callback",

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -198,25 +199,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- replay -----------------------------------------------------------------------------------
 
 
-def _read_capture(path: Path) -> list[str]:
-    """The capture's lines; ``UsageError`` when it cannot be read or holds no Twilio
-    ``start`` message (not a Media Streams capture: a record file, a binary, …)."""
+def _open_capture(path: Path) -> Iterator[str]:
+    """The capture's lines, read as they are consumed; ``UsageError`` when it cannot be read
+    or holds no Twilio ``start`` message in its first 1000 lines (not a Media Streams
+    capture: a record file, a binary, …)."""
     from mise_twilio.core.errors import ProtocolError
     from mise_twilio.core.messages import StartMessage, parse_message
-    from mise_twilio.replay import read_fixture
+    from mise_twilio.replay import iter_fixture
 
     try:
-        lines = read_fixture(path)
+        lines = iter_fixture(path)
+        head = list(itertools.islice(lines, 1000))
     except IsADirectoryError:
         raise UsageError(f"{path} is a directory, not a capture file") from None
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for line in lines[:1000]:
+    for line in head:
         with contextlib.suppress(ProtocolError):
             if isinstance(parse_message(line), StartMessage):
-                return lines
+                return itertools.chain(head, lines)
     raise UsageError(
-        f"{path}: no Twilio Media Streams 'start' message in its first {min(len(lines), 1000)} "
+        f"{path}: no Twilio Media Streams 'start' message in its first {len(head)} "
         "lines; a capture has one JSON message per line, as Twilio sent it (fixtures/README.md)"
     )
 
@@ -320,26 +323,27 @@ class _Progress:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from mise_twilio.replay import replay_offline
+    from mise_twilio.replay import iter_replay
     from mise_twilio.server.replay_client import sign_websocket
 
-    lines = _read_capture(args.path)
+    lines = _open_capture(args.path)
     if args.to:
         headers: dict[str, str] = {}
         if args.auth_token:
             signed_url = args.sign_url or args.to
             headers = sign_websocket(signed_url, args.auth_token)
-        summary = asyncio.run(_replay_to(lines, args, headers))
+        summary = asyncio.run(_replay_to(list(lines), args, headers))
         print(json.dumps(summary))
         return 0
-    records = replay_offline(lines)
+    # offline: the file is read line by line and records go out as they come
+    records = iter_replay(lines)
     if args.format == "jsonl":
         out = sys.stdout
         for record in records:
             out.write(to_json(record))
             out.write("\n")
     else:
-        _print_table(records, sys.stdout)
+        _print_table(list(records), sys.stdout)
     return 0
 
 
@@ -451,7 +455,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError("give a capture file or --events EVENTS.jsonl (one of them)")
     levels = None
     if args.capture is not None:
-        lines = _read_capture(args.capture)
+        lines = list(_open_capture(args.capture))
         records: list[dict[str, Any]] = records_from_capture(lines)
         levels = levels_from_capture(lines)
     else:

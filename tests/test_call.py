@@ -320,3 +320,71 @@ def test_without_features_there_is_no_prosody_voice_arousal_or_tone() -> None:
     for t in turns:
         assert t.prosody is None and t.voice is None and t.arousal is None
         assert t.arousal_rel is None
+
+
+def test_the_media_fast_path_gives_the_records_the_models_give() -> None:
+    """Every fixture (garbage lines, gaps, dtmf, marks included) plus hostile media frames
+    that the fast path takes (unknown track, bad base64, wrong streamSid, before start,
+    timestamps out of range, an oversized chunk): fed as text (fast path) and as parsed
+    models, the records are identical, diagnostics included."""
+    from mise_twilio.core.messages import match_media, parse_message
+
+    fork = fixture_lines("fork_two_track")
+    media = next(line for line in fork if '"event":"media"' in line)
+    sid = json.loads(media)["streamSid"]
+    hostile = [
+        media.replace('"track":"inbound"', '"track":"sideways"'),
+        media.replace('"payload":"', '"payload":"=='),
+        media.replace(sid, "MZ" + "0" * 32),
+        media.replace('"timestamp":"', '"timestamp":"9999999999'),
+        media.split('"payload":"')[0]
+        + '"payload":"'
+        + "A" * 20000
+        + '"},"streamSid":"'
+        + sid
+        + '"}',
+        media.split('"payload":"')[0] + '"payload":""},"streamSid":"' + sid + '"}',
+    ]
+    assert all(match_media(line) is not None for line in hostile)
+    calls = [fixture_lines(name) for name in FIXTURE_NAMES]
+    calls.append([media, *fork[:40], *hostile, *fork[40:]])
+    small = SessionParams(max_chunk_ms=100, max_timestamp_ms=10**9)
+    for lines in calls:
+        fast, models = CallSession(small), CallSession(small)
+        for line in lines:
+            fast.receive_text(line)
+            try:
+                message = parse_message(line)
+            except Exception:
+                message = None
+            if message is None or len(line) > small.max_message_bytes:
+                models.receive_text(line)  # dropped before parsing: both take the same path
+            else:
+                models.receive_message(message)
+        fast.receive_eof()
+        models.receive_eof()
+        assert [r.model_dump() for r in fast.take_events()] == [
+            r.model_dump() for r in models.take_events()
+        ]
+
+
+def test_stop_asks_for_the_close_at_once_and_its_records_come_when_taken() -> None:
+    """The edge hangs up before the stream's end is analysed (``close`` defers that work to
+    ``take_events``): same records, in the same order, as taking them at every step."""
+    lines = fixture_lines("fork_two_track")
+    session = CallSession(SessionParams(max_track_skew_ms=None))
+    records: list[AnyRecord] = []
+    for line in lines[:-1]:
+        session.receive_text(line)
+        records += session.take_events()
+    assert '"event":"stop"' in lines[-1]
+    session.receive_text(lines[-1])
+    assert session.close_expected()
+    assert session.events_pending
+    session.receive_eof()  # a close after the stop changes nothing
+    tail = session.take_events()
+    assert isinstance(tail[-1], StreamStopped) and tail[-1].reason == "stop"
+    assert not session.events_pending and session.take_events() == []
+    assert [r.model_dump() for r in records + tail] == [
+        r.model_dump() for r in replay_offline(lines)
+    ]

@@ -231,6 +231,9 @@ def test_ctrl_c_during_a_replay(signed_server: str, tmp_path: Path) -> None:
         text=True,
         env=base,
         cwd=ROOT,
+        # a suite started in the background (nohup, `&`) inherits SIGINT ignored: the child
+        # gets Ctrl-C's default back, as a terminal would give it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(3.0)  # connected and sending (the call is ~40 s long at speed 1)
     assert process.poll() is None, process.communicate()

@@ -37,6 +37,31 @@ def test_records_are_byte_identical_to_the_golden_ones(
         assert got.count("\n") == golden.count("\n"), f"{name}: record count differs"
 
 
+def test_the_readme_turn_is_the_golden_one() -> None:
+    """The README's example turn is the golden record (ids abbreviated, wall clock filled in
+    as a server fills it): a change that moves a number must move the README too."""
+    import json
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r'```json\n(\{"type": "turn".*?)```', readme, re.S)
+    assert block is not None
+    shown = json.loads(block.group(1))
+    golden = next(
+        r
+        for line in (GOLDEN / "fork_two_track.jsonl").read_text(encoding="utf-8").splitlines()
+        if (r := json.loads(line))["id"] == shown["id"]
+    )
+    assert shown.keys() == golden.keys()
+    for key in ("call_sid", "stream_sid", "account_sid"):
+        assert shown[key].endswith("…") and golden[key].startswith(shown[key][:-1]), key
+    assert golden["started_at"] is None and golden["ended_at"] is None
+    wall = {"call_sid", "stream_sid", "account_sid", "started_at", "ended_at"}
+    assert {k: v for k, v in shown.items() if k not in wall} == {
+        k: v for k, v in golden.items() if k not in wall
+    }
+
+
 def main(argv: list[str]) -> int:
     from mise_twilio.replay import replay_offline
 

@@ -194,3 +194,55 @@ def test_parse_outbound_round_trips_encode_outbound() -> None:
     ]
     for message in messages:
         assert parse_outbound(encode_outbound(message)) == message
+
+
+# -- the media fast path ----------------------------------------------------------------------
+
+_MEDIA_VARIANTS = [
+    REAL_MEDIA,
+    json.dumps(json.loads(REAL_MEDIA)),  # json.dumps' default separators
+    REAL_MEDIA.replace('"timestamp":"99"', '"timestamp":"0099"'),  # leading zeros
+    REAL_MEDIA.replace('"track":"inbound"', '"track":"outbound_track"'),
+    REAL_MEDIA.replace('"track":"inbound"', '"track":"sideways"'),
+    REAL_MEDIA.replace('"payload":"///', '"payload":"'),  # still base64-shaped
+    REAL_MEDIA.replace('"payload":"///', '"payload":"=//'),  # not valid base64
+    REAL_MEDIA.split('"payload":"')[0] + '"payload":""},"streamSid":"MZ1"}',
+]
+
+
+@pytest.mark.parametrize("text", _MEDIA_VARIANTS)
+def test_match_media_reads_what_the_models_read(text: str) -> None:
+    from mise_twilio.core.messages import match_media
+
+    fields = match_media(text)
+    assert fields is not None
+    msg = parse_message(text)
+    assert isinstance(msg, MediaMessage)
+    media = msg.media
+    assert fields == (
+        msg.stream_sid,
+        msg.sequence_number,
+        media.track,
+        media.timestamp,
+        media.chunk,
+        media.payload,
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        REAL_MEDIA.replace('"chunk":"1"', '"chunk":1'),  # a JSON number: the models decide
+        REAL_MEDIA.replace('"chunk":"1",', ""),  # no chunk
+        REAL_MEDIA.replace('"event":"media",', '"event":"media","extra":1,'),
+        REAL_MEDIA.replace('"payload":"///', '"payload":"\\u002f//'),  # an escape
+        REAL_MEDIA.replace('"timestamp":"99"', '"timestamp":"-99"'),
+        REAL_MEDIA.replace('"timestamp":"99"', '"timestamp":"1' + "0" * 20 + '"'),
+        REAL_MEDIA + "\n",
+        REAL_MEDIA.replace('"sequenceNumber":"2"', '"sequenceNumber":"2","sequenceNumber":"3"'),
+    ],
+)
+def test_match_media_leaves_anything_unusual_to_the_models(text: str) -> None:
+    from mise_twilio.core.messages import match_media
+
+    assert match_media(text) is None

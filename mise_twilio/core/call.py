@@ -53,10 +53,11 @@ from mise_twilio.core.messages import (
     Track,
     UnknownMessage,
     admit_start,
+    check_media,
     decode_payload,
+    match_media,
     parse_message,
     parse_outbound,
-    read_media,
 )
 from mise_twilio.core.playback import PlaybackModel
 from mise_twilio.core.prosody import CallProsody
@@ -227,6 +228,7 @@ class CallSession:
         self._lockstep: Lockstep | None = None
         self._playback: PlaybackModel | None = None
         self._played_chunks = 0
+        self._closing: tuple[StopReason, float | None] | None = None  # (reason, at_s) to finish
         self._stats = CallStats()
         self._prosody = CallProsody()
         self._diagnostics = _Diagnostics(self.params.max_diagnostics_per_code)
@@ -282,6 +284,12 @@ class CallSession:
                 "dropped",
                 None,
             )
+            return
+        fields = match_media(text) if type(text) is str else None
+        if fields is not None:
+            # Twilio's own media frame (nearly every message): straight to the fields, no
+            # model; the same checks, counts and diagnostics as ``receive_message``.
+            self._receive_media(*fields)
             return
         try:
             message = parse_message(text)
@@ -394,11 +402,25 @@ class CallSession:
 
     def close(self, reason: StopReason, *, at_s: float | None = None) -> None:
         """End the stream: flush both tracks, close open turns (``stream_end``), emit
-        ``stream.stopped`` with the call summary. ``at_s``: epoch seconds. Idempotent."""
+        ``stream.stopped`` with the call summary. ``at_s``: epoch seconds. Idempotent.
+
+        ``close_expected()`` is true at once; the end of the stream (its last frames, the
+        open turns' features, the summary) is analysed when its records are taken
+        (``take_events()``), so the edge can hang up first: that work can take a few ms per
+        long turn, and hundreds of calls hanging up in the same second would otherwise
+        queue every close behind all of it."""
         was = self._state
         self._transition("close")
         if was is not State.STREAMING or self._state is not State.CLOSED:
             return
+        self._closing = (reason, at_s)
+
+    def _finish(self) -> None:
+        """The analysis ``close()`` left for the stream's last records (once)."""
+        if self._closing is None:
+            return
+        reason, at_s = self._closing
+        self._closing = None
         lockstep = self._lockstep
         assert lockstep is not None
         media_messages = lockstep.media_messages()
@@ -429,13 +451,22 @@ class CallSession:
 
     # -- output ----------------------------------------------------------------------------
 
+    @property
+    def events_pending(self) -> bool:
+        """``take_events()`` would return something (cheap: the edge asks after every
+        message, and most messages produce no record)."""
+        pending = bool(self._events) or self._closing is not None
+        return pending and self._state is not State.REJECTED
+
     def take_events(self) -> list[AnyRecord]:
         """Records produced since the last call, in order. Always empty once rejected."""
+        self._finish()
         events, self._events = self._events, []
         return [] if self._state is State.REJECTED else events
 
     def take_turn_audio(self) -> list[tuple[str, bytes]]:
         """(turn id, 16-bit 8 kHz mono PCM) per closed turn, with ``keep_turn_audio``."""
+        self._finish()
         out, self._turn_audio = self._turn_audio, []
         return out
 
@@ -500,35 +531,66 @@ class CallSession:
             )
         )
 
+    def _receive_media(
+        self, stream_sid: str, seq: int, track: str, timestamp_ms: int, chunk: int, payload: str
+    ) -> None:
+        """``receive_message`` for a media message given as its fields (``match_media``)."""
+        self._message_counts["media"] += 1
+        try:
+            if "media" not in ACCEPTS[self._state]:
+                raise ProtocolError(
+                    "media_before_start", "media before start ignored", sequence_number=seq
+                )
+            if stream_sid != self.stream_sid:
+                self._check_stream(stream_sid, seq)
+            self._media(track, timestamp_ms, payload, chunk, seq)
+        except ProtocolError as exc:
+            self._diag(exc.code, exc.message, exc.sequence_number)
+
     def _on_media(self, message: MediaMessage) -> None:
+        media = message.media
+        self._media(
+            media.track, media.timestamp, media.payload, media.chunk, message.sequence_number
+        )
+
+    def _media(
+        self,
+        track_name: str,
+        timestamp_ms: int,
+        payload_b64: str,
+        chunk: int | None,
+        seq: int | None,
+    ) -> None:
         if not self._media_ok:
             return
         p = self.params
-        chunk = read_media(
-            message, max_timestamp_ms=p.max_timestamp_ms, max_chunk_ms=p.max_chunk_ms
+        track, payload = check_media(
+            track_name,
+            timestamp_ms,
+            payload_b64,
+            seq,
+            max_timestamp_ms=p.max_timestamp_ms,
+            max_chunk_ms=p.max_chunk_ms,
         )
         lockstep = self._lockstep
         assert lockstep is not None
         playback = self._playback
-        if playback is not None and chunk.track == "outbound":
+        if playback is not None and track == "outbound":
             raise ProtocolError(
                 "outbound_media_in_proxy",
                 "Twilio sent outbound media on a proxied stream; the bot's audio is the "
                 "outbound track, so it is dropped",
-                sequence_number=chunk.sequence_number,
+                sequence_number=seq,
             )
         try:
-            lockstep.push(
-                chunk.track, chunk.timestamp_ms, chunk.payload, chunk.chunk, chunk.sequence_number
-            )
+            lockstep.push(track, timestamp_ms, payload, chunk, seq)
             if playback is not None:
-                for timestamp_ms, frame in playback.on_inbound(
-                    chunk.timestamp_ms, len(chunk.payload)
-                ):
+                for played_ms, frame in playback.on_inbound(timestamp_ms, len(payload)):
                     self._played_chunks += 1
-                    lockstep.push("outbound", timestamp_ms, frame, self._played_chunks)
+                    lockstep.push("outbound", played_ms, frame, self._played_chunks)
         finally:
-            self._take_analysis()
+            if lockstep.has_output:
+                self._take_analysis()
 
     def _on_dtmf(self, message: DtmfMessage) -> None:
         seq = message.sequence_number

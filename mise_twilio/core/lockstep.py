@@ -2,11 +2,12 @@
 
 Each track's chunks are placed by ``TrackTimeline`` (timestamp → frame index on the call's
 grid). Frame ``k`` is analysed once every track has delivered it: both tracks' frames are
-decoded (``audioop.ulaw2lin``), measured in blocks of up to five frames (``vad.frame_features``,
-numpy) and stepped through one ``BandVad`` (each track's echo check sees the other track), and
-the ``TurnTracker`` replays the VAD's decisions frame by frame. So records depend only on each
-track's timestamps and payloads, never on how the two tracks' messages interleave on the
-socket, and every cross-track field of a turn is final when the turn closes.
+decoded (``audioop.ulaw2lin``, one call per block), measured in blocks of up to five frames
+(``vad.frame_features``, numpy) and stepped through one ``BandVad`` (each track's echo check
+sees the other track), and the ``TurnTracker`` replays the VAD's decisions frame by frame. So
+records depend only on each track's timestamps and payloads, never on how the two tracks'
+messages interleave on the socket, and every cross-track field of a turn is final when the
+turn closes.
 
 Skew. A track may lag the other by up to ``max_track_skew_ms``: until then the other waits
 for it (records come out that much later, never more). Beyond it (a stalled track, or Twilio
@@ -19,10 +20,11 @@ sent) are silence and are only counted in ``lost_ms``. ``max_track_skew_ms=None`
 everything (offline replay: the result is exactly order-independent).
 
 Memory per call, bounded: the frames a leading track delivers while the other lags (μ-law,
-160 bytes per 20 ms: 40 KB at the 5 s default, unbounded with ``None``), the decoded PCM of
-each track's open turn (or its last ~0.6 s: 320 bytes per 20 ms, up to
-``TurnParams.max_turn_ms``: 1.9 MB for a 120 s monologue, ~100 KB for a typical 3 s turn), the
-VAD's state (~10 KB) and the turn tracker's history (a few hundred segments).
+160 bytes per 20 ms: 40 KB at the 5 s default, unbounded with ``None``), the μ-law of each
+track's open turn (or its last ~0.6 s: 160 bytes per 20 ms, up to ``TurnParams.max_turn_ms``:
+960 KB for a 120 s monologue, ~25 KB for a typical 3 s turn; decoded to PCM once, when the
+turn closes), the VAD's state (~10 KB) and the turn tracker's history (a few hundred
+segments).
 """
 
 from __future__ import annotations
@@ -36,15 +38,15 @@ import numpy as np
 from mise_twilio.core import audio
 from mise_twilio.core.errors import ProtocolError
 from mise_twilio.core.messages import TRACKS, Track
-from mise_twilio.core.timeline import DISCONTINUITY, TrackTimeline
+from mise_twilio.core.timeline import DISCONTINUITY, SILENT_FRAME, TrackTimeline
 from mise_twilio.core.turns import Turn, TurnParams, TurnTracker
 from mise_twilio.core.vad import N_FEATURES, BandVad, VadModel, VadParams, frame_features
 
-_FRAME_BYTES = audio.FRAME_SAMPLES * audio.SAMPLE_WIDTH_BYTES
-_SILENT_PCM = bytes(_FRAME_BYTES)
+_FRAME_BYTES = audio.FRAME_SAMPLES  # μ-law: one byte per sample
 _BLOCK_FRAMES = 5  # 100 ms: the VAD's numpy work is batched over this many frames
 _TRIM_BLOCK_FRAMES = 64  # del on a bytearray moves memory: trim in blocks
 _KEEP_BEHIND_FRAMES = 32  # with no open turn: VAD confirmation + pre-roll look back less
+_TRIM_FROM_FRAMES = _KEEP_BEHIND_FRAMES + _TRIM_BLOCK_FRAMES  # buffered before a trim can drop
 _RELEASED_SPANS = 64  # per track: the spans it was taken as silent (for the partial flag)
 
 
@@ -80,7 +82,7 @@ class ClosedTurn:
 
 
 class _TrackPipe:
-    """Timeline and recent decoded audio of one track, and how it kept up."""
+    """Timeline and recent audio (μ-law) of one track, and how it kept up."""
 
     __slots__ = (
         "buf_start",
@@ -88,17 +90,19 @@ class _TrackPipe:
         "late_vad",
         "lost",
         "media_messages",
-        "pcm",
         "released",
         "released_from",
         "timeline",
         "track",
+        "ulaw",
     )
 
     def __init__(self, track: Track, origin: int, max_gap_ms: int) -> None:
         self.track = track
         self.timeline = TrackTimeline(origin, max_gap_ms=max_gap_ms)
-        self.pcm = bytearray()  # decoded 16-bit PCM from frame ``buf_start`` on
+        # μ-law from frame ``buf_start`` on (half the memory of decoded PCM; a turn's span is
+        # decoded once, when it closes)
+        self.ulaw = bytearray()
         self.lost = array("H")  # lost samples per buffered frame
         self.buf_start: int | None = None
         self.media_messages = 0
@@ -152,6 +156,7 @@ class Lockstep:
         self._block_start = 0
         self._last_tick: int | None = None
         self._output: list[ClosedTurn | Notice] = []
+        self._lead = -(1 << 62)  # the leading track's end frame (no track has one yet)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -180,7 +185,11 @@ class Lockstep:
         if pipe is None:
             pipe = self._new_pipe(track)
         pipe.media_messages += 1
-        verdict = pipe.timeline.push(timestamp_ms, payload, chunk)
+        timeline = pipe.timeline
+        verdict = timeline.push(timestamp_ms, payload, chunk)
+        end = timeline.end_frame  # only ever moves forward
+        if end is not None and end > self._lead:
+            self._lead = end
         if verdict is not None:
             text = _VERDICTS[verdict].format(track=track, ts=timestamp_ms)
             self._output.append(Notice(verdict, text, sequence_number))
@@ -192,6 +201,9 @@ class Lockstep:
             if pipe.timeline.finish():
                 text = "a timestamp jump was never confirmed; chunk dropped"
                 self._output.append(Notice("timestamp_outlier", text))
+            end = pipe.timeline.end_frame
+            if end is not None and end > self._lead:
+                self._lead = end
         self._advance(final=True)
         self._run_block()
         turns = self._turns
@@ -206,6 +218,11 @@ class Lockstep:
         self._close_all(turns.flush(now))
 
     # -- output ----------------------------------------------------------------------------
+
+    @property
+    def has_output(self) -> bool:
+        """``take_output()`` has something (checked per message, so it is cheap)."""
+        return bool(self._output)
 
     def take_output(self) -> list[ClosedTurn | Notice]:
         """Turns closed and notices since the last call, in the order they happened."""
@@ -304,18 +321,14 @@ class Lockstep:
             if not firsts:
                 return
             waiting = any(p.timeline.end_frame is None for p in pipes)
-            lead = max((p.timeline.end_frame or 0) for p in pipes)
-            if waiting and not final and (skew is None or lead - min(firsts) <= skew):
+            first_lead = max((p.timeline.end_frame or 0) for p in pipes)
+            if waiting and not final and (skew is None or first_lead - min(firsts) <= skew):
                 return
             self._cursor = self._block_start = min(firsts)
             self._first_frame = self._cursor
+        lead = self._lead
         while True:
             k = self._cursor
-            lead = -(1 << 62)
-            for p in pipes:
-                end = p.timeline.end_frame
-                if end is not None and end > lead:
-                    lead = end
             ready = True
             any_frame = False
             for p in pipes:
@@ -344,7 +357,7 @@ class Lockstep:
         jumped: list[_TrackPipe] = []
         for p in self._pipe_list:
             frames = p.timeline.frames
-            pcm, lost = _SILENT_PCM, 0
+            ulaw_k, lost = SILENT_FRAME, 0
             behind = not frames  # nothing at or after k yet
             while frames and frames[0][0] <= k:
                 idx, ulaw, lost_samples = frames.popleft()
@@ -354,7 +367,7 @@ class Lockstep:
                     self._late(p, idx, ulaw, lost_samples)
                     behind = not frames
                 else:
-                    pcm, lost = audio.ulaw_to_pcm16(ulaw), lost_samples
+                    ulaw_k, lost = ulaw, lost_samples
                     behind = False
             if behind and not final:
                 if p.released_from is None:
@@ -364,15 +377,15 @@ class Lockstep:
                 if p.released_from is not None:
                     p.released.append((p.released_from, k))
                     p.released_from = None
-            taken.append((pcm, lost))
+            taken.append((ulaw_k, lost))
         for p in jumped:
             self._discontinuity(p, k)
-        for p, (pcm, lost) in zip(self._pipe_list, taken, strict=True):
+        for p, (ulaw_k, lost) in zip(self._pipe_list, taken, strict=True):
             if p.buf_start is None:
                 p.buf_start = k
-            p.pcm += pcm
+            p.ulaw += ulaw_k
             p.lost.append(lost)
-            self._block.append(pcm)
+            self._block.append(ulaw_k)
 
     def _run_block(self) -> None:
         """Put the stepped frames through the VAD, then the tracker, frame by frame."""
@@ -383,7 +396,7 @@ class Lockstep:
         assert vad is not None and turns is not None
         n_tracks = len(self._pipe_list)
         first = self._block_start
-        pcm = np.frombuffer(b"".join(self._block), dtype=np.int16)
+        pcm = np.frombuffer(audio.ulaw_to_pcm16(b"".join(self._block)), dtype=np.int16)
         # frames were appended track by track per frame: (n, tracks, 160) → (tracks, n, F)
         feats = frame_features(pcm.reshape(n_frames * n_tracks, audio.FRAME_SAMPLES))
         feats = feats.reshape(n_frames, n_tracks, N_FEATURES).transpose(1, 0, 2)
@@ -409,7 +422,9 @@ class Lockstep:
             self._last_tick = j
             self._close_all(closed)
             for p in self._pipe_list:
-                self._trim(p, j)
+                # (the cheap test first: nothing can be dropped before this much is buffered)
+                if p.buf_start is not None and j - p.buf_start >= _TRIM_FROM_FRAMES:
+                    self._trim(p, j)
 
     def _discontinuity(self, pipe: _TrackPipe, k: int) -> None:
         self._run_block()  # the VAD and the tracker catch up to frame k first
@@ -450,10 +465,10 @@ class Lockstep:
             pipe.late_vad = BandVad(1, self._vad_params, self._vad_model)
         vad, turns = pipe.late_vad, self._turns
         assert vad is not None and turns is not None
-        pcm = audio.ulaw_to_pcm16(ulaw)
         if pipe.buf_start is not None and pipe.buf_start <= idx:
             at = (idx - pipe.buf_start) * _FRAME_BYTES
-            pipe.pcm[at : at + _FRAME_BYTES] = pcm  # the turn's audio is the real audio
+            pipe.ulaw[at : at + _FRAME_BYTES] = ulaw  # the turn's audio is the real audio
+        pcm = audio.ulaw_to_pcm16(ulaw)
         feats = frame_features(np.frombuffer(pcm, dtype=np.int16).reshape(1, -1))
         now = self._last_tick if self._last_tick is not None else idx
         for _, (kind, frame), _ in vad.step_block(idx, feats[None]):
@@ -485,7 +500,7 @@ class Lockstep:
             keep_from = k - _KEEP_BEHIND_FRAMES
         drop = min(keep_from, k - _KEEP_BEHIND_FRAMES) - pipe.buf_start
         if drop >= _TRIM_BLOCK_FRAMES:
-            del pipe.pcm[: drop * _FRAME_BYTES]
+            del pipe.ulaw[: drop * _FRAME_BYTES]
             del pipe.lost[:drop]
             pipe.buf_start += drop
 
@@ -495,7 +510,7 @@ class Lockstep:
             assert pipe.buf_start is not None
             lo = max(0, turn.start_frame - pipe.buf_start)
             hi = max(lo, turn.end_frame - pipe.buf_start)
-            pcm = bytes(pipe.pcm[lo * _FRAME_BYTES : hi * _FRAME_BYTES])
+            pcm = audio.ulaw_to_pcm16(bytes(pipe.ulaw[lo * _FRAME_BYTES : hi * _FRAME_BYTES]))
             partial = late or self._released_during(turn)
             self._output.append(ClosedTurn(turn, pcm, sum(pipe.lost[lo:hi]), partial))
 

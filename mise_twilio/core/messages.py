@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import binascii
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
@@ -58,6 +59,10 @@ def normalise_track(name: str) -> str:
 
 def as_track(name: str) -> Track | None:
     """The ``Track`` a wire track name means (``_track`` suffix allowed), or ``None``."""
+    if name == "inbound":  # the plain names first: this runs for every media message
+        return "inbound"
+    if name == "outbound":
+        return "outbound"
     norm = normalise_track(name)
     if norm == "inbound":
         return "inbound"
@@ -266,31 +271,82 @@ def read_media(message: MediaMessage, *, max_timestamp_ms: int, max_chunk_ms: in
     ``chunk_too_long`` (over ``max_chunk_ms`` of audio: Twilio sends 20 ms chunks, and a huge
     one would shift the whole timeline).
     """
-    seq = message.sequence_number
     media = message.media
-    track = as_track(media.track)
+    seq = message.sequence_number
+    track, payload = check_media(
+        media.track,
+        media.timestamp,
+        media.payload,
+        seq,
+        max_timestamp_ms=max_timestamp_ms,
+        max_chunk_ms=max_chunk_ms,
+    )
+    return MediaChunk(track, media.timestamp, payload, media.chunk, seq)
+
+
+def check_media(
+    track_name: str,
+    timestamp_ms: int,
+    payload_b64: str,
+    sequence_number: int | None,
+    *,
+    max_timestamp_ms: int,
+    max_chunk_ms: int,
+) -> tuple[Track, bytes]:
+    """``read_media``'s checks on the fields themselves: the track and the decoded μ-law
+    payload. Raises the same ``ProtocolError`` codes, in the same order."""
+    track = as_track(track_name)
     if track is None:
         raise ProtocolError(
             "unknown_track",
-            f"media on unknown track {normalise_track(media.track)!r}",
-            sequence_number=seq,
+            f"media on unknown track {normalise_track(track_name)!r}",
+            sequence_number=sequence_number,
         )
-    if not 0 <= media.timestamp <= max_timestamp_ms:
+    if not 0 <= timestamp_ms <= max_timestamp_ms:
         raise ProtocolError(
             "bad_timestamp",
-            f"media.timestamp {media.timestamp} outside 0..{max_timestamp_ms} ms",
-            sequence_number=seq,
+            f"media.timestamp {timestamp_ms} outside 0..{max_timestamp_ms} ms",
+            sequence_number=sequence_number,
         )
-    payload = decode_payload(media.payload)
+    payload = decode_payload(payload_b64)
     if not payload:
-        raise ProtocolError("empty_payload", "media.payload is empty", sequence_number=seq)
+        raise ProtocolError(
+            "empty_payload", "media.payload is empty", sequence_number=sequence_number
+        )
     if len(payload) > max_chunk_ms * SAMPLES_PER_MS:
         raise ProtocolError(
             "chunk_too_long",
             f"{len(payload)} byte media chunk is over {max_chunk_ms} ms; dropped",
-            sequence_number=seq,
+            sequence_number=sequence_number,
         )
-    return MediaChunk(track, media.timestamp, payload, media.chunk, seq)
+    return track, payload
+
+
+# Twilio's own media frame, exactly as it sends it (the keys in this order, every number a
+# string of digits, compact or with json.dumps' single spaces). Nothing this matches can hold
+# an escape, a duplicate key or a value of another type, so it means exactly what
+# ``parse_message`` would make of it; anything else goes through the models.
+_MEDIA_FRAME = re.compile(
+    r'\{"event": ?"media", ?"sequenceNumber": ?"([0-9]{1,18})", ?'
+    r'"media": ?\{"track": ?"([a-z_]{1,32})", ?"chunk": ?"([0-9]{1,18})", ?'
+    r'"timestamp": ?"([0-9]{1,18})", ?"payload": ?"([A-Za-z0-9+/=]*)"\}, ?'
+    r'"streamSid": ?"([A-Za-z0-9]{1,64})"\}'
+)
+
+MediaFields = tuple[str, int, str, int, int, str]
+"""``(stream_sid, sequence_number, track, timestamp_ms, chunk, payload_b64)``."""
+
+
+def match_media(text: str) -> MediaFields | None:
+    """The fields of a media frame in Twilio's exact wire form, without building a model
+    (the per-message fast path: one C regex, ~1 µs), or ``None`` for anything else (then
+    ``parse_message`` decides, with its diagnostics). ``track`` and ``payload_b64`` are not
+    checked yet (``check_media``)."""
+    m = _MEDIA_FRAME.fullmatch(text)
+    if m is None:
+        return None
+    seq, track, chunk, timestamp, payload, stream_sid = m.groups()
+    return stream_sid, int(seq), track, int(timestamp), int(chunk), payload
 
 
 @dataclass(frozen=True, slots=True)

@@ -543,23 +543,30 @@ class _Core:
         if not all(self.n_valid):
             self._first_floor(bands, x[:, :, F_SILENT] > 0.5)
         s = bands - self.floor[:, None, :]
-        np.clip(s, 0.0, SNR_CLIP_DB, out=s)
+        # np.maximum/np.minimum: np.clip's exact result without its Python-level dispatch
+        np.minimum(np.maximum(s, 0.0, out=s), SNR_CLIP_DB, out=s)
+        level = x[:, :, F_LEVEL]
         z = self._logits(s, x)
         z_rows = z.tolist()
         m_rows = self.m_hist[:, -n:].tolist()
-        ok_rows = (x[:, :, F_LEVEL] > p.min_level_dbfs).tolist()
-        silent_rows = (x[:, :, F_SILENT] > 0.5).tolist()
-        # under the active level a frame is no speech at all: the floor of a line whose noise
-        # sits near μ-law's resolution reads low, and its noise frames stand a few dB over it
-        dead_rows = (x[:, :, F_LEVEL] <= p.min_active_level_dbfs).tolist()
-        tone_rows = (x[:, :, F_PURITY] >= TONE_PURITY).tolist()
-        echo = None if other is None else self._echo(bands, s, x[:, :, F_LEVEL], other, z)
+        # per-frame flags compared in Python on one list: fewer numpy calls per block
+        level_rows = level.tolist()
+        silent_rows = x[:, :, F_SILENT].tolist()
+        purity_rows = x[:, :, F_PURITY].tolist()
+        echo = None if other is None else self._echo(bands, s, level, other, z)
         start_l, stop_l, decay, edge_db = p.start_logit, p.stop_logit, self.decay, p.edge_snr_db
+        min_level, min_active_level = p.min_level_dbfs, p.min_active_level_dbfs
         min_frames, pre, bridge_max = self.min_frames, self.pre, self.bridge
         use_rows: list[list[bool]] = []
         for ti, tr in enumerate(self.tracks):
-            zr, mr, okr, sr = z_rows[ti], m_rows[ti], ok_rows[ti], silent_rows[ti]
-            dr, tn = dead_rows[ti], tone_rows[ti]
+            zr, mr, lr = z_rows[ti], m_rows[ti], level_rows[ti]
+            sr = [v > 0.5 for v in silent_rows[ti]]
+            okr = [v > min_level for v in lr]
+            # under the active level a frame is no speech at all: the floor of a line whose
+            # noise sits near μ-law's resolution reads low, and its noise frames stand a few
+            # dB over it
+            dr = [v <= min_active_level for v in lr]
+            tn = [v >= TONE_PURITY for v in purity_rows[ti]]
             er = None if echo is None else echo[ti]
             peak = tr.peak
             for i in range(n):
@@ -660,7 +667,8 @@ class _Core:
         z = zm[:, :, 0] + m_all @ k.mean[n]
         z += (m_all[:, CONTEXT_FRAMES - LTSD_FRAMES :] > ACTIVE_SNR_DB) @ k.active[n]
         z += k.ltsd * win.max(axis=2).sum(axis=2)
-        z += k.level * np.clip(x[:, :, F_LEVEL] + 60.0, -20.0, 40.0)
+        lv = x[:, :, F_LEVEL] + 60.0
+        z += k.level * np.minimum(np.maximum(lv, -20.0, out=lv), 40.0, out=lv)
         z += k.bias
         if self.trace is not None:
             self.trace.append([self._explicit(win, m_all, s, x, i) for i in range(t)])

@@ -28,6 +28,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from mise_twilio import __version__
@@ -318,11 +319,13 @@ class Bridge:
             "in its own lifespan (docs/embedding.md)"
         )
 
-    async def stream(self, ws: WebSocket) -> None:
+    async def stream(self, ws: WebSocket, receive: Receive | None = None) -> None:
+        """Serve one Media Stream. ``receive``: the server's ASGI receive, to read frames with
+        (``ws.receive`` when ``None``); see ``StreamEndpoint``."""
         if await self.refuse_upgrade(ws):
             return
         await ws.accept()
-        await run_stream(self, ws)
+        await run_stream(self, ws, receive or ws.receive)
 
     async def refuse_upgrade(self, ws: WebSocket) -> bool:
         """Refuse a Media Stream upgrade before accept, and say so: the app was never started
@@ -344,6 +347,19 @@ class Bridge:
             await ws.close(code=1008)  # before accept: the handshake is refused with 403
             return True
         return False
+
+
+class StreamEndpoint:
+    """``WS /v1/stream/twilio`` as a raw ASGI app: Starlette's ``WebSocket`` does the handshake
+    and the close, while frames are read with the server's own ``receive``. Starlette's
+    ``WebSocket.receive`` adds its state checks and a coroutine to every Twilio message
+    (``bench/load.py``: ``starlette`` against ``asgi``)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.bridge.stream(WebSocket(scope, receive=receive, send=send), receive)
 
 
 def create_app(
@@ -405,8 +421,8 @@ def create_app(
 
     app = Starlette(
         routes=[
-            WebSocketRoute(STREAM_PATH, bridge.stream),
-            WebSocketRoute(STREAM_PATH + "/", bridge.stream),
+            WebSocketRoute(STREAM_PATH, StreamEndpoint(bridge)),
+            WebSocketRoute(STREAM_PATH + "/", StreamEndpoint(bridge)),
             *proxy_routes(bridge),
             Route(WEBHOOK_PATH, webhook, methods=["GET", "POST"]),
             Route("/healthz", healthz),
@@ -437,7 +453,8 @@ def uvicorn_config(
     app: Starlette, settings: Settings, *, lifespan: Literal["on", "off"] = "on"
 ) -> Any:
     """A ``uvicorn.Config`` for ``app``: h11 with a cap on the request head, websockets'
-    sans-I/O protocol (``MiseWebSocketProtocol``), our own logging. ``lifespan="off"`` when
+    sans-I/O protocol (``MiseWebSocketProtocol``), uvicorn's ``auto`` event loop (uvloop, a
+    dependency where it builds), our own logging. ``lifespan="off"`` when
     the caller runs ``Bridge.running()`` around the server itself (``serve.py``)."""
     import uvicorn
 

@@ -8,8 +8,14 @@ text exposition format for ``GET /metrics``.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 MESSAGE_PROCESSING_BUCKETS_S: tuple[float, ...] = (
     1e-6,
@@ -30,6 +36,38 @@ MESSAGE_PROCESSING_BUCKETS_S: tuple[float, ...] = (
 
 A 20 ms media frame must be handled in a small fraction of its duration for one event loop to
 carry many calls, so the interesting range sits well below 10 ms; slower ones land in +Inf."""
+
+
+class LoopHistogram(Collector):
+    """A Prometheus histogram for one event loop's hot path: ``observe()`` is a bisect and two
+    additions (~0.1 µs), where prometheus-client's ``Histogram.observe`` takes a lock and walks
+    the buckets in Python (~0.5 µs, on every Twilio message). No lock: observe it from the
+    event loop's thread only. Exposed exactly as a ``Histogram`` (``_bucket{le}`` cumulative,
+    ``_sum``, ``_count``)."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._doc = documentation
+        self._bounds = sorted(float(b) for b in buckets)
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
+        self._sum_s = 0.0
+        registry.register(self)
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation (seconds; a value equal to a bound falls in that bucket)."""
+        self._counts[bisect_left(self._bounds, seconds)] += 1
+        self._sum_s += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, total = [], 0
+        for bound, count in zip([*self._bounds, float("inf")], self._counts, strict=True):
+            total += count
+            cumulative.append((str(floatToGoString(bound)), total))  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily(
+            self._name, self._doc, buckets=cumulative, sum_value=self._sum_s
+        )
 
 
 class Metrics:
@@ -54,8 +92,9 @@ class Metrics:
       attempt, not per record); ``reason`` is a short code such as ``connect``, ``timeout``,
       ``http_503``, ``http_429``, ``http_400``, ``redis``, ``os_error``, ``unexpected``.
     - ``sink_dead_letter_total{sink}``: Counter, records written to the dead-letter file.
-    - ``message_processing_seconds``: Histogram, time to process one Twilio message, seconds
-      (buckets ``MESSAGE_PROCESSING_BUCKETS_S``).
+    - ``message_processing_seconds``: histogram (``LoopHistogram``: observed on every message
+      at no measurable cost), time to process one Twilio message, seconds (buckets
+      ``MESSAGE_PROCESSING_BUCKETS_S``).
     - ``webhook_requests_total{outcome}``: Counter, status callbacks by outcome (accepted,
       rejected, forbidden…).
     - ``join_fallback_total{op}``: Counter, completed/summary join steps that fell back to the
@@ -113,10 +152,10 @@ class Metrics:
             ["sink"],
             registry=r,
         )
-        self.message_processing_seconds = Histogram(
+        self.message_processing_seconds = LoopHistogram(
             "mise_message_processing_seconds",
             "Time to process one Twilio message, seconds.",
-            buckets=MESSAGE_PROCESSING_BUCKETS_S,
+            MESSAGE_PROCESSING_BUCKETS_S,
             registry=r,
         )
         self.webhook_requests_total = Counter(

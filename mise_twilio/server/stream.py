@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
+from starlette.types import Receive
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mise_twilio.core.call import CallSession
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mise_twilio.server")
 
 
-async def run_stream(bridge: Bridge, ws: WebSocket) -> None:
-    """Serve one accepted Media Stream WebSocket until the stream ends."""
+async def run_stream(bridge: Bridge, ws: WebSocket, receive: Receive | None = None) -> None:
+    """Serve one accepted Media Stream WebSocket until the stream ends. ``receive``: what to
+    read frames with (the server's ASGI receive; ``ws.receive`` when ``None``)."""
+    read = receive or ws.receive
     session = CallSession(bridge.params)
     key = id(session)
     bridge.sessions[key] = session
@@ -68,7 +71,7 @@ async def run_stream(bridge: Bridge, ws: WebSocket) -> None:
     try:
         while not session.close_expected():
             try:
-                frame = await ws.receive()
+                frame = await read()
             except (WebSocketDisconnect, RuntimeError):
                 bridge.end_of_input(session)
                 break
@@ -91,7 +94,10 @@ async def run_stream(bridge: Bridge, ws: WebSocket) -> None:
                     stream_sid=session.stream_sid,
                 )
                 break
-            drain()
+            if session.close_expected():
+                break  # ``stop``: hang up first (below), then take the stream's last records
+            if session.events_pending:
+                drain()
             if last_message - started_at > bridge.settings.max_call_s:
                 session.close("max_duration", at_s=time.time())
     except Exception:
@@ -101,6 +107,9 @@ async def run_stream(bridge: Bridge, ws: WebSocket) -> None:
     finally:
         guard.cancel()
         count_messages()
+        if session.close_expected():
+            with contextlib.suppress(Exception):
+                await ws.close(code=session.close_code())
         drain()
         bridge.sessions.pop(key, None)
         bridge.metrics.active_streams.dec()
