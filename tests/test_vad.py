@@ -260,3 +260,37 @@ def test_a_pure_tone_is_speech_and_dtmf_or_a_voice_is_not_a_tone() -> None:
         for _, tr, _ in vad.step_block(k, frame_features(pcm[k : k + 5])[None])
     ]
     assert out and out[0][0] == "start" and 48 <= out[0][1] <= 51
+
+
+def test_purity_is_computed_wherever_a_frame_could_be_a_tone() -> None:
+    """``frame_features`` skips the purity of frames whose power is spread over more than two
+    adjacent bands; on real speech, noise, DTMF and tones (swept over 400-2000 Hz, on and off
+    bin centres, at several levels, over noise) no skipped frame reaches ``TONE_PURITY``."""
+    from mise_twilio.core import vad as vad_module
+
+    rng = np.random.default_rng(7)
+    t = np.arange(FRAME_SAMPLES * 4) / SAMPLE_RATE_HZ
+    signals_pcm = [rc.load_file(name)[: 8000 * 20] for name in rc.FILES]  # 140 s of speech
+    signals_pcm.append(rng.normal(0, 3000, 8000 * 5))
+    for hz in np.arange(380.0, 2020.0, 7.0):
+        for level_db, noise_db in ((-6, -90), (-30, -60), (-20, -45)):
+            x = 32768 * 10 ** (level_db / 20) * np.sin(2 * np.pi * hz * t + rng.uniform(0, 6))
+            signals_pcm.append(x + rng.normal(0, 32768 * 10 ** (noise_db / 20), x.shape[0]))
+    for low, high in ((697, 1209), (770, 1336), (852, 1477), (941, 1633)):
+        signals_pcm.append(8000 * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t)))
+    pcm = np.concatenate(
+        [
+            np.clip(x[: x.shape[0] // FRAME_SAMPLES * FRAME_SAMPLES], -32768, 32767)
+            .astype(np.int16)
+            .reshape(-1, FRAME_SAMPLES)
+            for x in signals_pcm
+        ]
+    )
+    got = frame_features(pcm)[:, F_PURITY]
+    y = pcm.astype(np.float32) @ vad_module._DFT
+    exact = vad_module._purity(y * y)
+    computed = got > 0
+    assert (got[computed] == exact[computed]).all()
+    assert exact[~computed].max() < TONE_PURITY
+    assert ((exact >= TONE_PURITY) == (got >= TONE_PURITY)).all()
+    assert (exact >= TONE_PURITY).sum() > 1000  # the tones are there
