@@ -158,8 +158,9 @@ FloatArray = NDArray[np.float64]
 # ---------------------------------------------------------------------------------------------
 
 
-def _analysis_tables() -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Hann-windowed real DFT matrix for the 200-3400 Hz bins, and the band-summing matrix."""
+def _analysis_tables() -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """Hann-windowed real DFT matrix for the 200-3400 Hz bins, the band-summing matrix and the
+    purity gate's (adjacent band pairs, ``TONE_GATE`` of the total)."""
     n = FRAME_SAMPLES
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * (np.arange(n) + 0.5) / n)
     freqs = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE_HZ)
