@@ -31,6 +31,7 @@ FIXTURES = ROOT / "fixtures"
 sys.path.insert(0, str(ROOT))
 
 from fixtures import make_fixtures  # noqa: E402  (needs the root on the path)
+from fixtures.real_calls import choose_drops  # noqa: E402, F401  (re-exported for the benches)
 
 
 def load_generator() -> ModuleType:
@@ -240,24 +241,3 @@ def add_at_snr(
     noise[keep] = 0.0
     y: NDArray[np.int16] = np.clip(np.round(x + noise), -32768, 32767).astype(np.int16)
     return y
-
-
-def choose_drops(
-    n_frames: int, frac: float, rng: np.random.Generator, avoid: set[int], max_run: int = 5
-) -> set[int]:
-    """About ``frac * n_frames`` frame indices in runs of 1..``max_run`` frames, at least one
-    sent frame between runs and none in ``avoid`` (already lost) or the first/last 10 frames."""
-    target = round(frac * n_frames)
-    chosen: set[int] = set()
-    blocked = {j for i in avoid for j in (i - 1, i, i + 1)}
-    tries = 0
-    while len(chosen) < target and tries < 10_000:
-        tries += 1
-        length = min(int(rng.integers(1, max_run + 1)), target - len(chosen))
-        s = int(rng.integers(10, n_frames - 10 - length))
-        span = range(s - 1, s + length + 1)
-        if any(i in blocked for i in span):
-            continue
-        chosen.update(range(s, s + length))
-        blocked.update(span)
-    return chosen

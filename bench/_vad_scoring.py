@@ -69,7 +69,10 @@ def turns_of(spans_ms: Sequence[Span], pause_ms: int = TURN_PAUSE_MS) -> list[Sp
     return out
 
 
-def match_onsets(truth: Sequence[int], det: Sequence[int], tol: int = ONSET_TOL_MS) -> int:
+def match_onsets(
+    truth: Sequence[int], det: Sequence[int], tol: int = ONSET_TOL_MS
+) -> list[tuple[int, int]]:
+    """One-to-one (truth index, det index) pairs within ``tol`` ms, closest pairs first."""
     pairs = sorted(
         (abs(d - t), i, j)
         for i, t in enumerate(truth)
@@ -78,11 +81,13 @@ def match_onsets(truth: Sequence[int], det: Sequence[int], tol: int = ONSET_TOL_
     )
     used_t: set[int] = set()
     used_d: set[int] = set()
+    out = []
     for _, i, j in pairs:
         if i not in used_t and j not in used_d:
             used_t.add(i)
             used_d.add(j)
-    return len(used_t)
+            out.append((i, j))
+    return out
 
 
 @dataclass
@@ -156,7 +161,7 @@ def score_track(call: TwoTrackCall, track: str, spans: Sequence[Span]) -> Counts
     tt = turns_of(call.truth_ms[track])
     dt = turns_of([(s * FRAME_MS, e * FRAME_MS) for s, e in spans])
     c.n_true, c.n_det = len(tt), len(dt)
-    c.n_match = match_onsets([s for s, _ in tt], [s for s, _ in dt])
+    c.n_match = len(match_onsets([s for s, _ in tt], [s for s, _ in dt]))
     return c
 
 

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _fixture_audio as fa
 import _vad_scoring
+from _vad_scoring import match_onsets
 
 from mise_twilio.core import audio as mt_audio
 from mise_twilio.core.call import SessionParams
@@ -287,25 +288,6 @@ def ms_mask(first: int, n_ms: int, spans: Iterable[Span]) -> NDArray[np.bool_]:
         if b > a:
             mask[a:b] = True
     return mask
-
-
-def match_onsets(truth: list[int], det: list[int], tol: int) -> list[tuple[int, int]]:
-    """One-to-one (truth index, det index) pairs within ``tol`` ms, closest pairs first."""
-    pairs = sorted(
-        (abs(d - t), i, j)
-        for i, t in enumerate(truth)
-        for j, d in enumerate(det)
-        if abs(d - t) <= tol
-    )
-    used_t: set[int] = set()
-    used_d: set[int] = set()
-    out = []
-    for _, i, j in pairs:
-        if i not in used_t and j not in used_d:
-            used_t.add(i)
-            used_d.add(j)
-            out.append((i, j))
-    return out
 
 
 @dataclass
