@@ -5,8 +5,9 @@
 Three processes on this machine: a bot (this script, ``--role bot``: a websockets server that
 timestamps every frame it receives and streams 100 ms of agent audio every 100 ms per call),
 ``mise-twilio serve`` with the bot as its upstream (JSONL sink, turn features on: the whole
-analysis runs), and N concurrent "Twilio" calls (this process) streaming the connect_inbound
-caller in real time, 20 ms frames, and timestamping every frame they receive.
+analysis runs, in the server's analysis process), and N concurrent "Twilio" calls (this
+process) streaming the connect_inbound caller in real time, 20 ms frames, and timestamping
+every frame they receive.
 
 Each round runs the calls straight to the bot (``direct``), through the proxy (``proxy``) and,
 as an anchor for what any Python relay hop costs on this machine, through a bare relay
@@ -222,11 +223,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """User + system CPU of a process (or of one of its threads), seconds."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, seconds."""
+    path = f"/proc/{pid}/stat"
     fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the proxy's analysis process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def latencies(
@@ -340,13 +355,14 @@ def main() -> None:
             time.sleep(0.5)
             relay_before = relay_histogram(proxy_port)
             results: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
-            cpu = {"proxy_s": 0.0, "loop_s": 0.0, "messages": 0, "wall_s": 0.0}
+            cpu = {"proxy_s": 0.0, "analysis_s": 0.0, "messages": 0, "wall_s": 0.0}
+            analysis = _children(proxy.pid)  # server/analysis.py's child
             harness0 = time.process_time() + _cpu_seconds(bot.pid)
             for r in range(args.rounds):
                 order = PATHS[r % 3 :] + PATHS[: r % 3]
                 for path in order:
                     cpu0, wall0 = _cpu_seconds(proxy.pid), time.monotonic()
-                    loop0 = _cpu_seconds(proxy.pid, proxy.pid)
+                    analysis0 = sum(_cpu_seconds(pid) for pid in analysis)
                     calls = asyncio.run(
                         run_calls(urls[path], args.calls, args.seconds, f"{r:01x}{path[0]}")
                     )
@@ -354,7 +370,7 @@ def main() -> None:
                     if path == "proxy":
                         cpu["wall_s"] += time.monotonic() - wall0 - 1.0
                         cpu["proxy_s"] += _cpu_seconds(proxy.pid) - cpu0
-                        cpu["loop_s"] += _cpu_seconds(proxy.pid, proxy.pid) - loop0
+                        cpu["analysis_s"] += sum(_cpu_seconds(pid) for pid in analysis) - analysis0
                         cpu["messages"] += sum(len(c["sent"]) + len(c["received"]) for c in calls)
                     results[path] += calls
                     print(f"round {r + 1}: {path} done", flush=True)
@@ -413,11 +429,12 @@ def main() -> None:
             f"inside the proxy, {direction}: {buckets[-1][1]:.0f} frames, p50 ≤ {p50:g} ms, "
             f"p99 ≤ {p99:g} ms, p99.9 ≤ {p999:g} ms (mise_relay_seconds buckets)"
         )
+    frames, wall_s = max(1, cpu["messages"]), max(1e-9, cpu["wall_s"])
     print(
-        f"proxy CPU: {cpu['proxy_s']:.1f} s for {cpu['messages']} relayed frames "
-        f"({cpu['proxy_s'] / max(1, cpu['messages']) * 1e6:.0f} µs per frame, relay + analysis; "
-        f"{cpu['proxy_s'] / max(1e-9, cpu['wall_s']):.0%} of a core while proxying; the event "
-        f"loop's thread {cpu['loop_s'] / max(1e-9, cpu['wall_s']):.0%}, the rest analysis)"
+        f"proxy CPU per relayed frame ({cpu['messages']} frames): the server process "
+        f"{cpu['proxy_s'] / frames * 1e6:.0f} µs ({cpu['proxy_s'] / wall_s:.0%} of a core), "
+        f"its analysis process {cpu['analysis_s'] / frames * 1e6:.0f} µs "
+        f"({cpu['analysis_s'] / wall_s:.0%} of a core)"
     )
     print(
         f"harness (calls + bot) CPU: {harness_s:.1f} s; {os.cpu_count()} cores, load average "

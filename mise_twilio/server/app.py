@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,6 +45,7 @@ from mise_twilio.core.records import (
     TurnRecord,
 )
 from mise_twilio.core.status import StatusEvent
+from mise_twilio.server.analysis import AnalysisProcess, RemoteSession
 from mise_twilio.server.config import Settings, session_params
 from mise_twilio.server.limits import MAX_HEADER_BYTES, RequestLimits
 from mise_twilio.server.logs import uvicorn_log_config
@@ -68,6 +70,9 @@ _SHARED_WAIT_S = 10.0
 store's own timeout, so this only guards against a bug)."""
 
 log = structlog.get_logger("mise_twilio.server")
+
+Session = CallSession | RemoteSession
+"""A stream's session: in this process, or a proxied call's in the analysis process."""
 
 
 class Bridge:
@@ -118,7 +123,12 @@ class Bridge:
                 metrics=self.metrics,
                 clock=time.monotonic,
             )
-        self.sessions: dict[int, CallSession] = {}
+        self.sessions: dict[int, Session] = {}
+        # Proxied calls are analysed in a child process (server/analysis.py), started with the
+        # bridge when upstreams are configured.
+        self.analysis: AnalysisProcess | None = None
+        if settings.upstreams:
+            self.analysis = AnalysisProcess(backlog_max_bytes=settings.proxy_analysis_backlog_bytes)
         self.draining = False  # SIGTERM seen: /readyz 503, still serving (server/drain.py)
         self.started = False
         self.shutting_down = False
@@ -160,7 +170,17 @@ class Bridge:
     def _stream_open(self, call_sid: str) -> bool:
         return any(s.call_sid == call_sid for s in self.sessions.values())
 
-    def flush_session(self, session: CallSession) -> list[AnyRecord]:
+    async def open_proxied_session(self) -> RemoteSession:
+        """A proxied call's session, in the analysis process (restarted if it died). Raises
+        ``OSError`` when the process cannot be started."""
+        if self.analysis is None:
+            self.analysis = AnalysisProcess(
+                backlog_max_bytes=self.settings.proxy_analysis_backlog_bytes
+            )
+        await self.analysis.start()
+        return self.analysis.open(dataclasses.replace(self.params, proxied=True))
+
+    def flush_session(self, session: Session) -> list[AnyRecord]:
         """Publish what the session produced (``stream.stopped`` through the join) and return
         it. With turn audio on, each turn record names its WAV file (``audio``), published
         now; the file is written in a thread and appears (atomically) shortly after."""
@@ -181,7 +201,7 @@ class Bridge:
                     self.shared.stream_started(record)
         return events
 
-    def end_of_input(self, session: CallSession) -> None:
+    def end_of_input(self, session: Session) -> None:
         """The socket closed under the session."""
         # uvicorn's shutdown hangs up every connection (close 1012) before the lifespan
         # shutdown runs; ``ShutdownAwareWebSocket`` sets ``shutting_down`` first, so a stream
@@ -257,6 +277,11 @@ class Bridge:
             await self.hub.start()
         except (SinkError, OSError) as exc:
             raise ConfigError(f"the sinks cannot start: {exc}") from exc
+        if self.analysis is not None:
+            try:
+                await self.analysis.start()
+            except OSError as exc:
+                raise ConfigError(f"the analysis process cannot start: {exc}") from exc
         self.started = True
         register_shutdown_listener(self)
         if self.shared is not None:
@@ -286,6 +311,12 @@ class Bridge:
         for session in list(self.sessions.values()):
             session.close("shutdown", at_s=time.time())
             self.flush_session(session)
+        if self.analysis is not None:
+            # Proxied calls' last records come back from the analysis process.
+            await self.analysis.sync_all(_SHARED_WAIT_S)
+            for session in list(self.sessions.values()):
+                self.flush_session(session)
+            await self.analysis.stop()
         for task in list(self._tasks):
             task.cancel()
         self.metrics.draining.set(1)

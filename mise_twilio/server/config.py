@@ -236,6 +236,12 @@ class Settings(BaseSettings):
         description="Frames queued toward a side that does not keep up, beyond this, end the "
         "call (about 15 s of Twilio's media).",
     )
+    proxy_analysis_backlog_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Proxied frames waiting for the analysis process, beyond this, are relayed "
+        "but not analysed (an analysis_backlog diagnostic per call; server/analysis.py).",
+    )
     max_playback_queue_ms: int = Field(
         default=600_000, ge=1000, description="Bot audio queued ahead of playback that is modelled."
     )

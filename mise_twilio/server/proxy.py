@@ -7,14 +7,13 @@ binary, Twilio's ``start`` with its ``customParameters`` as sent (``api_key`` in
 sees what it would see from Twilio; records never carry it). The bot's messages feed the
 session's playback model (``CallSession.receive_playback``), which rebuilds the agent's track.
 
-Relay first, analyse after. A reader queues each frame for the other side's writer and hands
-the session's work on it to the ``Analyst``, one task per event loop that runs every proxied
-session's per-frame work (parsing, the playback model, VAD, turns) in arrival order, in slices
-of at most ``ANALYSIS_SLICE_MAX_S`` with the loop's socket polling between them, so a frame
-waiting to be relayed waits for at most one slice; a turn's features (milliseconds of numpy)
-are measured in such a slice too, as the core measures every stream's. Until
-Twilio's ``start`` is admitted the caller's side is judged first: the session checks ``start``
-(the api_key) before the bot may see it.
+Relay first, analyse elsewhere. A reader queues each frame for the other side's writer and
+sends a copy to the call's session, which lives in the analysis process
+(``server/analysis.py``: parsing, the playback model, VAD, turns and their features, off this
+event loop and its GIL); its records come back and are published here. Until Twilio's
+``start`` is admitted the caller's side is judged first, by a session in this process that
+checks ``start`` (the api_key) before the bot may see it, so admitting a call never waits for
+the analysis process.
 
 Authentication is the stream endpoint's: ``X-Twilio-Signature`` on the upgrade (against
 ``MISE_PUBLIC_URL`` + this path), ``customParameters.api_key`` against ``MISE_API_KEY``. An
@@ -32,6 +31,9 @@ Failures end the call on both sides and leave its records final:
   final;
 - Twilio drops: the session ends as ``eof``, the bot's socket is closed after it was sent what
   Twilio had sent;
+- the analysis process dies (``server/analysis.py``): an ``analysis_lost`` diagnostic, Twilio's
+  side closed (1011); a stalled one delays no frame (past its backlog, frames are relayed and
+  not analysed: ``analysis_backlog``);
 - one side does not keep up: frames wait for it in a buffer bounded by
   ``MISE_PROXY_BACKLOG_BYTES``; past that the call ends (``backlog``). The other side is never
   blocked by it.
@@ -44,12 +46,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -68,6 +68,7 @@ from mise_twilio.core.records import (
 )
 
 if TYPE_CHECKING:
+    from mise_twilio.server.analysis import RemoteSession
     from mise_twilio.server.app import Bridge
 
 __all__ = ["PROXY_PATH", "UPSTREAM_MAX_MESSAGE_BYTES", "proxy_routes"]
@@ -81,8 +82,6 @@ START_GRACE_S = 1.0
 the diagnostic names the call (Twilio sends ``start`` right after the upgrade)."""
 DRAIN_S = 2.0
 """At the end, frames still queued toward a side get this long to go out."""
-ANALYSIS_SLICE_MAX_S = 0.001
-"""The analysis works at most this long at a time before the loop's I/O gets its turn."""
 
 log = structlog.get_logger("mise_twilio.server")
 
@@ -113,10 +112,17 @@ async def serve_proxy(bridge: Bridge, ws: WebSocket) -> None:
             await ws.close(code=1008)
         return
     url, headers = upstream
+    try:
+        session = await bridge.open_proxied_session()
+    except OSError as exc:
+        log.error("analysis_unavailable", upstream=name, error=f"{type(exc).__name__}: {exc}")
+        await ws.close(code=1011)
+        return
     await ws.accept()
     signed = bridge.signature is not None
     dial_at_start = not signed and bridge.params.expected_api_key is not None
-    await ProxiedCall(bridge, ws, name, url, headers, dial_at_start=dial_at_start).run()
+    call = ProxiedCall(bridge, ws, session, name, url, headers, dial_at_start=dial_at_start)
+    await call.run()
 
 
 class _Pump:
@@ -180,84 +186,16 @@ class _Pump:
             self._observe(time.perf_counter() - queued_at)
 
 
-class Analyst:
-    """The sessions' work on one event loop, off the relay's path: jobs run in submission
-    order, in slices with the loop's I/O between them. A slice takes the jobs that were waiting
-    when it began (so the analysis keeps pace with the relay: each loop iteration analyses what
-    the one before relayed), for at most ``ANALYSIS_SLICE_MAX_S``; the rest waits one iteration.
-    ``Analyst.for_loop()`` starts the running loop's on first use."""
-
-    _by_loop: ClassVar[dict[int, Analyst]] = {}
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._jobs: deque[tuple[Callable[[], None], float]] = deque()
-        self._after: dict[int, Callable[[], None]] = {}
-        self._idle: asyncio.Future[None] | None = None
-        self._task = loop.create_task(self._run())
-
-    @classmethod
-    def for_loop(cls) -> Analyst:
-        loop = asyncio.get_running_loop()
-        for key, other in list(cls._by_loop.items()):
-            if other.loop.is_closed():  # a closed loop's (tests run one loop each)
-                del cls._by_loop[key]
-        analyst = cls._by_loop.get(id(loop))
-        if analyst is None or analyst.loop is not loop:
-            analyst = cls._by_loop[id(loop)] = cls(loop)
-        return analyst
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
-    def after_slice(self, key: object, callback: Callable[[], None]) -> None:
-        """Run ``callback`` when the current slice ends, once per ``key`` (a call publishes
-        once per slice, not once per frame)."""
-        self._after[id(key)] = callback
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.append((job, time.perf_counter()))
-        idle = self._idle
-        if idle is not None and not idle.done():
-            idle.set_result(None)
-
-    async def _run(self) -> None:
-        jobs = self._jobs
-        clock = time.perf_counter
-        while True:
-            if not jobs:
-                self._idle = self._loop.create_future()
-                await self._idle
-                continue
-            began = clock()
-            until = began + ANALYSIS_SLICE_MAX_S
-            while jobs and jobs[0][1] <= began:
-                job, _ = jobs.popleft()
-                try:
-                    job()
-                except Exception:  # a job guards itself; this is the last line
-                    log.exception("analysis_failed")
-                if clock() > until:
-                    break
-            after, self._after = self._after, {}
-            for callback in after.values():
-                try:
-                    callback()
-                except Exception:
-                    log.exception("analysis_failed")
-            await asyncio.sleep(0)  # the loop's I/O (the relay) goes first
-
-
 class ProxiedCall:
-    """One proxied stream: Twilio's accepted WebSocket, the bot's, a ``CallSession`` fed from
-    both through the ``Analyst``, two pumps and a watchdog. ``run()`` returns when the call is
-    over on both sides."""
+    """One proxied stream: Twilio's accepted WebSocket, the bot's, a session in the analysis
+    process fed from both, two pumps and a watchdog. ``run()`` returns when the call is over on
+    both sides."""
 
     def __init__(
         self,
         bridge: Bridge,
         ws: WebSocket,
+        session: RemoteSession,
         name: str,
         url: str,
         headers: dict[str, str],
@@ -270,11 +208,7 @@ class ProxiedCall:
         self.url = url
         self.headers = headers
         self.dial_at_start = dial_at_start
-        # Turn features are measured in the core, as on every stream: the speaker baselines,
-        # arousal and the call summary need each turn's in order (the Analyst's slices keep
-        # that work off the relay's path).
-        self.session = CallSession(dataclasses.replace(bridge.params, proxied=True))
-        self.analyst = Analyst.for_loop()
+        self.session = session
         limit = bridge.settings.proxy_backlog_bytes
         relay = bridge.metrics.relay_seconds
         self.to_bot = _Pump(self._send_bot, limit, relay.labels(direction="to_bot").observe)
@@ -292,6 +226,7 @@ class ProxiedCall:
         self._loop = asyncio.get_running_loop()
         self._readers: list[asyncio.Task[Any]] = []  # they end the call
         self._writers: list[asyncio.Task[Any]] = []  # they drain at the end
+        self._closing: asyncio.Task[None] | None = None
 
     # -- the call --------------------------------------------------------------------------
 
@@ -299,6 +234,7 @@ class ProxiedCall:
         bridge, session = self.bridge, self.session
         key = id(session)
         bridge.sessions[key] = session
+        session.on_output = self._settle
         bridge.metrics.active_streams.inc()
         loop = self._loop
         self._readers = [
@@ -327,10 +263,10 @@ class ProxiedCall:
         code: int | None = None,
         problem: tuple[str, str] | None = None,
     ) -> None:
-        """End the call. ``reason``: close the session so, after the work already handed to
-        the ``Analyst`` (the frames relayed so far are analysed first), with ``problem``
-        (code, message) as a diagnostic before it; ``code``: Twilio's close code. ``run()``
-        then hangs up both sides."""
+        """End the call. ``reason``: close the session so (after the frames relayed so far),
+        with ``problem`` (code, message) as a diagnostic before it, and hang up once the
+        analysis has answered; ``code``: Twilio's close code. ``run()`` then hangs up both
+        sides."""
         if code is not None and not self.ending:
             self.twilio_close_code = code
         if self.ending:
@@ -340,13 +276,14 @@ class ProxiedCall:
             self._finish()
             return
         session = self.session
+        if problem is not None:
+            session.report(*problem)
+        session.close(reason, at_s=time.time())
+        self._closing = self._loop.create_task(self._finish_when_analysed())
 
-        def close() -> None:
-            if problem is not None:
-                session.report(*problem)
-            session.close(reason, at_s=time.time())
-
-        self._submit(close, then=self._finish)
+    async def _finish_when_analysed(self) -> None:
+        await self.session.synced(DRAIN_S)
+        self._finish()
 
     def _finish(self) -> None:
         self.ending = True
@@ -365,33 +302,19 @@ class ProxiedCall:
 
     # -- the analysis --------------------------------------------------------------------
 
-    def _submit(self, work: Callable[[], None], *, then: Callable[[], None] | None = None) -> None:
-        """Run ``work`` through the ``Analyst``, publish what it produced, then ``then``."""
-
-        def job() -> None:
-            if self.done.is_set():
-                return
-            try:
-                work()
-            except Exception:
-                self.log.exception("proxy_analysis_failed")
-                self.end("eof", code=1011)
-                return
-            if then is not None:
-                self.drain()
-                then()
-            else:
-                self.analyst.after_slice(self, self._settle)
-
-        self.analyst.submit(job)
-
     def _settle(self) -> None:
-        """After a slice of this call's analysis: publish, and end if the session ended."""
+        """The analysis answered: publish, and end the call if the session ended (``stop``,
+        eof, a refused start, the analysis process gone) or failed. After the call, only
+        publish (an analysis that was behind still delivers the call's last records)."""
+        self.drain()
         if self.done.is_set():
             return
-        self.drain()
-        if self.session.close_expected():  # ``stop``, eof, or a refused start
-            self.end(code=self.session.close_code())
+        session = self.session
+        if session.error is not None and not self.ending:
+            self.log.error("proxy_analysis_failed", error=session.error)
+            self.end("eof", code=1011)
+        elif session.close_expected():
+            self.end(code=session.close_code())
 
     async def _guard(self, work: Awaitable[None]) -> None:
         # A bug in one call's relay must end only that call, with what it had so far.
@@ -407,7 +330,10 @@ class ProxiedCall:
 
     async def _read_twilio(self) -> None:
         session, ws = self.session, self.ws
-        histogram = self.bridge.metrics.message_processing_seconds
+        # Until ``start`` is admitted, a session here judges each frame too (the api_key), so
+        # admitting a call never waits for the analysis process; its records are dropped (the
+        # analysis process's session, fed the same frames, makes them).
+        judge: CallSession | None = CallSession(self.bridge.params)
         while not self.done.is_set():
             try:
                 frame = await ws.receive()
@@ -415,47 +341,36 @@ class ProxiedCall:
                 frame = {"type": "websocket.disconnect"}
             if frame["type"] == "websocket.disconnect":
                 # After the frames read before it: their analysis is queued ahead.
-                self._submit(lambda: self.bridge.end_of_input(session))
+                self.bridge.end_of_input(session)
                 return
             self.last_message = time.monotonic()
             data: str | bytes | None = frame.get("text")
             if data is None:
                 data = frame.get("bytes") or b""
             received_at_s = time.time()
-            if session.stream_sid is not None:
+            if judge is None:
                 if not self._relay_to_bot(data):
                     return
-                self._submit(self._analysis_of(data, received_at_s, histogram.observe))
+                session.receive_text(data, received_at_s=received_at_s)
                 continue
-            # Not started: the session judges first (``start``'s api_key), and the bot sees
-            # the frame only if it was not refused.
+            # Not started: judged first (``start``'s api_key); the bot sees the frame only if
+            # it was not refused.
+            judge.receive_text(data, received_at_s=received_at_s)
             session.receive_text(data, received_at_s=received_at_s)
-            if session.rejection is not None:
+            if judge.rejection is not None:
                 self.log.warning(
                     "stream_rejected",
-                    reason=session.rejection,
-                    call_sid=session.call_sid,
-                    stream_sid=session.stream_sid,
+                    reason=judge.rejection,
+                    call_sid=judge.call_sid,
+                    stream_sid=judge.stream_sid,
                 )
-                self.end(code=session.close_code())
+                self.end(code=judge.close_code())
                 return
-            self.drain()
             if not self._relay_to_bot(data):
                 return
-            if session.stream_sid is not None:
+            if judge.stream_sid is not None:
+                judge = None
                 self.started.set()
-
-    def _analysis_of(
-        self, data: str | bytes, received_at_s: float, observe: Callable[[float], None]
-    ) -> Callable[[], None]:
-        session = self.session
-
-        def analyse() -> None:
-            t0 = time.perf_counter()
-            session.receive_text(data, received_at_s=received_at_s)
-            observe(time.perf_counter() - t0)
-
-        return analyse
 
     def _relay_to_bot(self, data: str | bytes) -> bool:
         if self.to_bot.put(data):
@@ -493,7 +408,6 @@ class ProxiedCall:
         self.log.info("upstream_connected", url=_redacted(self.url))
         self._writers.append(self._loop.create_task(self.to_bot.run()))
         receive_playback = self.session.receive_playback
-        submit = self._submit
         try:
             while True:
                 message = await bot.recv()
@@ -502,7 +416,7 @@ class ProxiedCall:
                 if not self.to_twilio.put(message):
                     self._backlog("Twilio is not reading: the bot's frames are piling up")
                     return
-                submit(functools.partial(receive_playback, message))
+                receive_playback(message)
         except ConnectionClosed as exc:
             if not self.ending:
                 self._bot_closed(exc)
@@ -563,15 +477,14 @@ class ProxiedCall:
         session = self.session
         settings = self.bridge.settings
         idle_s = settings.idle_timeout_s
-        metrics = self.bridge.metrics
         ending_since: float | None = None
         while not self.done.is_set():
             await asyncio.sleep(min(1.0, idle_s / 4))
-            for event, count in session.take_message_counts().items():
-                metrics.messages_total.labels(event=event).inc(count)
+            self._count_messages()
+            session.request_sync()  # the counts and timings for the next tick
             now = time.monotonic()
             if self.ending:
-                # The analyst has the close; if it never gets to it, hang up anyway.
+                # The analysis has the close; if it never answers, hang up anyway.
                 ending_since = ending_since or now
                 if now - ending_since > DRAIN_S:
                     self._finish()
@@ -597,12 +510,24 @@ class ProxiedCall:
         with contextlib.suppress(Exception):
             await self.ws.close(code=self.twilio_close_code)
         await asyncio.gather(*self._readers, *self._writers, return_exceptions=True)
+        if self._closing is not None:
+            self._closing.cancel()
         session = self.session
         if not session.close_expected():
             session.close("eof", at_s=time.time())
-        for event, count in session.take_message_counts().items():
-            self.bridge.metrics.messages_total.labels(event=event).inc(count)
+        if not await session.synced(DRAIN_S):
+            self.log.error("analysis_unfinished", detail="the call's last records are missing")
+        self._count_messages()
         self.drain()
+        session.release()
+
+    def _count_messages(self) -> None:
+        metrics = self.bridge.metrics
+        for event, count in self.session.take_message_counts().items():
+            metrics.messages_total.labels(event=event).inc(count)
+        observe = metrics.message_processing_seconds.observe
+        for seconds in self.session.take_processing_s():
+            observe(seconds)
 
 
 def _redacted(url: str) -> str:

@@ -458,6 +458,139 @@ async def test_a_bot_that_stops_reading_ends_the_call_at_the_backlog(stack: Stac
     assert await stack.healthy()
 
 
+def analysis_pid(server: ServerProcess) -> int:
+    """The server's analysis process (``server/analysis.py``), by its parent and command."""
+    assert server.process is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == server.process.pid and b"mise_twilio.server.analysis" in command:
+            found.append(int(entry.name))
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def test_the_analysis_process_dying_ends_its_calls_and_the_next_is_analysed(
+    stack: Stack,
+) -> None:
+    bot = stack.bot("answer")
+    lines = caller_stream(call=13)
+    sid = stream_sid_of(lines)
+    before = analysis_pid(stack.server)
+    call = asyncio.create_task(FakeTwilio(lines, speed=4).run(stack.url("answer")))
+    try:
+        await wait_until(
+            lambda: any(r.get("answer") == 1 for r in bot.records()), HANG_GUARD_S, "an answer"
+        )
+        os.kill(before, signal.SIGKILL)
+        log = await asyncio.wait_for(call, HANG_GUARD_S)
+    finally:
+        bot.kill()
+        call.cancel()
+    assert log.close_code == 1011  # ended as any failure of the proxy ends a call
+    await wait_until(
+        lambda: any(r.get("code") == "analysis_lost" for r in stack.records(sid)),
+        HANG_GUARD_S,
+        "the analysis_lost diagnostic",
+    )
+    assert "analysis_process_died" in stack.server.log()
+    # The next call gets a new analysis process and is analysed whole.
+    bot = stack.bot("answer")
+    lines = caller_stream("connect_inbound", call=14)
+    try:
+        await FakeTwilio(lines, speed=8).run(stack.url("answer"))
+        records = await stack.final_records(stream_sid_of(lines))
+    finally:
+        bot.kill()
+    assert analysis_pid(stack.server) != before
+    assert records[-1]["reason"] == "stop"
+    assert [r for r in records if r["type"] == "turn" and r["speaker"] == "agent"]
+    assert await stack.healthy()
+
+
+async def test_a_stalled_analysis_delays_no_frame_and_loses_no_record(stack: Stack) -> None:
+    # The analysis process stopped (SIGSTOP) for a whole call: the relay goes on both ways,
+    # and once it runs again every record of the call is written.
+    bot = stack.bot("answer")
+    lines = caller_stream("connect_inbound", call=15)
+    sid = stream_sid_of(lines)
+    pid = analysis_pid(stack.server)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        log = await asyncio.wait_for(
+            FakeTwilio(lines, speed=8).run(stack.url("answer")), HANG_GUARD_S
+        )
+        await wait_until(
+            lambda: any(r["kind"] == "closed" for r in bot.records()), HANG_GUARD_S, "bot closed"
+        )
+        assert stack.records(sid) == []  # nothing analysed yet
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        bot.kill()
+    kinds = [r["kind"] for r in bot.records()]
+    assert kinds.count("start") == 1 and "answer" in kinds  # the bot heard the caller
+    assert log.received  # and Twilio got the bot's answers
+    records = await stack.final_records(sid)
+    assert records[-1]["reason"] == "stop"
+    assert not [r for r in records if r["type"] == "diagnostic"]
+    agent = [r for r in records if r["type"] == "turn" and r["speaker"] == "agent"]
+    assert agent and sum(records[-1]["summary"]["turn_counts"].values()) == len(
+        [r for r in records if r["type"] == "turn"]
+    )
+    assert await stack.healthy()
+
+
+async def test_past_the_analysis_backlog_frames_are_relayed_and_the_loss_is_said(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    server = ServerProcess(
+        tmp_path / "data",
+        tmp_path / "server.log",
+        MISE_UPSTREAMS=f"bot=ws://127.0.0.1:{port}/twilio",
+        MISE_PROXY_ANALYSIS_BACKLOG_BYTES=str(64 * 1024),
+        MISE_PROXY_BACKLOG_BYTES=str(16 * 1024 * 1024),
+    )
+    await server.start()
+    bot = BotProcess(port, tmp_path / "bot.jsonl", mode="script", script=[]).start()
+    one = caller_stream(call=16)
+    media = [line for line in one if '"event":"media"' in line]
+    lines = one[:2] + media * 4 + one[-1:]  # about 1.3 MB flat out, then ``stop``
+    sid = stream_sid_of(lines)
+    pid = analysis_pid(server)
+    os.kill(pid, signal.SIGSTOP)
+    url = f"ws://127.0.0.1:{server.port}{PROXY_PATH}/bot"
+    try:
+        log = await asyncio.wait_for(FakeTwilio(lines).run(url, verbatim=True), HANG_GUARD_S)
+        await wait_until(
+            lambda: any(r["kind"] == "closed" for r in bot.records()), HANG_GUARD_S, "bot closed"
+        )
+        os.kill(pid, signal.SIGCONT)
+        path = tmp_path / "data" / "events.jsonl"
+        await wait_until(
+            lambda: any(r["type"] == "stream.stopped" for r in read_jsonl(path)),
+            HANG_GUARD_S,
+            "stream.stopped",
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        bot.kill()
+        server.kill()
+    assert [r["text"] for r in bot.records() if r["kind"] == "recv"] == log.sent
+    records = [r for r in read_jsonl(path) if r.get("stream_sid") == sid]
+    backlog = [r for r in records if r["type"] == "diagnostic" and r["code"] == "analysis_backlog"]
+    assert len(backlog) == 1 and "frames were relayed but not analysed" in backlog[0]["message"]
+    skipped = int(backlog[0]["message"].split()[0])
+    assert 0 < skipped < len(lines)
+    assert records[-1]["type"] == "stream.stopped"
+
+
 async def test_the_server_is_healthy_and_proxies_after_every_failure(stack: Stack) -> None:
     bot = stack.bot("answer")
     lines = caller_stream("connect_inbound", call=7)
