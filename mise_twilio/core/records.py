@@ -183,8 +183,8 @@ class TurnRecord(_RecordBase):
         default=None,
         ge=-1.0,
         le=1.0,
-        description="Prosodic arousal estimate (F0 level and range, spectral tilt, tempo, energy "
-        "dynamics; core/arousal.py), -1 calm .. 1 excited. Not an emotion label.",
+        description="Prosodic arousal estimate (F0 level and range, spectral tilt, voicing; "
+        "core/arousal.py), -1 calm .. 1 excited. Not an emotion label.",
     )
     arousal_rel: float | None = Field(
         default=None,
