@@ -313,12 +313,6 @@ class _Wire(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._process.child_gone(exc)
 
-    def pause_writing(self) -> None:  # the transport buffers; ``behind()`` bounds it
-        return None
-
-    def resume_writing(self) -> None:
-        return None
-
 
 class AnalysisProcess:
     """The analysis child of one server process. ``start()`` (idempotent, and again after the

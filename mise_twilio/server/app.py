@@ -126,9 +126,7 @@ class Bridge:
         self.sessions: dict[int, Session] = {}
         # Proxied calls are analysed in a child process (server/analysis.py), started with the
         # bridge when upstreams are configured.
-        self.analysis: AnalysisProcess | None = None
-        if settings.upstreams:
-            self.analysis = AnalysisProcess(backlog_max_bytes=settings.proxy_analysis_backlog_bytes)
+        self.analysis = AnalysisProcess(backlog_max_bytes=settings.proxy_analysis_backlog_bytes)
         self.draining = False  # SIGTERM seen: /readyz 503, still serving (server/drain.py)
         self.started = False
         self.shutting_down = False
@@ -173,10 +171,6 @@ class Bridge:
     async def open_proxied_session(self) -> RemoteSession:
         """A proxied call's session, in the analysis process (restarted if it died). Raises
         ``OSError`` when the process cannot be started."""
-        if self.analysis is None:
-            self.analysis = AnalysisProcess(
-                backlog_max_bytes=self.settings.proxy_analysis_backlog_bytes
-            )
         await self.analysis.start()
         return self.analysis.open(dataclasses.replace(self.params, proxied=True))
 
@@ -277,7 +271,7 @@ class Bridge:
             await self.hub.start()
         except (SinkError, OSError) as exc:
             raise ConfigError(f"the sinks cannot start: {exc}") from exc
-        if self.analysis is not None:
+        if self.settings.upstreams:
             try:
                 await self.analysis.start()
             except OSError as exc:
@@ -311,7 +305,7 @@ class Bridge:
         for session in list(self.sessions.values()):
             session.close("shutdown", at_s=time.time())
             self.flush_session(session)
-        if self.analysis is not None:
+        if self.analysis.running:
             # Proxied calls' last records come back from the analysis process.
             await self.analysis.sync_all(_SHARED_WAIT_S)
             for session in list(self.sessions.values()):
