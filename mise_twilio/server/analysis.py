@@ -143,21 +143,12 @@ class RemoteSession:
         return 1011 if self.lost else self.state.close_code
 
     def receive_text(self, text: str | bytes, *, received_at_s: float | None = None) -> None:
-        """A frame from Twilio. Not analysed (counted for ``analysis_backlog``) when the
-        child is too far behind."""
-        if self._process.behind():
-            self._skipped += 1
-            return
-        self._report_skipped()
-        self._send(("text", self.key, text, received_at_s))
+        """A frame from Twilio (see ``_send_frame``)."""
+        self._send_frame(("text", self.key, text, received_at_s))
 
     def receive_playback(self, frame: str | bytes) -> None:
-        """A message from the bot toward Twilio."""
-        if self._process.behind():
-            self._skipped += 1
-            return
-        self._report_skipped()
-        self._send(("play", self.key, frame))
+        """A message from the bot toward Twilio (see ``_send_frame``)."""
+        self._send_frame(("play", self.key, frame))
 
     def receive_eof(self, *, at_s: float | None = None) -> None:
         self._report_skipped(force=True)
@@ -198,8 +189,6 @@ class RemoteSession:
         if self.lost:
             return False
         self.request_sync()
-        if self._applied >= self._sent:
-            return True
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((self._sent, future))
         try:
@@ -224,6 +213,15 @@ class RemoteSession:
             return
         self._sent += 1
         self._process.send(op)
+
+    def _send_frame(self, op: tuple[Any, ...]) -> None:
+        """A relayed frame for the child; not analysed, only counted for ``analysis_backlog``,
+        while the child is too far behind."""
+        if self._process.behind():
+            self._skipped += 1
+            return
+        self._report_skipped()
+        self._send(op)
 
     def _report_skipped(self, *, force: bool = False) -> None:
         if self._skipped and (force or not self._process.behind()):
