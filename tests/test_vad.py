@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fixtures import real_calls as rc
@@ -130,6 +130,23 @@ def test_the_hangover_grows_on_a_noisy_line() -> None:
 @given(
     snr=st.lists(st.sampled_from([QUIET, BETWEEN, LOUD, 15.0, 3.0]), min_size=1, max_size=400),
     block=st.integers(1, 7),
+)
+# a burst in the first sub-window: its floor once averaged the frames after the one decided
+@example(snr=[QUIET, QUIET, 15.0, LOUD, LOUD], block=1)
+# a pause ended by a hangover that once followed the peak at the end of each block
+@example(
+    snr=[QUIET, 15.0, 3.0, QUIET, BETWEEN]
+    + [QUIET] * 4
+    + [LOUD, BETWEEN, 15.0, 3.0]
+    + [QUIET] * 3
+    + [15.0, 3.0, QUIET, BETWEEN, QUIET]
+    + [15.0] * 3
+    + [QUIET, QUIET]
+    + [BETWEEN, 3.0, BETWEEN, BETWEEN]
+    + [QUIET] * 3
+    + [LOUD]
+    + [QUIET] * 13,
+    block=1,
 )
 def test_decisions_do_not_depend_on_the_block_size(snr: list[float], block: int) -> None:
     assert run(snr, block=block) == run(snr, block=5)

@@ -561,9 +561,11 @@ class _Core:
         n = own.shape[1]
         x = own.astype(np.float64)
         bands = x[:, :, F_BANDS]
-        if not all(self.n_valid):
-            self._first_floor(bands, x[:, :, F_SILENT] > 0.5)
-        s = bands - self.floor[:, None, :]
+        silent_rows = x[:, :, F_SILENT].tolist()
+        silent_flags = [[v > 0.5 for v in row] for row in silent_rows]
+        use_rows = [self._use_flags(ti, silent_flags[ti]) for ti in range(self.n_tracks)]
+        floors = None if all(self.n_valid) else self._first_floor(bands, use_rows)
+        s = bands - (self.floor[:, None, :] if floors is None else floors)
         # np.maximum/np.minimum: np.clip's exact result without its Python-level dispatch
         np.minimum(np.maximum(s, 0.0, out=s), SNR_CLIP_DB, out=s)
         level = x[:, :, F_LEVEL]
@@ -572,16 +574,14 @@ class _Core:
         m_rows = self.m_hist[:, -n:].tolist()
         # per-frame flags compared in Python on one list: fewer numpy calls per block
         level_rows = level.tolist()
-        silent_rows = x[:, :, F_SILENT].tolist()
         purity_rows = x[:, :, F_PURITY].tolist()
-        echo = None if other is None else self._echo(bands, s, level, other, z)
+        echo = None if other is None else self._echo(bands, s, level, other, z, floors)
         start_l, stop_l, decay, edge_db = p.start_logit, p.stop_logit, self.decay, p.edge_snr_db
         min_level, min_active_level = p.min_level_dbfs, p.min_active_level_dbfs
         min_frames, pre, bridge_max = self.min_frames, self.pre, self.bridge
-        use_rows: list[list[bool]] = []
         for ti, tr in enumerate(self.tracks):
             zr, mr, lr = z_rows[ti], m_rows[ti], level_rows[ti]
-            sr = [v > 0.5 for v in silent_rows[ti]]
+            sr = silent_flags[ti]
             okr = [v > min_level for v in lr]
             # under the active level a frame is no speech at all: the floor of a line whose
             # noise sits near μ-law's resolution reads low, and its noise frames stand a few
@@ -657,16 +657,18 @@ class _Core:
                 else:
                     tr.loud_run = 0
             tr.peak = peak
-            if tr.in_speech:
-                tr.hang = self._hangover(peak)
-            use_rows.append(self._use_flags(ti, sr))
         self._accumulate(bands, use_rows)
         if (k0 + n) % SUBWIN_FRAMES == 0:
+            # the hangover follows the peak once per sub-window, whatever the block size (it
+            # cannot end speech inside the sub-window where it started: hang_lo >= 5 frames)
+            for tr in self.tracks:
+                if tr.in_speech:
+                    tr.hang = self._hangover(tr.peak)
             self._close_subwindow()
         return z
 
     def _hangover(self, peak: float) -> int:
-        """Hangover frames for the current speech-to-floor peak (dB)."""
+        """Hangover frames (``hang_lo``..``hang_hi``) for the speech-to-floor peak (dB)."""
         frac = (peak - self.snr_lo) / (self.snr_hi - self.snr_lo)
         frac = 0.0 if frac < 0.0 else 1.0 if frac > 1.0 else frac
         return round(self.hang_hi + (self.hang_lo - self.hang_hi) * frac)
@@ -727,8 +729,10 @@ class _Core:
         level: FloatArray,
         other: NDArray[np.float32],
         z: FloatArray,
+        floors: FloatArray | None,
     ) -> list[list[bool]] | None:
-        """Per track and frame: is this candidate frame an echo of the other track?"""
+        """Per track and frame: is this candidate frame an echo of the other track?
+        ``floors``: the per-frame floors of a first sub-window (``_first_floor``), or None."""
         p = self.p
         t, n = s.shape[0], s.shape[1]
         lag, win = self.lag, self.win
@@ -778,7 +782,8 @@ class _Core:
             o = np.lib.stride_tricks.sliding_window_view(
                 hist[ti, end - win - lag : end, :N_BANDS], win, axis=0
             )  # (lag + 1, B, win): the other track at lags lag..0
-            d = (o - (own_s + self.floor[ti]).T) * mask.T
+            floor = self.floor[ti] if floors is None else floors[ti, i]
+            d = (o - (own_s + floor).T) * mask.T
             mean = d.sum(axis=(1, 2)) / cnt
             var = (d * d).sum(axis=(1, 2)) / cnt - mean * mean
             if float(var.min()) > p.echo_max_spread_db**2:
@@ -801,29 +806,41 @@ class _Core:
                 use.append(False)
             else:
                 use.append(True)
-        self.sub_count[ti] += sum(use)
         return use
 
     def _accumulate(self, bands: FloatArray, use_rows: list[list[bool]]) -> None:
         """Sum the usable frames' band levels (dB) into the open sub-window."""
+        for ti, use in enumerate(use_rows):
+            self.sub_count[ti] += sum(use)
         if all(all(r) for r in use_rows):
             self.sub_sum += bands.sum(axis=1)
         else:
             self.sub_sum += (bands * np.asarray(use_rows, dtype=np.float64)[:, :, None]).sum(axis=1)
 
-    def _first_floor(self, bands: FloatArray, silent: NDArray[np.bool_]) -> None:
-        """Before a track's first sub-window closes, its floor follows the mean of the frames
-        seen so far (this block's included), capped as in warm-up: without it the first 100 ms
-        of a line with -50 dBFS of hum read 10 dB over the -60 dBFS initial floor, as speech."""
+    def _first_floor(self, bands: FloatArray, use_rows: list[list[bool]]) -> FloatArray:
+        """Per-frame floors ``(n_tracks, n, N_BANDS)`` for a segment before a track's first
+        sub-window closes: each frame's floor is the mean of the usable frames up to and
+        including it, capped as in warm-up (without it the first 100 ms of a line with
+        -50 dBFS of hum read 10 dB over the -60 dBFS initial floor, as speech). Frame by frame,
+        so a block of five frames decides exactly as five blocks of one. ``self.floor`` ends
+        at the last frame's."""
+        n = bands.shape[1]
+        floors = np.repeat(self.floor[:, None, :], n, axis=1)
         for ti in range(self.n_tracks):
             if self.n_valid[ti]:
                 continue
-            use = ~silent[ti]
-            count = self.sub_count[ti] + int(use.sum())
-            if count == 0:
-                continue
-            mean = (self.sub_sum[ti] + bands[ti][use].sum(axis=0)) / count
-            self.floor[ti] = np.minimum(mean, np.maximum(self.floor[ti], self.cap[ti]))
+            count = self.sub_count[ti]
+            total = self.sub_sum[ti].copy()
+            floor = self.floor[ti]
+            for i, use in enumerate(use_rows[ti]):
+                if use:
+                    count += 1
+                    total += bands[ti, i]
+                if count:
+                    floor = np.minimum(total / count, np.maximum(floor, self.cap[ti]))
+                floors[ti, i] = floor
+            self.floor[ti] = floor
+        return floors
 
     def _close_subwindow(self) -> None:
         """Push the sub-window's mean band levels; the floor follows the window minimum."""
