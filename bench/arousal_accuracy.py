@@ -38,6 +38,7 @@ Run: ``.venv/bin/python bench/arousal_accuracy.py`` (``--write`` rewrites
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import itertools
 import json
@@ -201,19 +202,24 @@ def regained(turns: list[BridgeTurn], gain_db: float) -> list[BridgeTurn]:
     return out
 
 
-def nested_selection(table: NDArray[np.float64], y: NDArray[np.float64], names: list[str]) -> float:
+def nested_selection(
+    table: NDArray[np.float64], y: NDArray[np.float64], names: list[str]
+) -> tuple[float, collections.Counter[tuple[str, ...]]]:
     """ρ of leave-one-out predictions when the cue subset (3-6 of ``names``, unit weights on
     standardised cues with their literature signs) is chosen inside each fold by its own
-    leave-one-out ρ: what choosing the cues on these 24 clips would be worth."""
+    leave-one-out ρ: what choosing the cues on these 24 clips would be worth; and how many
+    folds chose each subset."""
     signs = np.asarray([SIGNS[k] for k in names])
     subsets = [list(c) for k in (3, 4, 5, 6) for c in itertools.combinations(range(len(names)), k)]
     pred = np.empty(y.shape[0])
+    picked: collections.Counter[tuple[str, ...]] = collections.Counter()
     for i in range(y.shape[0]):
         train = np.arange(y.shape[0]) != i
         mt, yt = table[train], y[train]
         best = max(subsets, key=lambda c: spearman(loo(mt[:, c], yt, signs[c], 1e9), yt))
+        picked[tuple(names[c] for c in best)] += 1
         pred[i] = predict(table[i : i + 1, best], fit(mt[:, best], yt, signs[best], 1e9))[0]
-    return spearman(pred, y)
+    return spearman(pred, y), picked
 
 
 def clip_inputs(turns: list[BridgeTurn], names: list[str]) -> NDArray[np.float64]:
@@ -335,8 +341,10 @@ def main() -> int:
     m5 = np.stack([clip_inputs(t, list(WITH_DYNAMICS)) for t in bridged])
     five, _ = nested_loo(m5, y, np.asarray([SIGNS[k] for k in WITH_DYNAMICS]))
     print(f"{'nested leave-one-out, + energy dynamics':<48}{spearman(five, y):>7.3f}")
-    chosen = nested_selection(table, y, names)
+    chosen, picked = nested_selection(table, y, names)
     print(f"{'nested leave-one-out, cues chosen in each fold':<48}{chosen:>7.3f}")
+    for cues, folds in picked.most_common(3):
+        print(f"  {folds:>2} of {y.shape[0]} folds chose {', '.join(cues)}")
     print(f"{'records arousal, shipped weights (in-sample)':<48}{spearman(shipped, y):>7.3f}")
 
     # Line gain: the clips peak near full scale, so the reference is each clip 6 dB down.

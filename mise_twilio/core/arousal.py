@@ -82,9 +82,9 @@ AROUSAL_MODEL = ArousalModel(
         "alpha_ratio_db",
         "voiced_ratio",
     ),
-    mean=(13.1784, 6.7202, -6.7646, 0.5329),
-    scale=(6.6798, 3.453, 6.2541, 0.1808),
-    weights=(0.197, 0.2147, 0.2256, 0.2328),
+    mean=(13.0078, 6.3674, -6.7509, 0.5336),
+    scale=(6.6312, 3.3174, 6.2368, 0.1806),
+    weights=(0.2185, 0.2185, 0.2185, 0.2185),
     intercept=0.1908,
     required=("f0_median_semitones",),
     within_speaker_sd=0.35,
@@ -92,15 +92,17 @@ AROUSAL_MODEL = ArousalModel(
 """Fitted by ``bench/arousal_accuracy.py --write`` (``bench/arousal_model.json`` holds the same
 numbers with their provenance) on the 24 rated clips of ``../shared/real-speech/emotion``
 (pyAudioAnalysis ``data/speechEmotion``, Apache-2.0) passed through ``CallSession`` as
-``<Connect>`` calls: Spearman's ρ with the ratings 0.823 nested leave-one-out with the choice
+``<Connect>`` calls: Spearman's ρ with the ratings 0.802 nested leave-one-out with the choice
 of cues inside each fold (3-6 of eleven candidates; 23 of the 24 folds chose these four),
-0.837 nested for these four, 0.865 in-sample.
+0.845 nested for these four, 0.865 in-sample. The penalty chosen (10⁶) shrinks the weights
+to the prior's: equal weights on the standardised cues.
 
 Inputs (``features.arousal_inputs``): median F0 in semitones re 100 Hz, pitch range (p10-p90,
 semitones, octave errors undone), alpha ratio (dB, 300-3400 Hz) and voiced ratio (voiced 20 ms
 pitch frames over the turn's speech frames). Speech rate (voiced syllable nuclei per second),
-the fourth cue before, gave 0.706 nested in the same run; energy dynamics is left out: its low
-percentiles move with the line's gain (μ-law's coarse steps at low levels, the VAD's absolute
-onset threshold), see ``bench/arousal_accuracy.py``. The voiced ratio falls with line noise
-that masks the weak ends of voicing, so compare ``arousal`` across calls on similar lines;
-``arousal_rel`` (against the speaker in the same call) is not moved by a steady line."""
+the fourth cue before, gave 0.71 nested (before the octave check of ``features``); energy
+dynamics is left out: its low percentiles move with the line's gain (μ-law's coarse steps at
+low levels, the VAD's absolute onset threshold), see ``bench/arousal_accuracy.py``. The voiced
+ratio falls with line noise that masks the weak ends of voicing, so compare ``arousal`` across
+calls on similar lines; ``arousal_rel`` (against the speaker in the same call) is not moved by
+a steady line."""
