@@ -3,7 +3,7 @@
 A small standardised linear model of four cues from the arousal literature, none a level
 (Juslin & Laukka 2003, "Communication of emotions in vocal expression and music performance",
 Psychological Bulletin 129(5), 770-814; Eyben et al. 2016, eGeMAPS): F0 level, F0 range,
-spectral tilt (vocal effort) and voicing (the voiced share of the speech; see
+spectral tilt (vocal effort) and voicing (the graded voiced share of the speech; see
 ``AROUSAL_MODEL``). ``score = intercept + Σ w_i clip((x_i - mean_i) / scale_i, ±3)``,
 ``arousal = tanh(score)``. It is an estimate of
 arousal from prosody, **not an emotion label**, and says nothing about valence (an excited
@@ -80,11 +80,11 @@ AROUSAL_MODEL = ArousalModel(
         "f0_median_semitones",
         "pitch_range_semitones",
         "alpha_ratio_db",
-        "voiced_ratio",
+        "voicing",
     ),
-    mean=(13.0078, 6.3674, -6.7509, 0.5336),
-    scale=(6.6312, 3.3174, 6.2368, 0.1806),
-    weights=(0.2185, 0.2185, 0.2185, 0.2185),
+    mean=(13.0078, 6.3674, -6.7509, 0.5541),
+    scale=(6.6312, 3.3174, 6.2368, 0.174),
+    weights=(0.2069, 0.2198, 0.2255, 0.2371),
     intercept=0.1908,
     required=("f0_median_semitones",),
     within_speaker_sd=0.35,
@@ -92,17 +92,18 @@ AROUSAL_MODEL = ArousalModel(
 """Fitted by ``bench/arousal_accuracy.py --write`` (``bench/arousal_model.json`` holds the same
 numbers with their provenance) on the 24 rated clips of ``../shared/real-speech/emotion``
 (pyAudioAnalysis ``data/speechEmotion``, Apache-2.0) passed through ``CallSession`` as
-``<Connect>`` calls: Spearman's ρ with the ratings 0.802 nested leave-one-out with the choice
-of cues inside each fold (3-6 of eleven candidates; 23 of the 24 folds chose these four),
-0.845 nested for these four, 0.865 in-sample. The penalty chosen (10⁶) shrinks the weights
-to the prior's: equal weights on the standardised cues.
+``<Connect>`` calls: Spearman's ρ with the ratings 0.835 nested leave-one-out (weights and
+penalty fitted without the held-out clip), 0.866 in-sample; 0.778 when the cues too are
+chosen inside each fold (3-6 of eleven candidates; 22 of the 24 folds chose these four).
 
 Inputs (``features.arousal_inputs``): median F0 in semitones re 100 Hz, pitch range (p10-p90,
-semitones, octave errors undone), alpha ratio (dB, 300-3400 Hz) and voiced ratio (voiced 20 ms
-pitch frames over the turn's speech frames). Speech rate (voiced syllable nuclei per second),
-the fourth cue before, gave 0.71 nested (before the octave check of ``features``); energy
-dynamics is left out: its low percentiles move with the line's gain (μ-law's coarse steps at
-low levels, the VAD's absolute onset threshold), see ``bench/arousal_accuracy.py``. The voiced
-ratio falls with line noise that masks the weak ends of voicing, so compare ``arousal`` across
-calls on similar lines; ``arousal_rel`` (against the speaker in the same call) is not moved by
-a steady line."""
+semitones, octave errors undone), alpha ratio (dB, 300-3400 Hz) and voicing (the voiced share
+of the turn's speech, each pitch frame graded by how clearly it passed the voicing threshold:
+``features.ProsodyFeatures.voicing``). Voicing replaced the voiced ratio (0.845 nested on the
+same code), whose whole-frame steps moved ``arousal_rel`` by up to 0.2 with a few dB of line
+gain. Speech rate (voiced syllable nuclei per second), the fourth cue before that, gave 0.71
+nested; energy dynamics is left out: its low percentiles move with the line's gain (μ-law's
+coarse steps at low levels, the VAD's absolute onset threshold), see
+``bench/arousal_accuracy.py``. Voicing falls with line noise that masks the weak ends of
+voicing, so compare ``arousal`` across calls on similar lines; ``arousal_rel`` (against the
+speaker in the same call) is not moved by a steady line."""

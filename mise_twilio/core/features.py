@@ -121,6 +121,8 @@ class FeatureParams:
       there are at least ``min_voiced_frames`` of them; its global minimum otherwise. Without
       this, low voices through the telephone band often lock onto a formant lag near
       ``f0_max_hz`` in weakly periodic frames.
+    * ``voicing_ramp``: the span of d' around ``voicing_threshold`` over which a frame counts
+      partly voiced in ``ProsodyFeatures.voicing`` (0: counted 0 or 1).
     * ``octave_check_ratio``: after YIN's pick, a frame takes twice the period when its
       normalised difference ``1 - r`` there is under this times the one at the pick (0
       disables it; see ``_octave_down``). On the rated clips, without it, 6 dB of line gain
@@ -196,6 +198,9 @@ class FeatureParams:
     )
     guide_range_semitones: float = field(
         default=10.0, metadata={"doc": "weak frames re-picked within this of the turn's F0"}
+    )
+    voicing_ramp: float = field(
+        default=0.1, metadata={"doc": "d' span around voicing_threshold graded in voicing"}
     )
     octave_check_ratio: float = field(
         default=0.5, metadata={"doc": "period doubled where 1 - r there is under this times"}
@@ -343,6 +348,14 @@ class ProsodyFeatures:
     """Energy dynamics: p95 minus p10 of the speech frames' levels, dB, leaving out frames of
     digital silence (audio Twilio never sent, zero-filled, which ``energy.dynamic_range_db``
     counts as -100 dBFS speech); ``None`` when there are none."""
+    voicing: float
+    """Graded voiced share of the speech, 0..1: each speech pitch frame YIN analysed counts by
+    how clearly its d' at the chosen period passed ``voicing_threshold`` (1 at or under it
+    minus ``voicing_ramp / 2``, 0 at or over it plus that, linear between), over the speech
+    pitch frames. ``pitch.voiced_ratio`` counts frames 0 or 1, so at the threshold a few
+    hundredths of d' (μ-law's rounding of a syllable's end at another line gain) move it by a
+    whole frame; this moves by a fraction of one. It ignores the track's run rules (short runs
+    dropped), so it is not ``voiced_ratio`` smoothed, but a measure of its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +373,7 @@ class TurnFeatures:
     or not), or ``None``."""
 
 
-_NO_PROSODY = ProsodyFeatures(0, None, None, None, None, None, None, None)
+_NO_PROSODY = ProsodyFeatures(0, None, None, None, None, None, None, None, 0.0)
 _EMPTY_TURN = TurnFeatures(
     EnergyFeatures(SILENCE_DBFS, SILENCE_DBFS, SILENCE_DBFS, 0.0),
     PitchFeatures(None, None, 0.0, None),
@@ -450,7 +463,9 @@ def measure_turn(
         return TurnFeatures(energy, no_pitch, None, _NO_PROSODY, NO_VOICE, tone)
 
     hop_s = frame / sample_rate_hz
-    f0, periodicity = _f0_track(padded, sq, yin, n_frames, frame, speech, sample_rate_hz, params)
+    f0, periodicity, aperiodicity = _f0_track(
+        padded, sq, yin, n_frames, frame, speech, sample_rate_hz, params
+    )
     voiced = ~np.isnan(f0)
     n_voiced = int(np.count_nonzero(voiced))
     pitch = _pitch_stats(f0, voiced, n_voiced, n_speech, hop_s, params)
@@ -458,7 +473,8 @@ def measure_turn(
         block_energy / block, np.repeat(voiced, 2), np.repeat(speech, 2), 0.5 * hop_s, params
     )
     frame_db = _power_db(frame_power)
-    prosody = _prosody(f0, voiced, n_voiced, frame_db, speech_power, speech, hop_s, params)
+    voicing = _voicing(aperiodicity[speech], params)
+    prosody = _prosody(f0, voiced, n_voiced, frame_db, speech_power, speech, hop_s, params, voicing)
     voice = NO_VOICE
     if n_voiced:
         ltas = spectra[voiced].sum(axis=0, dtype=np.float64)
@@ -479,7 +495,7 @@ def arousal_inputs(features: TurnFeatures) -> dict[str, float | None]:
         "speech_rate_hz": features.speech_rate_hz,
         "level_range_db": features.prosody.level_range_db,
         "dynamic_range_db": features.energy.dynamic_range_db,
-        "voiced_ratio": features.pitch.voiced_ratio,
+        "voicing": features.prosody.voicing,
         "hnr_db": features.voice.hnr_db,
         "jitter_local_pct": features.voice.jitter_local_pct,
         "shimmer_local_db": features.voice.shimmer_local_db,
@@ -573,17 +589,18 @@ def _f0_track(
     in_speech: NDArray[np.bool_],
     sample_rate_hz: int,
     params: FeatureParams,
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """YIN F0 per pitch frame, and each voiced frame's periodicity.
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """YIN F0 per pitch frame, each voiced frame's periodicity, and each analysed frame's d'.
 
     ``padded``: the turn with ``geometry.left`` zeros before it and zeros after, shape
     ``((n_pitch - 1) * hop + size,)``; ``sq``: the running sum of its squares, ``sq[i]`` =
     sum of the first ``i`` (int64, one longer).
 
-    Returns two arrays of shape ``(n_pitch,)``: F0 in Hz, and the normalised cross-correlation
+    Returns three arrays of shape ``(n_pitch,)``: F0 in Hz, and the normalised cross-correlation
     ``r = 1 - d(T) / (E_0 + E_T)`` of the frame with itself one period ``T`` later (``d`` the
     difference function at its interpolated minimum, ``E`` the energies of the overlapping
-    parts), both NaN where unvoiced.
+    parts), both NaN where unvoiced; and d' at the chosen period of every frame YIN analysed
+    (inside speech and over the level gate, voiced or not), NaN for the others.
 
     Pitch frame ``j`` is ``size = window + tau_max + 1`` samples centred on sample
     ``j*hop + hop/2`` (the signal is zero-padded at both ends). Only frames inside speech and
@@ -607,9 +624,10 @@ def _f0_track(
     rows = np.flatnonzero(in_speech & (level_db >= gate))
     f0 = np.full(n_pitch, np.nan)
     periodicity = np.full(n_pitch, np.nan)
+    aperiodicity_out = np.full(n_pitch, np.nan)
     m = rows.shape[0]
     if m == 0:
-        return f0, periodicity
+        return f0, periodicity, aperiodicity_out
     # First pass: YIN per frame. Frames with a dip under yin_threshold are confident; frames
     # that only reach the voicing threshold at their global minimum keep their d' rows for
     # the second pass.
@@ -665,6 +683,7 @@ def _f0_track(
             np.concatenate(weak_d), np.concatenate(weak_e), j + yin.lo
         )
         voiced[at] = ap < params.voicing_threshold
+        aperiodicity[at] = ap
 
     f0[rows[voiced]] = sample_rate_hz / period[voiced]
     periodicity[rows[voiced]] = 1.0 - d_min[voiced] / np.maximum(energy_at[voiced], 1e-30)
@@ -672,7 +691,8 @@ def _f0_track(
     _drop_short_runs(f0, min_run)
     f0 = _smooth_track(f0, params.f0_min_hz, params.f0_max_hz)
     periodicity[np.isnan(f0)] = np.nan
-    return f0, periodicity
+    aperiodicity_out[rows] = aperiodicity
+    return f0, periodicity, aperiodicity_out
 
 
 class _Yin:
@@ -899,6 +919,19 @@ def _smooth_track(f0: NDArray[np.float64], lo_hz: float, hi_hz: float) -> NDArra
     return out
 
 
+def _voicing(aperiodicity: NDArray[np.float64], params: FeatureParams) -> float:
+    """``ProsodyFeatures.voicing`` from the speech pitch frames' d' (NaN: not analysed)."""
+    if aperiodicity.shape[0] == 0:
+        return 0.0
+    half = 0.5 * params.voicing_ramp
+    if half <= 0.0:
+        passed = int(np.count_nonzero(aperiodicity < params.voicing_threshold))
+        return passed / int(aperiodicity.shape[0])
+    weight = (params.voicing_threshold + half - aperiodicity) / (2.0 * half)
+    weight = np.clip(np.nan_to_num(weight, nan=0.0), 0.0, 1.0)
+    return float(np.mean(weight, dtype=np.float64))
+
+
 def _pitch_stats(
     f0: NDArray[np.float64],
     voiced: NDArray[np.bool_],
@@ -982,6 +1015,7 @@ def _prosody(
     speech: NDArray[np.bool_],
     hop_s: float,
     params: FeatureParams,
+    voicing: float,
 ) -> ProsodyFeatures:
     heard = frame_db[speech]
     heard = heard[heard > _DIGITAL_SILENCE_DBFS]
@@ -992,7 +1026,9 @@ def _prosody(
         level_range = q95 - q10
         level_dbfs = float(_power_db(np.asarray([speech_power.mean()]))[0])
     if n_voiced < params.min_voiced_frames:
-        return ProsodyFeatures(n_voiced, None, None, None, None, None, level_dbfs, level_range)
+        return ProsodyFeatures(
+            n_voiced, None, None, None, None, None, level_dbfs, level_range, voicing
+        )
     idx = np.flatnonzero(voiced)
     st = _octave_corrected(12.0 * np.log2(f0[idx]))
     lv = frame_db[idx]
@@ -1020,6 +1056,7 @@ def _prosody(
         contour_change_semitones=change,
         level_dbfs=level_dbfs,
         level_range_db=level_range,
+        voicing=voicing,
     )
 
 
