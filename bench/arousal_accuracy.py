@@ -65,19 +65,19 @@ from mise_twilio.core.records import TurnRecord  # noqa: E402
 DATA = ROOT.parent / "shared" / "real-speech" / "emotion"
 MODEL_JSON = Path(__file__).resolve().parent / "arousal_model.json"
 
-INPUTS = ("f0_median_semitones", "pitch_range_semitones", "alpha_ratio_db", "voicing")
+INPUTS = ("f0_level_semitones", "pitch_range_semitones", "alpha_ratio_db", "voicing")
 """The model's cues: F0 level, F0 range, spectral tilt (vocal effort) and voicing (the graded
 voiced share of the speech): the four that choosing 3-6 of all candidates inside the folds
-picked, with the voiced ratio for voicing (23 of 24 folds; 22 of 24 with voicing). Voicing
-replaced the voiced ratio for its steadiness under line gain (``bench/gain_invariance.py``);
-speech rate, the fourth before, gave 0.706 nested."""
+picks (``nested_selection``: all 24 folds). The level (interquartile mean) replaced the median
+F0 and voicing the voiced ratio for their steadiness under line gain
+(``bench/gain_invariance.py``); speech rate, the fourth before, gave 0.706 nested."""
 WITH_DYNAMICS = (*INPUTS, "level_range_db")
 """Plus energy dynamics (p95-p10 of the speech frames' levels): the fifth cue of the list the
 model started from, left out because μ-law's coarse steps at low levels and the VAD's
 absolute onset threshold make it move with the line's gain (-2.5 dB per -12 dB at -40 dBFS
 speech; through the bridge, arousal moved by up to 0.54 for -6 dB with it)."""
 SIGNS = {  # the direction of each cue with arousal in the literature (the prior)
-    "f0_median_semitones": 1.0,
+    "f0_level_semitones": 1.0,
     "pitch_range_semitones": 1.0,
     "iqr_semitones": 1.0,
     "alpha_ratio_db": 1.0,
@@ -370,7 +370,7 @@ def main() -> int:
         "scale": [round(float(v), 4) for v in scale],
         "weights": [round(float(v), 4) for v in w],
         "intercept": round(b, 4),
-        "required": ["f0_median_semitones"],
+        "required": ["f0_level_semitones"],
         "within_speaker_sd": WITHIN_SPEAKER_SD,
         "penalty": lam,
         "spearman_rho": {

@@ -5,7 +5,8 @@ turns of ``signals.utterance`` around a voice of their own at -32 to -26 dBFS, l
 -62 dBFS, μ-law), drawn from ``random.Random(call)`` for calls ``--first`` .. ``--first +
 --calls - 1``, each measured at 0 dB and at a random gain in ±12 dB, through ``turn_acoustics``
 and ``CallProsody`` as a call would be. Prints how many turns move by ``--bound`` or more
-(the test's bound), the largest changes with the cue that moved most, and the distribution.
+(the test's bound), the largest changes with the cue that moved most, and the distribution;
+then the turns whose ``pitch_semitones`` moves by the test's 0.5 or more.
 No assertions: the property test draws a few of these per CI run; this counts the rare ones.
 
 Run: ``.venv/bin/python bench/gain_invariance.py`` (``--calls 3000`` for the README's figure;
@@ -30,6 +31,9 @@ from fixtures import signals  # noqa: E402
 from mise_twilio.core.arousal import AROUSAL_MODEL  # noqa: E402
 from mise_twilio.core.features import TurnAcoustics, arousal_inputs, turn_acoustics  # noqa: E402
 from mise_twilio.core.prosody import CallProsody  # noqa: E402
+
+PITCH_BOUND_SEMITONES = 0.5
+"""The test's bound on ``prosody.pitch_semitones``."""
 
 
 def call_turns(rng: random.Random) -> list[NDArray[np.float64]]:
@@ -66,6 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     changes: list[float] = []
     flagged: list[tuple[float, int, int, float, str]] = []
+    pitch_flagged: list[tuple[float, int, int, float]] = []
     for call in range(args.first, args.first + args.calls):
         rng = random.Random(call)
         turns = call_turns(rng)
@@ -74,6 +79,9 @@ def main() -> None:
         for index, x in enumerate(turns):
             a, b = measured(x, 0.0), measured(x, gain_db)
             ra, rb = ref.observe("caller", a), got.observe("caller", b)
+            pa, pb = ra.prosody.pitch_semitones, rb.prosody.pitch_semitones
+            if pa is not None and pb is not None and abs(pa - pb) >= PITCH_BOUND_SEMITONES:
+                pitch_flagged.append((abs(pa - pb), call, index, gain_db))
             if ra.arousal_rel is None or rb.arousal_rel is None:
                 continue
             change = abs(ra.arousal_rel - rb.arousal_rel)
@@ -99,6 +107,10 @@ def main() -> None:
     print(f"turns moving by {args.bound} or more: {len(flagged)} ({share:.2f} %)")
     for change, call, index, gain_db, why in sorted(flagged, reverse=True)[:12]:
         print(f"  {change:5.2f}  call {call} turn {index} at {gain_db:+5.1f} dB: {why}")
+    bound = PITCH_BOUND_SEMITONES
+    print(f"turns whose pitch_semitones moves by {bound} or more: {len(pitch_flagged)}")
+    for change, call, index, gain_db in sorted(pitch_flagged, reverse=True)[:12]:
+        print(f"  {change:5.2f}  call {call} turn {index} at {gain_db:+5.1f} dB")
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "vad_hysteresis_collapsed",
         "mise_twilio/core/vad.py",
-        "if active and zi >= start_l and okr[i] and mi >= edge_db:",
-        "if active and okr[i] and mi >= edge_db:",
+        "(tone or (zi >= start_l and mi >= edge_db))",
+        "(tone or mi >= edge_db)",
         ("tests/test_vad.py",),
     ),
     Mutant(

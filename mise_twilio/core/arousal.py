@@ -77,33 +77,36 @@ def arousal(score: float) -> float:
 
 AROUSAL_MODEL = ArousalModel(
     inputs=(
-        "f0_median_semitones",
+        "f0_level_semitones",
         "pitch_range_semitones",
         "alpha_ratio_db",
         "voicing",
     ),
-    mean=(13.0078, 6.3674, -6.7509, 0.5541),
-    scale=(6.6312, 3.3174, 6.2368, 0.174),
-    weights=(0.2069, 0.2198, 0.2255, 0.2371),
+    mean=(13.0668, 6.3674, -6.7509, 0.5541),
+    scale=(6.6181, 3.3174, 6.2368, 0.174),
+    weights=(0.2209, 0.2209, 0.2209, 0.2209),
     intercept=0.1908,
-    required=("f0_median_semitones",),
+    required=("f0_level_semitones",),
     within_speaker_sd=0.35,
 )
 """Fitted by ``bench/arousal_accuracy.py --write`` (``bench/arousal_model.json`` holds the same
 numbers with their provenance) on the 24 rated clips of ``../shared/real-speech/emotion``
 (pyAudioAnalysis ``data/speechEmotion``, Apache-2.0) passed through ``CallSession`` as
-``<Connect>`` calls: Spearman's ρ with the ratings 0.835 nested leave-one-out (weights and
-penalty fitted without the held-out clip), 0.866 in-sample; 0.778 when the cues too are
-chosen inside each fold (3-6 of eleven candidates; 22 of the 24 folds chose these four).
+``<Connect>`` calls: Spearman's ρ with the ratings 0.858 nested leave-one-out (weights and
+penalty fitted without the held-out clip), the same when the cues too are chosen inside each
+fold (3-6 of eleven candidates; all 24 folds chose these four), 0.866 in-sample. The penalty
+chosen (10⁶) shrinks the weights to the prior's: equal weights on the standardised cues.
 
-Inputs (``features.arousal_inputs``): median F0 in semitones re 100 Hz, pitch range (p10-p90,
-semitones, octave errors undone), alpha ratio (dB, 300-3400 Hz) and voicing (the voiced share
-of the turn's speech, each pitch frame graded by how clearly it passed the voicing threshold:
-``features.ProsodyFeatures.voicing``). Voicing replaced the voiced ratio (0.845 nested on the
-same code), whose whole-frame steps moved ``arousal_rel`` by up to 0.2 with a few dB of line
-gain. Speech rate (voiced syllable nuclei per second), the fourth cue before that, gave 0.71
-nested; energy dynamics is left out: its low percentiles move with the line's gain (μ-law's
-coarse steps at low levels, the VAD's absolute onset threshold), see
+Inputs (``features.arousal_inputs``): F0 level (the interquartile mean, octave errors undone)
+in semitones re 100 Hz, pitch range (p10-p90, semitones, octave errors undone), alpha ratio
+(dB, 300-3400 Hz) and voicing (the voiced share of the turn's speech, each pitch frame graded
+by how clearly it passed the voicing threshold: ``features.ProsodyFeatures.voicing``). The
+level replaced the median F0 and voicing the voiced ratio: the median jumps between two pitch
+levels a turn splits evenly between, the voiced ratio by a whole frame at a syllable's end,
+and both moved ``arousal_rel`` with a few dB of line gain (``bench/gain_invariance.py``).
+Speech rate (voiced syllable nuclei per second), the fourth cue before the voiced ratio, gave
+0.71 nested; energy dynamics is left out: its low percentiles move with the line's gain
+(μ-law's coarse steps at low levels, the VAD's absolute onset threshold), see
 ``bench/arousal_accuracy.py``. Voicing falls with line noise that masks the weak ends of
 voicing, so compare ``arousal`` across calls on similar lines; ``arousal_rel`` (against the
 speaker in the same call) is not moved by a steady line."""

@@ -328,9 +328,14 @@ class ProsodyFeatures:
 
     voiced_frames: int
     """Voiced 20 ms pitch frames."""
-    f0_median_hz: float | None
-    """Median F0 with octave errors undone (``_octave_corrected``), Hz: what the speaker
-    baseline and the arousal model compare (``pitch.median_hz`` is YIN's plain median)."""
+    f0_level_hz: float | None
+    """The turn's F0 level, Hz: the interquartile mean (the mean of the middle half of the
+    voiced frames, in semitones) of F0 with octave errors undone (``_octave_corrected``); what
+    the speaker baseline and the arousal model compare (``pitch.median_hz`` is YIN's plain
+    median). Not the median: a turn whose frames split evenly between two pitch levels (one
+    phrase high, one low) has its median in the gap, where one frame more or less voiced moves
+    it by the whole gap (measured: 1-2 semitones for a dB of line gain); the interquartile
+    mean moves by a fraction of a semitone."""
     f0_p10_hz: float | None
     """10th percentile of F0 over the pitch-range frames, Hz (``None``: too few voiced)."""
     pitch_range_semitones: float | None
@@ -486,9 +491,9 @@ def measure_turn(
 def arousal_inputs(features: TurnFeatures) -> dict[str, float | None]:
     """A turn's candidate arousal inputs by the names ``arousal.ArousalModel`` uses (the model
     picks its own few; ``bench/arousal_accuracy.py`` ranks them all)."""
-    median = features.prosody.f0_median_hz
+    level = features.prosody.f0_level_hz
     return {
-        "f0_median_semitones": None if median is None else 12.0 * math.log2(median / 100.0),
+        "f0_level_semitones": None if level is None else 12.0 * math.log2(level / 100.0),
         "pitch_range_semitones": features.prosody.pitch_range_semitones,
         "iqr_semitones": features.pitch.iqr_semitones,
         "alpha_ratio_db": features.voice.alpha_ratio_db,
@@ -1049,7 +1054,7 @@ def _prosody(
             contour = "level"
     return ProsodyFeatures(
         voiced_frames=n_voiced,
-        f0_median_hz=2.0 ** (_median(st) / 12.0),
+        f0_level_hz=2.0 ** (_interquartile_mean(st) / 12.0),
         f0_p10_hz=2.0 ** (p10 / 12.0),
         pitch_range_semitones=p90 - p10,
         contour=contour,
@@ -1058,6 +1063,14 @@ def _prosody(
         level_range_db=level_range,
         voicing=voicing,
     )
+
+
+def _interquartile_mean(a: NDArray[np.float64]) -> float:
+    """Mean of the middle half of a non-empty 1-D array (sorted, ``n // 4`` values dropped at
+    each end; all of them under four)."""
+    v = np.sort(a)
+    cut = v.shape[0] // 4
+    return float(v[cut : v.shape[0] - cut].mean())
 
 
 _OCTAVE_FOLD_SEMITONES = 9.0

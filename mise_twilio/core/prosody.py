@@ -5,8 +5,9 @@
 owns and feeds each turn as it emits it, in turn order. A turn is compared with the baseline
 *before* it, then added to it. Pure data, no I/O.
 
-* **Pitch**: the turn's median F0 (octave errors undone) in semitones re the median of the
-  speaker's earlier turns' median F0. The first turn has no such baseline and is compared
+* **Pitch**: the turn's F0 level (the interquartile mean of its F0, octave errors undone:
+  ``features.ProsodyFeatures.f0_level_hz``) in semitones re the median of the speaker's
+  earlier turns' levels. The first turn has no such baseline and is compared
   with a population norm: the mean speaking F0 of adult men (116 Hz) or women (217 Hz)
   (Titze 1994, "Principles of Voice Production"), picked by the turn's own F0 **10th
   percentile** (below ``LOW_VOICE_P10_HZ``: the low norm). The floor of the range is the cue
@@ -98,15 +99,15 @@ class SpeakerBaseline:
         baseline, then add it when ``include`` and it has enough voicing. Values are rounded
         as the record carries them (semitones and dB to 0.01, ratios to 0.001, F0 to 0.1 Hz)."""
         prosody = features.prosody
-        median = prosody.f0_median_hz
+        level = prosody.f0_level_hz
         base_hz: float | None = None
         if self._pitch_st:
             base_hz = 2.0 ** (_median(self._pitch_st) / 12.0)
         elif prosody.f0_p10_hz is not None:
             base_hz = population_f0_hz(prosody.f0_p10_hz)
         pitch_st = None
-        if median is not None and base_hz is not None:
-            pitch_st = 12.0 * math.log2(median / base_hz)
+        if level is not None and base_hz is not None:
+            pitch_st = 12.0 * math.log2(level / base_hz)
         loudness: float | None = None
         if self._level_db and prosody.level_dbfs is not None:
             loudness = prosody.level_dbfs - _median(self._level_db)
@@ -128,8 +129,8 @@ class SpeakerBaseline:
             ),
             _round(rel, 2),
         )
-        if include and median is not None and prosody.voiced_frames >= MIN_VOICED_FRAMES:
-            self._add(12.0 * math.log2(median), prosody.level_dbfs, features.speech_rate_hz, score)
+        if include and level is not None and prosody.voiced_frames >= MIN_VOICED_FRAMES:
+            self._add(12.0 * math.log2(level), prosody.level_dbfs, features.speech_rate_hz, score)
         return out
 
     def _arousal_rel(self, score: float) -> float:
