@@ -644,6 +644,7 @@ class _Core:
                     if tr.loud_run >= min_frames:
                         tr.in_speech = True
                         tr.loud_run = 0
+                        tr.hang = self._hangover(peak)
                         run_start = frame - min_frames + 1
                         af = tr.recent_active_from
                         ef = tr.recent_edge_from
@@ -659,8 +660,8 @@ class _Core:
             tr.peak = peak
         self._accumulate(bands, use_rows)
         if (k0 + n) % SUBWIN_FRAMES == 0:
-            # the hangover follows the peak once per sub-window, whatever the block size (it
-            # cannot end speech inside the sub-window where it started: hang_lo >= 5 frames)
+            # the hangover follows the peak once per sub-window (and from the frame speech
+            # starts), whatever the block size
             for tr in self.tracks:
                 if tr.in_speech:
                     tr.hang = self._hangover(tr.peak)
