@@ -59,7 +59,6 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
 from mise_twilio.core import arousal as _arousal
@@ -452,7 +451,8 @@ def measure_turn(
     sq = np.zeros(total + 1, dtype=np.int64)
     np.multiply(padded, padded, out=sq[1:], dtype=np.int64)
     np.cumsum(sq, out=sq)
-    block_energy = np.diff(sq[yin.left + block * np.arange(2 * n_frames + 1)])
+    edges = sq[yin.left + block * np.arange(2 * n_frames + 1)]
+    block_energy = edges[1:] - edges[:-1]
     frame_power = block_energy.reshape(-1, 2).sum(axis=1) / frame
     speech_power = frame_power[speech]
     energy = _energy(speech_power)
@@ -475,7 +475,7 @@ def measure_turn(
     n_voiced = int(np.count_nonzero(voiced))
     pitch = _pitch_stats(f0, voiced, n_voiced, n_speech, hop_s, params)
     nuclei = _count_nuclei(
-        block_energy / block, np.repeat(voiced, 2), np.repeat(speech, 2), 0.5 * hop_s, params
+        block_energy / block, voiced.repeat(2), speech.repeat(2), 0.5 * hop_s, params
     )
     frame_db = _power_db(frame_power)
     voicing = _voicing(aperiodicity[speech], params)
@@ -543,7 +543,9 @@ def _energy(power: NDArray[np.float64]) -> EnergyFeatures:
     p10, p95 = _quantiles(levels, (0.10, 0.95))
     peak = float(levels.max())
     return EnergyFeatures(
-        mean_dbfs=min(float(levels.mean()), peak),  # rounding could put it above
+        mean_dbfs=min(
+            float(np.add.reduce(levels)) / levels.shape[0], peak
+        ),  # rounding could put it above
         p95_dbfs=p95,
         peak_dbfs=peak,
         dynamic_range_db=p95 - p10,
@@ -551,11 +553,12 @@ def _energy(power: NDArray[np.float64]) -> EnergyFeatures:
 
 
 def _strided_frames(a: NDArray[_S], size: int, hop: int, count: int) -> NDArray[_S]:
-    """Read-only ``(count, size)`` view of 1-D contiguous ``a``; row ``j`` starts at ``j*hop``."""
+    """Read-only ``(count, size)`` view of 1-D C-contiguous ``a`` (offset 0); row ``j`` starts
+    at ``j*hop``."""
     step = a.strides[0]
-    view: NDArray[_S] = as_strided(
-        a, shape=(count, size), strides=(step * hop, step), writeable=False
-    )
+    # The ndarray constructor over ``a``'s buffer: as_strided costs ~2 µs more per call.
+    view: NDArray[_S] = np.ndarray((count, size), a.dtype, a, 0, (step * hop, step))
+    view.flags.writeable = False
     return view
 
 
@@ -626,7 +629,7 @@ def _f0_track(
     level_db = _power_db((run[:, size] - run[:, 0]) / size)
     loudest = float(level_db[in_speech].max()) if in_speech.any() else SILENCE_DBFS
     gate = max(params.voicing_min_dbfs, loudest - params.voicing_range_db)
-    rows = np.flatnonzero(in_speech & (level_db >= gate))
+    rows = (in_speech & (level_db >= gate)).nonzero()[0]
     f0 = np.full(n_pitch, np.nan)
     periodicity = np.full(n_pitch, np.nan)
     aperiodicity_out = np.full(n_pitch, np.nan)
@@ -641,16 +644,17 @@ def _f0_track(
     aperiodicity = np.empty(m, dtype=np.float32)
     confident = np.empty(m, dtype=np.bool_)
     energy_at = np.empty(m)
-    weak_at: list[NDArray[np.intp]] = []
-    weak_d: list[NDArray[np.float32]] = []
-    weak_dn: list[NDArray[np.float32]] = []
-    weak_e: list[NDArray[np.float32]] = []
+    # Per chunk with weak frames: (its first row, the weak rows in it, its d, d' and energy).
+    weak_chunks: list[
+        tuple[int, NDArray[np.intp], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
+    ] = []
     yin = _Yin(size, tau_min, tau_max, nfft, min(m, _YIN_CHUNK_FRAMES))
     all_frames = _strided_frames(padded, size, hop, n_pitch)
     contiguous = int(rows[-1]) - int(rows[0]) + 1 == m  # usual: every speech frame passes
     for c in range(0, m, _YIN_CHUNK_FRAMES):
         chunk = rows[c : c + _YIN_CHUNK_FRAMES]
-        part = slice(c, c + chunk.shape[0])
+        b = chunk.shape[0]
+        part = slice(c, c + b)
         if contiguous:  # views, not copies
             rs = slice(int(chunk[0]), int(chunk[-1]) + 1)
             d, dn, e = yin(all_frames[rs], run[rs])
@@ -659,36 +663,32 @@ def _f0_track(
         j, found = _first_dip(dn, params.yin_threshold)
         if params.octave_check_ratio > 0.0:
             j = _octave_down(d, e, j, yin.lo, yin.hi, params.octave_check_ratio)
-        ap = dn[np.arange(dn.shape[0]), j]
+        ap = dn[yin.row_index[:b], j]
         period[part], d_min[part], energy_at[part] = _refine(d, e, j + yin.lo)
         aperiodicity[part] = ap
         confident[part] = found
-        weak = np.flatnonzero(~found & (ap < params.voicing_threshold))
+        weak = ((ap < params.voicing_threshold) > found).nonzero()[0]  # under it, no dip
         if weak.shape[0]:
-            weak_at.append(weak + c)
-            weak_d.append(d[weak])
-            weak_dn.append(dn[weak])
-            weak_e.append(e[weak])
+            weak_chunks.append((c, weak, d, dn, e))
 
     # Second pass: a weak frame's global minimum is often a formant's ringing (a lag near
     # 1/F1) or an octave off, not the period; re-pick its best dip within
     # ±guide_range_semitones of the turn's median F0 over confident frames.
     voiced = aperiodicity < params.voicing_threshold
-    if weak_at and np.count_nonzero(confident) >= params.min_voiced_frames:
+    if weak_chunks and np.count_nonzero(confident) >= params.min_voiced_frames:
         ref_lag = 2.0 * _median(period[confident])  # on the half-lag grid
         ratio = 2.0 ** (params.guide_range_semitones / 12.0)
-        half_lags = np.arange(yin.lo, yin.hi + 1)
+        half_lags = yin.lag_index
         outside = (half_lags < ref_lag / ratio) | (half_lags > ref_lag * ratio)
-        at = np.concatenate(weak_at)
-        dn = np.concatenate(weak_dn)
-        dn[:, outside] = np.inf
-        j = np.argmin(dn, axis=1)
-        ap = dn[np.arange(dn.shape[0]), j]
-        period[at], d_min[at], energy_at[at] = _refine(
-            np.concatenate(weak_d), np.concatenate(weak_e), j + yin.lo
-        )
-        voiced[at] = ap < params.voicing_threshold
-        aperiodicity[at] = ap
+        for c, weak, d, dn, e in weak_chunks:
+            dn_weak = dn[weak]  # a copy: the chunk's d' is not needed after this
+            dn_weak[:, outside] = np.inf
+            j = dn_weak.argmin(axis=1)
+            ap = dn_weak[yin.row_index[: weak.shape[0]], j]
+            at = weak + c
+            period[at], d_min[at], energy_at[at] = _refine(d[weak], e[weak], j + yin.lo)
+            voiced[at] = ap < params.voicing_threshold
+            aperiodicity[at] = ap
 
     f0[rows[voiced]] = sample_rate_hz / period[voiced]
     periodicity[rows[voiced]] = 1.0 - d_min[voiced] / np.maximum(energy_at[voiced], 1e-30)
@@ -721,10 +721,10 @@ class _Yin:
         # (numpy's float64 rfft and complex64 irfft are its fastest pair at these sizes).
         self.frames = np.zeros((capacity, nfft), dtype=np.float64)
         self.power = np.zeros((capacity, nfft + 1), dtype=np.complex64)
-        pairs = size - 0.5 * np.arange(self.n_half)
-        self.per_pair = (1.0 / pairs).astype(np.float32)
-        self.per_pair_4 = (4.0 / pairs).astype(np.float32)  # acf2 is half the autocorrelation
-        self.lag_index = np.arange(self.lo, self.hi + 1, dtype=np.float32)
+        self.per_pair, self.per_pair_4, self.lag_index = _yin_weights(
+            size, self.n_half, self.lo, self.hi
+        )
+        self.row_index = np.arange(capacity)
 
     def __call__(
         self, frames: NDArray[np.int16], run: NDArray[np.int64]
@@ -763,6 +763,23 @@ class _Yin:
         return d, dn, energy
 
 
+@functools.lru_cache(maxsize=16)
+def _yin_weights(
+    size: int, n_half: int, lo: int, hi: int
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """``_Yin``'s constant rows (read-only): 1 / pairs and 4 / pairs per half-lag (``acf2`` is
+    half the autocorrelation), and the searched half-lags ``lo..hi``."""
+    pairs = size - 0.5 * np.arange(n_half)
+    out = (
+        (1.0 / pairs).astype(np.float32),
+        (4.0 / pairs).astype(np.float32),
+        np.arange(lo, hi + 1, dtype=np.float32),
+    )
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
 def _first_dip(
     dn: NDArray[np.float32], threshold: float
 ) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
@@ -773,9 +790,9 @@ def _first_dip(
     # Every lag from the first under the threshold down to that dip's minimum is under it,
     # and none before is, so the wanted lag is the first local minimum under it.
     at_min = dn < threshold
-    found: NDArray[np.bool_] = np.any(at_min, axis=1)
+    found: NDArray[np.bool_] = np.logical_or.reduce(at_min, axis=1)
     at_min[:, :-1] &= dn[:, 1:] >= dn[:, :-1]
-    j: NDArray[np.intp] = np.where(found, np.argmax(at_min, axis=1), np.argmin(dn, axis=1))
+    j: NDArray[np.intp] = np.where(found, at_min.argmax(axis=1), dn.argmin(axis=1))
     return j, found
 
 
@@ -808,9 +825,9 @@ def _octave_down(
     k = j + lo
     rows = np.arange(d.shape[0])
     at_k = d[rows, k] / np.maximum(energy[rows, k], 1e-30)
-    cols = np.clip(2 * k[:, None] + _AROUND, lo, hi)
+    cols = np.minimum(np.maximum(2 * k[:, None] + _AROUND, lo), hi)
     at_2k = d[rows[:, None], cols] / np.maximum(energy[rows[:, None], cols], 1e-30)
-    best = np.argmin(at_2k, axis=1)
+    best = at_2k.argmin(axis=1)
     move = (2 * k <= hi) & (at_k >= _OCTAVE_CHECK_MIN) & (at_2k[rows, best] < ratio * at_k)
     out: NDArray[np.intp] = np.where(move, cols[rows, best] - lo, j)
     return out
@@ -829,7 +846,7 @@ def _refine(
     curv = d_l - 2.0 * d_c + d_r
     shift = np.zeros(d.shape[0])
     np.divide(d_l - d_r, 2.0 * curv, out=shift, where=curv > 0.0)
-    np.clip(shift, -0.5, 0.5, out=shift)
+    np.minimum(np.maximum(shift, -0.5, out=shift), 0.5, out=shift)  # np.clip: ~1 µs more
     value = np.maximum(d_c - 0.25 * (d_l - d_r) * shift, 0.0)
     return 0.5 * (k + shift), value, energy[r[:, 0], k].astype(np.float64)
 
@@ -864,7 +881,7 @@ def _drop_short_runs(f0: NDArray[np.float64], min_len: int) -> None:
         return
     voiced = np.zeros(f0.shape[0] + 2, dtype=np.bool_)
     voiced[1:-1] = ~np.isnan(f0)
-    edges = np.flatnonzero(voiced[1:] != voiced[:-1]).tolist()  # run starts and ends, alternating
+    edges = (voiced[1:] != voiced[:-1]).nonzero()[0].tolist()  # run starts and ends, alternating
     for s, e in zip(edges[0::2], edges[1::2], strict=True):
         if e - s < min_len:
             f0[s:e] = np.nan
@@ -907,7 +924,7 @@ def _smooth_track(f0: NDArray[np.float64], lo_hz: float, hi_hz: float) -> NDArra
         return f0
     st = 12.0 * np.log2(f0)  # NaN stays NaN
     steps = np.abs(st[1:] - st[:-1])
-    if np.any(steps > 6.0):  # NaN compares False
+    if (steps > 6.0).any():  # NaN compares False
         around = np.stack([_shifted(st, b) for b in (3, 2, 1, -1, -2, -3)], axis=1)
         delta = st - _nan_median_rows(around)
         lo_st, hi_st = 12.0 * math.log2(lo_hz), 12.0 * math.log2(hi_hz)
@@ -933,8 +950,8 @@ def _voicing(aperiodicity: NDArray[np.float64], params: FeatureParams) -> float:
         passed = int(np.count_nonzero(aperiodicity < params.voicing_threshold))
         return passed / int(aperiodicity.shape[0])
     weight = (params.voicing_threshold + half - aperiodicity) / (2.0 * half)
-    weight = np.clip(np.nan_to_num(weight, nan=0.0), 0.0, 1.0)
-    return float(np.mean(weight, dtype=np.float64))
+    np.minimum(np.fmax(weight, 0.0, out=weight), 1.0, out=weight)  # NaN (not analysed) -> 0
+    return float(np.add.reduce(weight)) / int(weight.shape[0])
 
 
 def _pitch_stats(
@@ -950,11 +967,12 @@ def _pitch_stats(
         return PitchFeatures(None, None, ratio, None)
     st = 12.0 * np.log2(f0[voiced])
     q25, q50, q75 = _quantiles(st, (0.25, 0.5, 0.75))
-    t = np.flatnonzero(voiced) * hop_s
+    t = voiced.nonzero()[0] * hop_s
     slope: float | None = None
     if (t[-1] - t[0]) * 1000.0 >= params.min_slope_span_ms:
-        tc = t - t.mean()
-        slope = float(np.dot(tc, st - st.mean()) / np.dot(tc, tc))
+        n = t.shape[0]
+        tc = t - np.add.reduce(t) / n
+        slope = float(np.dot(tc, st - np.add.reduce(st) / n) / np.dot(tc, tc))
     return PitchFeatures(
         median_hz=2.0 ** (q50 / 12.0),
         iqr_semitones=q75 - q25,
@@ -978,15 +996,14 @@ def _count_nuclei(
     if n < 3:
         return 0
     taps = max(3, round(params.intensity_smoothing_ms / (1000.0 * block_s)) | 1)
-    kernel = np.hanning(taps + 2)[1:-1]
-    smooth = np.convolve(block_power, kernel / kernel.sum())[taps // 2 : taps // 2 + n]
+    smooth = np.convolve(block_power, _smoothing_kernel(taps))[taps // 2 : taps // 2 + n]
     env = _power_db(smooth)
     env[~in_speech] = SILENCE_DBFS  # pauses inside the turn separate nuclei and hold none
     (loud,) = _quantiles(env[in_speech], (0.99,))
     peak_min_db = loud - params.nucleus_min_rel_db
 
     inner = env[1:-1]
-    peaks = np.flatnonzero((inner > env[:-2]) & (inner >= env[2:]) & (inner >= peak_min_db)) + 1
+    peaks = ((inner > env[:-2]) & (inner >= env[2:]) & (inner >= peak_min_db)).nonzero()[0] + 1
     if peaks.shape[0] == 0:
         return 0
     # Greedy merge left to right: a peak not separated from the last kept peak by a dip of
@@ -1011,6 +1028,15 @@ def _count_nuclei(
     return int(np.count_nonzero(voiced[idx] & in_speech[idx]))
 
 
+@functools.lru_cache(maxsize=8)
+def _smoothing_kernel(taps: int) -> NDArray[np.float64]:
+    """A ``taps``-point Hann window without its zero ends, normalised to sum 1 (read-only)."""
+    window = np.hanning(taps + 2)[1:-1]
+    kernel: NDArray[np.float64] = window / window.sum()
+    kernel.flags.writeable = False
+    return kernel
+
+
 def _prosody(
     f0: NDArray[np.float64],
     voiced: NDArray[np.bool_],
@@ -1029,12 +1055,13 @@ def _prosody(
     if heard.shape[0]:
         q10, q95 = _quantiles(heard, (0.10, 0.95))
         level_range = q95 - q10
-        level_dbfs = float(_power_db(np.asarray([speech_power.mean()]))[0])
+        mean_power = np.add.reduce(speech_power) / speech_power.shape[0]
+        level_dbfs = float(10.0 * np.log10(max(mean_power, _SILENCE_POWER) / _FULL_SCALE_POWER))
     if n_voiced < params.min_voiced_frames:
         return ProsodyFeatures(
             n_voiced, None, None, None, None, None, level_dbfs, level_range, voicing
         )
-    idx = np.flatnonzero(voiced)
+    idx = voiced.nonzero()[0]
     st = _octave_corrected(12.0 * np.log2(f0[idx]))
     lv = frame_db[idx]
     loud = lv >= float(lv.max()) - params.pitch_range_level_db
@@ -1070,7 +1097,8 @@ def _interquartile_mean(a: NDArray[np.float64]) -> float:
     each end; all of them under four)."""
     v = np.sort(a)
     cut = v.shape[0] // 4
-    return float(v[cut : v.shape[0] - cut].mean())
+    middle = v[cut : v.shape[0] - cut]
+    return float(np.add.reduce(middle)) / int(middle.shape[0])
 
 
 _OCTAVE_FOLD_SEMITONES = 9.0

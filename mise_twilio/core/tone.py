@@ -72,32 +72,29 @@ def find_tone(
         return None
     bin_hz = sample_rate_hz / (2 * (bins - 1))
     lobe = max(1, round(_LOBE_HZ / bin_hz))
-    peak = np.argmax(power[:, 1:-1], axis=1) + 1
+    peak = power[:, 1:-1].argmax(axis=1) + 1
     rows = np.arange(k)[:, None]
     # The main lobe's bins (clamped at the band edges, where a repeated bin is then dropped).
     around = peak[:, None] + np.arange(-lobe, lobe + 1)
     inside = (around >= 0) & (around < bins)
-    lobe_power = np.where(inside, power[rows, np.clip(around, 0, bins - 1)], 0.0).sum(axis=1)
+    lobe_power = (power[rows, np.minimum(np.maximum(around, 0), bins - 1)] * inside).sum(axis=1)
     purity = lobe_power / np.maximum(power.sum(axis=1), 1e-30)
+    min_power = FULL_SCALE_RMS**2 * 10.0 ** (params.tone_min_dbfs / 10.0)
+    pure = (purity >= params.tone_min_purity) & (frame_power >= min_power)
+    if not pure.any():  # speech: the frequency is not needed
+        return None
     lp = np.log(np.maximum(power[rows, peak[:, None] + np.arange(-1, 2)], 1e-30))
     curv = lp[:, 0] - 2.0 * lp[:, 1] + lp[:, 2]
     shift = np.zeros(k)
     np.divide(0.5 * (lp[:, 0] - lp[:, 2]), curv, out=shift, where=curv < 0.0)
     freq = (peak + np.clip(shift, -0.5, 0.5)) * bin_hz
-
-    min_power = FULL_SCALE_RMS**2 * 10.0 ** (params.tone_min_dbfs / 10.0)
-    pure = (
-        (purity >= params.tone_min_purity)
-        & (frame_power >= min_power)
-        & (freq >= params.tone_min_hz)
-        & (freq <= params.tone_max_hz)
-    )
+    pure &= (freq >= params.tone_min_hz) & (freq <= params.tone_max_hz)
     if not pure.any():
         return None
     # Runs of pure frames whose frequency holds from one frame to the next.
     link = pure[1:] & pure[:-1] & (np.abs(freq[1:] - freq[:-1]) <= params.tone_max_step * freq[1:])
-    breaks = np.flatnonzero(~np.concatenate(([False], link)) & pure)  # run starts
-    ends = np.flatnonzero(pure & ~np.concatenate((link, [False]))) + 1  # run ends
+    breaks = (~np.concatenate(([False], link)) & pure).nonzero()[0]  # run starts
+    ends = (pure & ~np.concatenate((link, [False]))).nonzero()[0] + 1  # run ends
     lengths = ends - breaks
     best = int(np.argmax(lengths))
     a, b = int(breaks[best]), int(ends[best])

@@ -40,12 +40,12 @@ Methods and sources:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
@@ -54,8 +54,10 @@ if TYPE_CHECKING:
 __all__ = ["VoiceFeatures", "alpha_ratio_db", "measure_voice"]
 
 _LAG_SEARCH = 0.08
-"""Periods are searched within ±8 % of the F0 track's period (at least 2, at most 10 samples):
-wider than any real cycle-to-cycle change once ``max_period_factor`` applies after."""
+"""Periods are searched within ±8 % of the F0 track's period (at least 2, at most
+``_MAX_SEARCH`` samples): wider than any real cycle-to-cycle change once
+``max_period_factor`` applies after."""
+_MAX_SEARCH = 10
 _LPC_ORDER_PER_KHZ = 1.0
 """LPC order 8 at 8 kHz (one pole pair per formant below 4 kHz); orders 6, 10 and 14 matched
 periods worse on synthetic vowels at 200-260 Hz."""
@@ -119,8 +121,8 @@ def measure_voice(
         return VoiceFeatures(None, None, None, alpha, 0)
     hnr: float | None = None
     if n_voiced >= params.min_hnr_frames:
-        r = np.clip(periodicity[voiced], 0.01, _HNR_MAX_R)
-        hnr = float(np.mean(10.0 * np.log10(r / (1.0 - r))))
+        r = np.minimum(np.maximum(periodicity[voiced], 0.01), _HNR_MAX_R)
+        hnr = float(np.add.reduce(10.0 * np.log10(r / (1.0 - r)))) / r.shape[0]
     jitter, shimmer, periods = _jitter_shimmer(
         pcm, f0_hz, voiced, ltas, hop, sample_rate_hz, params
     )
@@ -157,22 +159,22 @@ def _jitter_shimmer(
     if marks is None:
         return None, None, 0
     order = max(2, round(_LPC_ORDER_PER_KHZ * sample_rate_hz / 1000.0))
-    res = _residual(pcm, ltas, order)
-    n = res.shape[0]
     start, period0, run, run_end = marks
-    start = _align(res, start, period0)
+    n = pcm.shape[0]
+    # Gathers read up to one longest period past a short one: the residual comes with zeros
+    # after it, as many as the longest lag and search below can reach.
+    res_p = _residual(pcm, ltas, order, 3 * int(np.rint(period0.max())) + 2 * _MAX_SEARCH + 2)
+    start = _align(res_p, n, start, period0)
     # Two marks of one run less than half a period apart found the same pulse.
     keep = np.ones(start.shape[0], dtype=np.bool_)
     keep[1:] = ~((run[1:] == run[:-1]) & (start[1:] - start[:-1] < 0.5 * period0[1:]))
     start, period0, run = start[keep], period0[keep], run[keep]
     lag0 = np.rint(period0).astype(np.intp)
-    search = int(min(10, max(2, math.ceil(_LAG_SEARCH * _median(period0)))))
+    search = int(min(_MAX_SEARCH, max(2, math.ceil(_LAG_SEARCH * _median(period0)))))
     fits = (start >= 0) & (start + 2 * lag0 + search <= np.minimum(run_end[run] + lag0 // 2, n))
     start, lag0, run = start[fits], lag0[fits], run[fits]
     if start.shape[0] < 2:
         return None, None, 0
-    # Gathers read up to one longest period past a short one: zero-pad the right end.
-    res_p = np.concatenate([res, np.zeros(3 * int(lag0.max()) + 2 * search + 2)])
     energy = np.zeros(res_p.shape[0] + 1)
     np.cumsum(res_p * res_p, out=energy[1:])
     c = start.shape[0]
@@ -196,35 +198,57 @@ def _jitter_shimmer(
         used[:-1] |= ok_p
         used[1:] |= ok_p
         diffs = np.abs(period[1:] - period[:-1])[ok_p]
-        jitter = float(100.0 * diffs.mean() / period[used].mean())
+        in_pairs = period[used]
+        jitter = float(
+            100.0
+            * (np.add.reduce(diffs) / diffs.shape[0])
+            / (np.add.reduce(in_pairs) / in_pairs.shape[0])
+        )
     shimmer: float | None = None
     safe = np.maximum(amp, 1e-9)
     ratio_a = np.maximum(safe[1:], safe[:-1]) / np.minimum(safe[1:], safe[:-1])
     ok_a = pair & (ratio_a <= params.max_amplitude_factor)
     if np.count_nonzero(ok_a) >= params.min_period_pairs:
-        shimmer = float(np.mean(20.0 * np.log10(ratio_a[ok_a])))
+        steps_db = 20.0 * np.log10(ratio_a[ok_a])
+        shimmer = float(np.add.reduce(steps_db)) / steps_db.shape[0]
     return jitter, shimmer, int(np.count_nonzero(interior))
 
 
-def _residual(pcm: NDArray[np.int16], ltas: NDArray[np.float64], order: int) -> NDArray[np.float64]:
+def _residual(
+    pcm: NDArray[np.int16], ltas: NDArray[np.float64], order: int, pad: int
+) -> NDArray[np.float64]:
     """``pcm`` inverse-filtered with the LPC polynomial of the voiced frames' summed power
     spectrum ``ltas`` (its inverse FFT is their average windowed autocorrelation: the
     autocorrelation method of linear prediction, Makhoul 1975), smoothed by a 5-tap binomial
-    with its 2-sample delay compensated. Shape ``(n,)``."""
-    r = np.fft.irfft(ltas)[: order + 1]
-    kernel = np.convolve(np.asarray(_levinson(r.tolist(), order)), _SMOOTH)
+    with its 2-sample delay compensated, then ``pad`` zeros. Shape ``(n + pad,)``."""
+    r = _acf_rows(ltas.shape[0], order) @ ltas
+    kernel = np.convolve(_levinson(r.tolist(), order), _SMOOTH)
     # The FIR as one vector multiply-add per tap: ~3x faster than np.convolve at these sizes.
     # out[i] = sum_k kernel[k] x[i + 2 - k].
     taps = kernel.shape[0]
     n = pcm.shape[0]
     xp = np.zeros(n + taps)
     xp[taps - 3 : taps - 3 + n] = pcm
-    out = np.zeros(n)
+    padded = np.zeros(n + pad)
+    out = padded[:n]
     tmp = np.empty(n)
     for k, w in enumerate(kernel.tolist()):
         np.multiply(xp[taps - 1 - k : taps - 1 - k + n], w, out=tmp)
         out += tmp
-    return out
+    return padded
+
+
+@functools.lru_cache(maxsize=8)
+def _acf_rows(bins: int, order: int) -> NDArray[np.float64]:
+    """The rows of the inverse real DFT that give lags ``0..order`` of a ``2 * (bins - 1)``
+    point signal from its ``bins`` half-spectrum values: ``_acf_rows(b, p) @ power`` equals
+    ``np.fft.irfft(power)[: p + 1]`` (to rounding) at a quarter of its cost. Read-only."""
+    n = 2 * (bins - 1)
+    weight = np.full(bins, 2.0 / n)
+    weight[0] = weight[-1] = 1.0 / n
+    rows = weight * np.cos(2.0 * np.pi * np.arange(order + 1)[:, None] * np.arange(bins) / n)
+    rows.flags.writeable = False
+    return rows
 
 
 def _levinson(r: list[float], order: int) -> list[float]:
@@ -251,19 +275,20 @@ def _marks(
     """One mark per expected glottal period, by integrating the F0 track's phase over each
     voiced pitch frame (F0 constant within a frame). Returns (start sample, expected period in
     samples, voiced-run id, end sample of each run), or ``None`` without a mark."""
-    k = np.flatnonzero(voiced)
+    k = voiced.nonzero()[0]
     per = sample_rate_hz / f0_hz[k]
     cycles = hop / per
-    new_run = np.ones(k.shape[0], dtype=np.bool_)
-    new_run[1:] = np.diff(k) > 1
-    run_of = np.cumsum(new_run) - 1
-    last = np.flatnonzero(np.append(new_run[1:], True))
-    run_end = ((k[last] + 1) * hop).astype(np.intp)
-    ph_end = np.cumsum(cycles)
+    new_run = np.empty(k.shape[0] + 1, dtype=np.bool_)  # one past the end: a run ends there
+    new_run[0] = new_run[-1] = True
+    np.greater(k[1:] - k[:-1], 1, out=new_run[1:-1])
+    run_of = new_run[:-1].cumsum() - 1
+    last = new_run[1:].nonzero()[0]
+    run_end = (k[last] + 1) * hop
+    ph_end = cycles.cumsum()
     ph0 = ph_end - cycles
     first = np.ceil(ph0)
     count = (np.ceil(ph_end) - first).astype(np.intp)
-    total = int(count.sum())
+    total = int(np.add.reduce(count))
     if total == 0:
         return None
     fi = np.repeat(np.arange(k.shape[0]), count)
@@ -273,14 +298,14 @@ def _marks(
 
 
 def _align(
-    res: NDArray[np.float64], start: NDArray[np.intp], period: NDArray[np.float64]
+    res: NDArray[np.float64], n: int, start: NDArray[np.intp], period: NDArray[np.float64]
 ) -> NDArray[np.intp]:
-    """Move each mark to a quarter period before the largest residual peak in its period."""
-    n = res.shape[0]
+    """Move each mark to a quarter period before the largest residual peak in its period
+    (within the first ``n`` samples of ``res``)."""
     cols = np.arange(math.ceil(float(period.max())))
     win = np.abs(res[np.minimum(start[:, None] + cols, n - 1)])
     win[cols[None, :] >= np.ceil(period)[:, None]] = -1.0
-    peak = start + np.argmax(win, axis=1)
+    peak = start + win.argmax(axis=1)
     out: NDArray[np.intp] = peak - np.rint(0.25 * period).astype(np.intp)
     return out
 
@@ -306,22 +331,22 @@ def _match_periods(
     first = start + lag0 - search
     b = res[first[:, None] + np.arange(nb)]
     step = b.strides
-    views = as_strided(b, shape=(c, 2 * search + 1, width), strides=(step[0], step[1], step[1]))
+    views = np.ndarray((c, 2 * search + 1, width), b.dtype, b, 0, (step[0], step[1], step[1]))
     # einsum, not matmul: BLAS may start threads that fight other processes for the cores.
     cross = np.einsum("ik,idk->id", a, views)
     at = first[:, None] + np.arange(2 * search + 1)
     eb = energy[at + lag0[:, None]] - energy[at]
     ea = energy[start + lag0] - energy[start]
     r = cross / np.sqrt(np.maximum(ea[:, None] * eb, 1e-30))
-    j = np.argmax(r, axis=1)
+    j = r.argmax(axis=1)
     interior = (j > 0) & (j < 2 * search)
-    jj = np.clip(j, 1, 2 * search - 1)
+    jj = np.minimum(np.maximum(j, 1), 2 * search - 1)
     near = r[np.arange(c)[:, None], jj[:, None] + np.arange(-1, 2)]
     rl, rc, rr = near[:, 0], near[:, 1], near[:, 2]
     curv = rl - 2.0 * rc + rr
     shift = np.zeros(c)
     np.divide(0.5 * (rl - rr), curv, out=shift, where=curv < 0.0)
-    np.clip(shift, -0.5, 0.5, out=shift)
+    np.minimum(np.maximum(shift, -0.5, out=shift), 0.5, out=shift)
     period = (lag0 - search + jj).astype(np.float64) + shift
     return period, interior, np.sqrt(ea / lag0)
 
