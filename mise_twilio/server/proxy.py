@@ -61,11 +61,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from mise_twilio import __version__
 from mise_twilio.core.call import CallSession
-from mise_twilio.core.records import (
-    StopReason,
-    StreamStarted,
-    StreamStopped,
-)
+from mise_twilio.core.records import StopReason
+from mise_twilio.server.stream import StreamLog, registered
 
 if TYPE_CHECKING:
     from mise_twilio.server.analysis import RemoteSession
@@ -221,8 +218,7 @@ class ProxiedCall:
         self.ending = False
         self.twilio_close_code = 1000
         self.opened_at = self.last_message = time.monotonic()
-        self.log = log.bind(upstream=name)
-        self.stopped: StreamStopped | None = None
+        self.events = StreamLog(log.bind(upstream=name), proxied=True)
         self._loop = asyncio.get_running_loop()
         self._readers: list[asyncio.Task[Any]] = []  # they end the call
         self._writers: list[asyncio.Task[Any]] = []  # they drain at the end
@@ -230,12 +226,17 @@ class ProxiedCall:
 
     # -- the call --------------------------------------------------------------------------
 
+    @property
+    def log(self) -> Any:
+        """The call's logger (bound to its sids once the stream started)."""
+        return self.events.log
+
     async def run(self) -> None:
-        bridge, session = self.bridge, self.session
-        key = id(session)
-        bridge.sessions[key] = session
-        session.on_output = self._settle
-        bridge.metrics.active_streams.inc()
+        with registered(self.bridge, self.session):
+            await self._run()
+
+    async def _run(self) -> None:
+        self.session.on_output = self._settle
         loop = self._loop
         self._readers = [
             loop.create_task(self._guard(self._read_twilio())),
@@ -247,14 +248,7 @@ class ProxiedCall:
             await self.done.wait()
         finally:
             await self._hang_up()
-            bridge.sessions.pop(key, None)
-            bridge.metrics.active_streams.dec()
-            if self.stopped is not None:
-                self.log.info(
-                    "stream_stopped",
-                    reason=self.stopped.reason,
-                    turns=sum(self.stopped.summary.turn_counts.values()),
-                )
+            self.events.log_stopped()
 
     def end(
         self,
@@ -293,12 +287,7 @@ class ProxiedCall:
 
     def drain(self) -> None:
         """Publish what the session has produced."""
-        for record in self.bridge.flush_session(self.session):
-            if isinstance(record, StreamStarted):
-                self.log = self.log.bind(call_sid=record.call_sid, stream_sid=record.stream_sid)
-                self.log.info("stream_started", tracks=record.tracks, proxied=True)
-            elif isinstance(record, StreamStopped):
-                self.stopped = record
+        self.events.note(self.bridge.flush_session(self.session))
 
     # -- the analysis --------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.types import Receive
@@ -23,7 +23,7 @@ from mise_twilio.core.call import CallSession
 from mise_twilio.core.records import StreamStarted, StreamStopped
 
 if TYPE_CHECKING:
-    from mise_twilio.server.app import Bridge
+    from mise_twilio.server.app import Bridge, Session
 
 log = structlog.get_logger("mise_twilio.server")
 
@@ -33,10 +33,12 @@ async def run_stream(bridge: Bridge, ws: WebSocket, receive: Receive | None = No
     read frames with (the server's ASGI receive; ``ws.receive`` when ``None``)."""
     read = receive or ws.receive
     session = CallSession(bridge.params)
-    key = id(session)
-    bridge.sessions[key] = session
-    bridge.metrics.active_streams.inc()
-    state = _StreamLog()
+    with registered(bridge, session):
+        await _pump(bridge, ws, read, session)
+
+
+async def _pump(bridge: Bridge, ws: WebSocket, read: Receive, session: CallSession) -> None:
+    state = StreamLog(log)
     last_message = time.monotonic()
     idle_s = bridge.settings.idle_timeout_s
 
@@ -111,29 +113,50 @@ async def run_stream(bridge: Bridge, ws: WebSocket, receive: Receive | None = No
             with contextlib.suppress(Exception):
                 await ws.close(code=session.close_code())
         drain()
-        bridge.sessions.pop(key, None)
-        bridge.metrics.active_streams.dec()
-        if state.stopped is not None:
-            state.log.info(
-                "stream_stopped",
-                reason=state.stopped.reason,
-                turns=sum(state.stopped.summary.turn_counts.values()),
-            )
+        state.log_stopped()
         with contextlib.suppress(Exception):
             await ws.close(code=session.close_code())
 
 
-class _StreamLog:
-    """The stream's logger, bound to its sids once ``stream.started`` went out."""
+@contextlib.contextmanager
+def registered(bridge: Bridge, session: Session) -> Iterator[None]:
+    """``session`` in ``bridge.sessions`` (where shutdown and the call webhooks find it) and
+    counted in ``mise_active_streams`` for as long as the block runs."""
+    key = id(session)
+    bridge.sessions[key] = session
+    bridge.metrics.active_streams.inc()
+    try:
+        yield
+    finally:
+        bridge.sessions.pop(key, None)
+        bridge.metrics.active_streams.dec()
 
-    def __init__(self) -> None:
-        self.log = log
+
+class StreamLog:
+    """A stream's log lines: ``stream_started`` (then every line bound to the call's sids) and
+    ``stream_stopped``, from the records the stream published. ``context``: extra fields of
+    ``stream_started``."""
+
+    def __init__(self, logger: Any, **context: object) -> None:
+        self.log = logger
+        self.context = context
         self.stopped: StreamStopped | None = None
 
     def note(self, published: Sequence[object]) -> None:
+        """Look at records just published."""
         for record in published:
             if isinstance(record, StreamStarted):
-                self.log = log.bind(call_sid=record.call_sid, stream_sid=record.stream_sid)
-                self.log.info("stream_started", tracks=record.tracks)
+                self.log = self.log.bind(call_sid=record.call_sid, stream_sid=record.stream_sid)
+                self.log.info("stream_started", tracks=record.tracks, **self.context)
             elif isinstance(record, StreamStopped):
                 self.stopped = record
+
+    def log_stopped(self) -> None:
+        """``stream_stopped`` with the reason and turn count, once the stream published its
+        ``stream.stopped`` record."""
+        if self.stopped is not None:
+            self.log.info(
+                "stream_stopped",
+                reason=self.stopped.reason,
+                turns=sum(self.stopped.summary.turn_counts.values()),
+            )

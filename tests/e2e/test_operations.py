@@ -108,8 +108,8 @@ class ServerProcess:
             MISE_DATA_DIR=str(data_dir),
             MISE_LOG_LEVEL="warning",
             MISE_SHUTDOWN_DEADLINE_S=str(SHUTDOWN_DEADLINE_S),
-            **env,
         )
+        self.env.update(env)  # the caller's settings win, MISE_LOG_LEVEL included
         self.process: subprocess.Popen[bytes] | None = None
 
     def _launch(self) -> subprocess.Popen[bytes]:

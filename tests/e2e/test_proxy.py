@@ -136,6 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         MISE_API_KEY="test-key",
         MISE_PROXY_BACKLOG_BYTES=str(1024 * 1024),  # flat-out replays outrun the bot dial
         MISE_UPSTREAM_OPEN_TIMEOUT_S="2",
+        MISE_LOG_LEVEL="info",  # the stream_started / stream_stopped lines
     )
     asyncio.run(server.start())
     try:
@@ -250,6 +251,24 @@ def test_the_bot_saw_what_twilio_sent(conversation: dict[str, Any]) -> None:
     started = next(r for r in conversation["records"] if r["type"] == "stream.started")
     assert started["custom_parameters"] == {"tenant": "acme"}
     assert [r["kind"] for r in bot].count("clear") >= 2  # the scenario has barge-ins
+
+
+def test_the_server_logs_the_proxied_stream_by_its_sids(
+    stack: Stack, conversation: dict[str, Any]
+) -> None:
+    sid = stream_sid_of(conversation["caller"])
+    lines = [
+        json.loads(line)
+        for line in stack.server.log_path.read_text(errors="replace").splitlines()
+        if line.startswith("{") and sid in line
+    ]
+    started = [line for line in lines if line["event"] == "stream_started"]
+    stopped = [line for line in lines if line["event"] == "stream_stopped"]
+    assert len(started) == 1 and started[0]["proxied"] is True
+    assert started[0]["upstream"] == "answer" and started[0]["call_sid"]
+    summary = summary_of(conversation["records"])
+    assert len(stopped) == 1 and stopped[0]["reason"] == "stop"
+    assert stopped[0]["turns"] == sum(summary["turn_counts"].values())
 
 
 def test_agent_turns_match_what_the_bot_sent_minus_what_it_cleared(
