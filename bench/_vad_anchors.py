@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,7 @@ def run_silero(call: TwoTrackCall, reps: int = 1) -> Result:
     total = 0.0
     for t in TRACKS:
         x = call.pcm[t]
-        dt, probs = best_time(lambda x=x: silero_probs(x), reps)
+        dt, probs = best_time(partial(silero_probs, x), reps)
         total += dt
         assert isinstance(probs, np.ndarray)
         raws[t] = windows_to_frames(probs >= SILERO_THRESHOLD, SILERO_WIN, call.n_frames)
@@ -155,7 +156,7 @@ def run_fastvad(call: TwoTrackCall, reps: int = 1, *, own_smoothing: bool = Fals
         x = call.pcm[t].astype(np.float32) / 32768.0
         if own_smoothing:
             v = fast_vad.VAD(8000)
-            dt, per_sample = best_time(lambda v=v, x=x: v.detect(x), reps)
+            dt, per_sample = best_time(partial(v.detect, x), reps)
             assert isinstance(per_sample, np.ndarray)
             fr = per_sample[: call.n_frames * FRAME].reshape(-1, FRAME)[:, FRAME // 2]
             raws[t] = fr.astype(bool)
@@ -164,9 +165,9 @@ def run_fastvad(call: TwoTrackCall, reps: int = 1, *, own_smoothing: bool = Fals
             spans[t] = [(int(a), int(b)) for a, b in zip(d[::2], d[1::2], strict=True)]
         else:
             v = fast_vad.VAD.with_config(8000, 0.5, 0, 0, 0)
-            dt, fr = best_time(lambda v=v, x=x: v.detect_frames(x), reps)
-            assert isinstance(fr, np.ndarray)
-            raws[t] = windows_to_frames(fr.astype(bool), 256, call.n_frames)
+            dt, per_window = best_time(partial(v.detect_frames, x), reps)
+            assert isinstance(per_window, np.ndarray)
+            raws[t] = windows_to_frames(per_window.astype(bool), 256, call.n_frames)
             spans[t] = smooth(raws[t])
         total += dt
     return Result(spans, raws, total)

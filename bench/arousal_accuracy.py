@@ -228,9 +228,9 @@ def clip_inputs(turns: list[BridgeTurn], names: list[str]) -> NDArray[np.float64
     """A clip's inputs: the speech-weighted mean over its turns (NaN where none has one)."""
     row = []
     for name in names:
-        pairs = [(t.inputs[name], t.record.speech_ms) for t in turns if t.inputs[name] is not None]
+        pairs = [(v, t.record.speech_ms) for t in turns if (v := t.inputs[name]) is not None]
         total = sum(w for _, w in pairs)
-        row.append(sum(float(v) * w for v, w in pairs) / total if total else math.nan)  # type: ignore[arg-type]
+        row.append(sum(float(v) * w for v, w in pairs) / total if total else math.nan)
     return np.asarray(row)
 
 
@@ -389,11 +389,11 @@ def main() -> int:
         MODEL_JSON.write_text(json.dumps(fitted, indent=2) + "\n")
         print(f"\nwrote {MODEL_JSON}")
     else:
-        same = (
+        unchanged = (
             all(fitted[k] == list(getattr(AROUSAL_MODEL, k)) for k in ("mean", "scale", "weights"))
             and fitted["intercept"] == AROUSAL_MODEL.intercept
         )
-        print(f"\nthis fit {'equals' if same else 'differs from'} the shipped weights")
+        print(f"\nthis fit {'equals' if unchanged else 'differs from'} the shipped weights")
     return 0
 
 

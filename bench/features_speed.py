@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -38,9 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pitch_accuracy import harmonic_complex, phone_line  # noqa: E402
+from pitch_accuracy import phone_line  # noqa: E402
 
 from fixtures import signals  # noqa: E402
+from fixtures.signals import harmonic_complex  # noqa: E402
 from mise_twilio.core.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ  # noqa: E402
 from mise_twilio.core.call import SessionParams  # noqa: E402
 from mise_twilio.core.features import turn_acoustics  # noqa: E402
@@ -147,12 +149,10 @@ def main() -> None:
         ]
         for name, (pcm, mask) in zip(cases, inputs, strict=True):
             segments = ((0, n_frames),) if mask is None else _spans(mask)
-            best, med = cpu_per_call(lambda p=pcm, s=segments: turn_acoustics(p, s, 0), repeats)
+            best, med = cpu_per_call(partial(turn_acoustics, pcm, segments, 0), repeats)
             now = f"{best / duration * 1e6:.0f} ({med / duration * 1e6:.0f})"
             if before is not None:
-                b_best, b_med = cpu_per_call(
-                    lambda p=pcm, m=mask: before.measure_turn(p, m), repeats
-                )
+                b_best, b_med = cpu_per_call(partial(before.measure_turn, pcm, mask), repeats)
                 was = f"{b_best / duration * 1e6:.0f} ({b_med / duration * 1e6:.0f})"
                 ratio = f"{best / b_best:.2f}"
             else:

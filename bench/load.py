@@ -106,7 +106,7 @@ WS_MAX_SIZE = 1024 * 1024  # as mise_twilio.server.app.WS_HARD_MAX_BYTES
 def _decode(text: str | bytes) -> bool:
     """The bare servers' whole per-message work; True once ``stop`` came."""
     msg = json.loads(text)
-    event = msg.get("event")
+    event: object = msg.get("event")
     if event == "media":
         pcm = audioop.ulaw2lin(base64.b64decode(msg["media"]["payload"]), 2)
         audioop.rms(pcm, 2)
@@ -257,8 +257,8 @@ def call_sids(i: int, tag: str) -> tuple[str, str, str]:
 @dataclass
 class WorkerResult:
     media_sent: int = 0
-    lateness_s: array = field(default_factory=lambda: array("f"))
-    stop_close_s: array = field(default_factory=lambda: array("f"))
+    lateness_s: array[float] = field(default_factory=lambda: array("f"))
+    stop_close_s: array[float] = field(default_factory=lambda: array("f"))
     failed: int = 0
 
 

@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -139,7 +140,7 @@ async def bench_join(url: str, pid: int, calls: int) -> dict[str, float]:
             kind = {"in-progress": "call.answered"}.get(status, f"call.{status}")
             event = CallStatusEvent(
                 id=f"{call_sid}:{kind}",
-                type=kind,  # type: ignore[arg-type]
+                type=kind,
                 call_sid=call_sid,
                 call_status=status,
                 sequence_number=seq,
@@ -176,7 +177,9 @@ def bench_consume(url: str, pid: int, n: int) -> dict[str, float]:
         call_sid, stream_sid = f"CA{call:032x}", f"MZ{call:032x}"
         ids = {"call_sid": call_sid, "stream_sid": stream_sid}
         turns = RECORDS_PER_CALL - 3
-        records = [{"type": "stream.started", "id": f"{stream_sid}:stream.started", **ids}]
+        records: list[dict[str, Any]] = [
+            {"type": "stream.started", "id": f"{stream_sid}:stream.started", **ids}
+        ]
         records += [json.loads(record_json(call, k)) for k in range(turns)]
         records.append(
             {"type": "stream.stopped", "id": f"{stream_sid}:stream.stopped", **ids,
@@ -234,9 +237,11 @@ def main() -> None:
             }
             info = client.info("memory")
             join_key = "bench:join:CA" + f"{0:032x}"
+            stream_bytes, join_bytes = client.memory_usage(STREAM), client.memory_usage(join_key)
+            assert stream_bytes is not None and join_bytes is not None  # both keys exist
             results["memory"] = {
-                "stream_bytes_per_record": client.memory_usage(STREAM) / client.xlen(STREAM),
-                "join_hash_bytes_per_call": client.memory_usage(join_key),
+                "stream_bytes_per_record": stream_bytes / client.xlen(STREAM),
+                "join_hash_bytes_per_call": join_bytes,
                 "used_memory_mb": info["used_memory"] / 2**20,
             }
             client.close()

@@ -99,6 +99,7 @@ async def bot_main(port: int, log_path: Path) -> None:
         try:
             async for text in ws:
                 now = time.monotonic_ns()
+                assert isinstance(text, str)  # the bridge relays text frames only
                 if '"event":"media"' in text:
                     i = text.index('"sequenceNumber":"') + 18
                     received.append((int(text[i : text.index('"', i)]), now))

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from mise_twilio.core.messages import MediaFormat
 from mise_twilio.core.records import (
     AnyRecord,
     Energy,
-    MediaFormat,
     Pitch,
     StreamStarted,
     TurnRecord,

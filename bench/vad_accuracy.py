@@ -88,12 +88,19 @@ def run_mise(call: rc.TwoTrackCall, reps: int, *, skew_ms: int = 0) -> an.Result
     return an.Result({t: mise_spans(out, t) for t in rc.TRACKS}, None, best)
 
 
+def webrtc_runner(mode: int) -> Runner:
+    def run(call: rc.TwoTrackCall, reps: int) -> an.Result:
+        return an.run_webrtc(call, mode, reps)
+
+    return run
+
+
 def runners(with_anchors: bool) -> dict[str, Runner]:
     out: dict[str, Runner] = {"mise": run_mise}
     if with_anchors:
         if importlib.util.find_spec("webrtcvad") is not None:
             for mode in range(4):
-                out[f"webrtc{mode}"] = lambda c, r, mode=mode: an.run_webrtc(c, mode, r)
+                out[f"webrtc{mode}"] = webrtc_runner(mode)
         if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("silero_vad"):
             out["silero"] = an.run_silero
         if importlib.util.find_spec("fast_vad") is not None:

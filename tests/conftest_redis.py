@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from mise_twilio.core.messages import MediaFormat
 from mise_twilio.core.records import (
     AnyRecord,
     CallStatusEvent,
@@ -34,7 +35,6 @@ from mise_twilio.core.records import (
     DtmfEvent,
     Energy,
     LatencyStats,
-    MediaFormat,
     Pitch,
     StreamStarted,
     StreamStopped,

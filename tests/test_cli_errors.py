@@ -23,7 +23,9 @@ FIXTURE = str(FIXTURES / "connect_inbound.jsonl")
 AUTH_TOKEN = "0123456789abcdef0123456789abcdef"
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout_s: float = 60):
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("MISE_")}
     return subprocess.run(
         [sys.executable, "-m", "mise_twilio.cli", *args],
@@ -36,7 +38,9 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout
     )
 
 
-def assert_one_line(result: subprocess.CompletedProcess[str], *expected: str, code: int = 2):
+def assert_one_line(
+    result: subprocess.CompletedProcess[str], *expected: str, code: int = 2
+) -> None:
     lines = result.stderr.splitlines()
     assert result.returncode == code, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr
@@ -90,7 +94,7 @@ def test_a_secret_is_never_echoed() -> None:
     from mise_twilio.server.config import validation_error_lines
 
     with pytest.raises(ValidationError) as info:
-        Settings(api_key=31337, port="x")  # type: ignore[arg-type]
+        Settings(api_key=31337, port="x")
     lines = validation_error_lines(info.value)
     assert any(line.startswith("MISE_API_KEY: ") for line in lines), lines
     assert any(line.startswith("MISE_PORT='x': ") for line in lines), lines

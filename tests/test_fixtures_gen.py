@@ -31,7 +31,8 @@ TAGS = {"barge_in", "interrupted", "backchannel"}
 
 
 def _expected(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.expected.json").read_text())
+    expected: dict[str, Any] = json.loads((FIXTURES / f"{name}.expected.json").read_text())
+    return expected
 
 
 def _lines(name: str) -> list[str]:

@@ -39,11 +39,11 @@ def rechunk(lines: list[str], seed: int, max_bytes: int) -> list[str]:
     rng = random.Random(seed)
     out: list[tuple[int, str, int, bytes]] = []
     for track, track_runs in runs.items():
-        for start_ts, data in track_runs:
+        for start_ts, run in track_runs:
             pos = 0
-            while pos < len(data):
+            while pos < len(run):
                 size = rng.randint(1, max_bytes)
-                out.append((start_ts + pos // 8, track, pos, bytes(data[pos : pos + size])))
+                out.append((start_ts + pos // 8, track, pos, bytes(run[pos : pos + size])))
                 pos += size
     out.sort(key=lambda item: (item[0], item[1]))
     chunks: dict[str, int] = {}
@@ -111,7 +111,9 @@ def interleave(lines: list[str], arrival: str, max_skew_ms: int = 0, seed: int =
     (frame by frame), ``skew`` (the outbound track late or early by a smoothly wandering delay
     up to ``max_skew_ms``), ``inbound_first`` / ``outbound_first`` (one track wholly before
     the other). Each track's own messages keep their order; nothing else changes."""
-    head, media, tail = [], {"inbound": [], "outbound": []}, []
+    head: list[str] = []
+    media: dict[str, list[tuple[int, str]]] = {"inbound": [], "outbound": []}
+    tail: list[str] = []
     for line in lines:
         if '"event":"media"' in line:
             msg = json.loads(line)

@@ -8,6 +8,7 @@ import pytest
 
 from mise_twilio.core.errors import ProtocolError
 from mise_twilio.core.messages import (
+    AnyOutbound,
     ConnectedMessage,
     DtmfMessage,
     MarkMessage,
@@ -158,7 +159,7 @@ def test_outbound_messages_use_twilio_field_names() -> None:
         encode_outbound(OutboundMediaMessage(stream_sid="MZ1", media=OutboundMedia(payload="AAA=")))
     )
     assert media == {"event": "media", "streamSid": "MZ1", "media": {"payload": "AAA="}}
-    mark = json.loads(encode_outbound(OutboundMarkMessage(stream_sid="MZ1", mark={"name": "n"})))  # type: ignore[arg-type]
+    mark = json.loads(encode_outbound(OutboundMarkMessage(stream_sid="MZ1", mark={"name": "n"})))
     assert mark == {"event": "mark", "streamSid": "MZ1", "mark": {"name": "n"}}
     clear = json.loads(encode_outbound(OutboundClearMessage(stream_sid="MZ1")))
     assert clear == {"event": "clear", "streamSid": "MZ1"}
@@ -187,9 +188,9 @@ def test_parse_outbound_refuses_what_twilio_ignores(text: str, code: str) -> Non
 
 
 def test_parse_outbound_round_trips_encode_outbound() -> None:
-    messages = [
+    messages: list[AnyOutbound] = [
         OutboundMediaMessage(stream_sid="MZ1", media=OutboundMedia(payload="AAA=")),
-        OutboundMarkMessage(stream_sid="MZ1", mark={"name": "n"}),  # type: ignore[arg-type]
+        OutboundMarkMessage(stream_sid="MZ1", mark={"name": "n"}),
         OutboundClearMessage(stream_sid="MZ1"),
     ]
     for message in messages:

@@ -100,7 +100,7 @@ def test_unvoiced_turns_have_no_pitch_or_arousal_rel() -> None:
 
 
 @st.composite
-def calls(draw: st.DrawFn) -> list[NDArray[np.int16]]:
+def calls(draw: st.DrawFn) -> list[NDArray[np.float64]]:
     """One speaker's turns in a call: speech-shaped phrases around a voice of their own, with
     F0, range, tempo and effort varying from turn to turn, at -32 to -26 dBFS (so that 12 dB
     more does not clip the peaks) plus line noise."""

@@ -15,7 +15,7 @@ def turn(index: int, speaker: str, start_ms: int, end_ms: int, **fields: Any) ->
     return TurnRecord(
         id=f"MZ:turn:{index}",
         track=track,
-        speaker=speaker,  # type: ignore[arg-type]
+        speaker=speaker,
         index=index,
         start_ms=start_ms,
         end_ms=end_ms,

@@ -38,7 +38,9 @@ def speech(seconds: float, seed: int) -> NDArray[np.float64]:
     return x * (0.05 / math.sqrt(float(np.mean(x**2))))
 
 
-def around(tone: NDArray[np.float64], before: NDArray[np.float64], gap_s: float) -> tuple:
+def around(
+    tone: NDArray[np.float64], before: NDArray[np.float64], gap_s: float
+) -> tuple[NDArray[np.int16], float]:
     gap = np.zeros(round(gap_s * 8000) + 37)  # not on the 20 ms grid
     x = np.concatenate([before, gap, tone, gap, speech(1.0, 9)])
     return signals.to_pcm(x, None), (before.shape[0] + gap.shape[0]) / 8000 * 1000.0

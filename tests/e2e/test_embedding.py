@@ -34,7 +34,7 @@ HANG_GUARD_S = 60.0
 def host_source() -> str:
     """The ``host.py`` block of docs/embedding.md."""
     text = (ROOT / "docs" / "embedding.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", text, re.S)
     (source,) = [b for b in blocks if b.startswith("# host.py")]
     return source
 

@@ -228,8 +228,8 @@ async def test_metrics_match_records(server_settings: Callable[..., Settings]) -
     assert by_event == events
     assert samples[("mise_message_processing_seconds_count", ())] == len(sent)
     assert samples[("mise_active_streams", ())] == 0
-    delivered = labelled(samples, "mise_sink_delivered_total", "sink")
-    assert delivered == {"jsonl": len(records)}
+    delivered_by_sink = labelled(samples, "mise_sink_delivered_total", "sink")
+    assert delivered_by_sink == {"jsonl": len(records)}
 
 
 async def test_webhook_requests_total_counts_status_callbacks(

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import httpx
@@ -405,7 +405,11 @@ async def test_replicas_rolling_restart_and_consumer_crash(
     client = redis.Redis.from_url(redis_server.url)
     entries = client.xrange(REPLICA_ENV["MISE_REDIS_STREAM"], "-", "+")
     client.close()
-    in_stream = {json.loads(f[b"record"])["id"] for _, f in entries}
+    # redis-py types every decode mode (and nil entries); this client's XRANGE gives bytes
+    in_stream = {
+        json.loads(f[b"record"])["id"]
+        for _, f in cast("list[tuple[bytes, dict[bytes, bytes]]]", entries)
+    }
     in_documents = Counter(r["id"] for d in documents.values() for r in document_records(d))
     assert set(in_documents) == in_stream
     assert max(in_documents.values()) == 1

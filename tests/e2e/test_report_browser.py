@@ -83,7 +83,9 @@ def fork_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
     return out, turn_ids
 
 
-def test_every_turn_is_drawn(chromium: str, fork_page: tuple[Path, list[str]], tmp_path: Path):
+def test_every_turn_is_drawn(
+    chromium: str, fork_page: tuple[Path, list[str]], tmp_path: Path
+) -> None:
     page, turn_ids = fork_page
     result = browse(chromium, tmp_path / "profile", page.as_uri(), "--dump-dom")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -126,7 +128,9 @@ def colour_share(png: Path) -> tuple[float, float, float]:
     return float(blue), float(orange), float(ink)
 
 
-def test_screenshot_is_not_blank(chromium: str, fork_page: tuple[Path, list[str]], tmp_path: Path):
+def test_screenshot_is_not_blank(
+    chromium: str, fork_page: tuple[Path, list[str]], tmp_path: Path
+) -> None:
     page, _ = fork_page
     png = tmp_path / "call.png"
     result = browse(

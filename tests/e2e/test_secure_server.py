@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 from urllib.parse import urlencode
 
 import httpx
@@ -181,7 +181,9 @@ def logs(capfd: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
     everything written to stdout and stderr so far."""
     configure_logging("debug", "json")
     # pytest swaps ``sys.stderr`` between the setup and call phases: resolve it per write.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()))
+    # PrintLogger only writes and flushes: a proxy is enough where structlog asks for a TextIO
+    stderr = cast("TextIO", _CurrentStderr())
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=stderr))
     seen: list[str] = []
 
     def read() -> str:

@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import httpx
@@ -81,7 +81,9 @@ async def stream_records(url: str) -> list[dict[str, Any]]:
         entries = await client.xrange(STREAM, "-", "+")
     finally:
         await client.aclose()
-    return [json.loads(fields[b"record"]) for _, fields in entries]
+    # redis-py types every decode mode (and nil entries); this client's XRANGE gives bytes
+    rows = cast("list[tuple[bytes, dict[bytes, bytes]]]", entries)
+    return [json.loads(fields[b"record"]) for _, fields in rows]
 
 
 def check(records: list[dict[str, Any]], *, last_call_status: str) -> dict[str, Any]:

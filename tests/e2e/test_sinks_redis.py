@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from conftest_redis import CallRecordsFactory, RedisServer
 from redis.asyncio import Redis
@@ -30,7 +31,8 @@ async def read_stream(url: str, stream: str) -> list[dict[bytes, bytes]]:
         entries = await client.xrange(stream, "-", "+")
     finally:
         await client.aclose()
-    return [fields for _, fields in entries]
+    # redis-py types every decode mode (and nil entries); this client's XRANGE gives bytes
+    return [fields for _, fields in cast("list[tuple[bytes, dict[bytes, bytes]]]", entries)]
 
 
 async def test_xadd_fields_and_ready(
@@ -122,7 +124,8 @@ async def test_outage_mid_call_loses_nothing(
 def documented_consumer() -> str:
     """The redis-py consumer of docs/operations.md §6, verbatim."""
     text = (ROOT / "docs" / "operations.md").read_text()
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "xreadgroup" in b]
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", text, re.S)
+    (block,) = [b for b in blocks if "xreadgroup" in b]
     return block
 
 

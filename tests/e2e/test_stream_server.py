@@ -88,13 +88,17 @@ async def test_twenty_concurrent_replays_all_get_their_records(
         async with httpx.AsyncClient() as client:
             metrics = (await client.get(http_url + "/metrics")).text
     records = read_jsonl(settings.resolved_jsonl_path)
+
+    def strip(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # ids and sids differ by construction
+        return [
+            {k: v for k, v in r.items() if k not in {"id", "stream_sid", "call_sid"}} for r in rs
+        ]
+
     for name, lines in calls:
         sid = stream_sid_of(lines)
         got = by_stream(records, sid)
         want = [comparable(r) for r in offline_records[name]]
-        strip = lambda rs: [  # noqa: E731 - ids and sids differ by construction
-            {k: v for k, v in r.items() if k not in {"id", "stream_sid", "call_sid"}} for r in rs
-        ]
         assert strip(got) == strip(want), name
     assert "mise_active_streams 0.0" in metrics
 
