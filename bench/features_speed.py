@@ -12,8 +12,9 @@ every pitch frame and every glottal period is analysed), the same with a VAD mas
 every other 200 ms as pause, white noise, and a speech-shaped phrase (``signals.utterance``).
 Each is timed with ``time.process_time`` over many calls; the best of several repeats is
 reported (the least disturbed by other load), with the median of the repeats beside it.
-Then the committed fixtures replayed with and without features: the CPU the features add,
-per second of turn audio, over the turn lengths real calls have. No assertions.
+Then whole calls replayed with and without features (the committed fixtures, and the seven
+AMI real-speech calls of ``fixtures/real_calls.py`` when ``../shared`` is there): the CPU the
+features add, per second of turn audio, over the turn lengths real calls have. No assertions.
 
 Run: ``.venv/bin/python bench/features_speed.py`` (``--quick``: fewer repeats)
 """
@@ -96,17 +97,17 @@ def cpu_per_call(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return min(results), statistics.median(results)
 
 
-def fixture_cost(repeats: int) -> tuple[float, float, int]:
-    """CPU the features add to replaying every committed fixture, per second of turn audio:
-    (best µs/s, median µs/s, turns)."""
-    calls = [read_fixture(p) for p in sorted((ROOT / "fixtures").glob("*.jsonl"))]
-    turn_s = sum(
+def replay_cost(calls: list[list[str]], repeats: int) -> tuple[float, float, list[float]]:
+    """CPU the features add to replaying ``calls`` (Twilio messages, one per line) through
+    ``replay_offline``, per second of turn audio: (best µs/s, median µs/s, each turn's
+    duration in s)."""
+    durations = [
         r.duration_ms / 1000.0
         for lines in calls
         for r in replay_offline(lines)
         if isinstance(r, TurnRecord)
-    )
-    n_turns = sum(1 for lines in calls for r in replay_offline(lines) if isinstance(r, TurnRecord))
+    ]
+    turn_s = sum(durations)
     with_features, without = [], []
     off = SessionParams(measure_features=False)
     for _ in range(repeats):
@@ -118,8 +119,21 @@ def fixture_cost(repeats: int) -> tuple[float, float, int]:
         for lines in calls:
             replay_offline(lines, off)
         without.append(time.process_time() - t0)
-    added = sorted(a - b for a, b in zip(with_features, without, strict=True))
-    return added[0] / turn_s * 1e6, statistics.median(added) / turn_s * 1e6, n_turns
+    # best minus best, median minus median: the least disturbed pass of each kind (a
+    # difference of pairs can go negative when a pass without features is the disturbed one)
+    best = min(with_features) - min(without)
+    med = statistics.median(with_features) - statistics.median(without)
+    return best / turn_s * 1e6, med / turn_s * 1e6, durations
+
+
+def ami_calls() -> list[list[str]] | None:
+    """The seven AMI real-speech calls (clean, two tracks) as wire lines; ``None`` without
+    ``../shared/real-speech/ami``."""
+    from fixtures.real_calls import AMI_DIR, FILES, build_call, wire_lines
+
+    if not AMI_DIR.is_dir():
+        return None
+    return [wire_lines(build_call(name, "clean")) for name in FILES]
 
 
 def main() -> None:
@@ -158,11 +172,19 @@ def main() -> None:
             else:
                 was, ratio = "-", "-"
             print(f"{name:<25}{duration:>8.1f}{was:>26}{now:>18}{ratio:>7}")
-    best, med, n_turns = fixture_cost(repeats)
-    print(
-        f"\nfixture calls ({n_turns} turns): the features add {best:.0f} ({med:.0f}) µs CPU "
-        "per second of turn audio"
-    )
+    fixtures = [read_fixture(p) for p in sorted((ROOT / "fixtures").glob("*.jsonl"))]
+    mixes = [("fixture calls", fixtures), ("AMI real-speech calls", ami_calls())]
+    print()
+    for what, calls in mixes:
+        if calls is None:
+            print(f"{what}: not measured (../shared/real-speech/ami is missing)")
+            continue
+        best, med, durations = replay_cost(calls, repeats)
+        print(
+            f"{what} ({len(durations)} turns, median {statistics.median(durations):.1f} s, "
+            f"{sum(d < 1.0 for d in durations)} under 1 s): the features add {best:.0f} "
+            f"({med:.0f}) µs CPU per second of turn audio"
+        )
 
 
 def _spans(mask: NDArray[np.bool_]) -> tuple[tuple[int, int], ...]:
