@@ -1,6 +1,6 @@
 """Proxy mode's relay overhead: per-frame latency direct to a bot vs through mise-twilio.
 
-    .venv/bin/python bench/relay_latency.py [--calls 100] [--seconds 10] [--rounds 2]
+    .venv/bin/python bench/relay_latency.py [--calls 100] [--seconds 10] [--rounds 2] [--pin]
 
 Three processes on this machine: a bot (this script, ``--role bot``: a websockets server that
 timestamps every frame it receives and streams 100 ms of agent audio every 100 ms per call),
@@ -23,6 +23,11 @@ frame, which on a machine whose cores are busy with other work costs more than t
 itself; so the proxy's own view is printed too: ``mise_relay_seconds`` from its ``/metrics``,
 each frame's time from being read off one socket to being written to the other (bucket upper
 bounds). Prints numbers, asserts nothing.
+
+``--pin`` (Linux, two or more cores) splits the machine as a deployment would: the proxy and
+its analysis process (and the bare relay) on CPU 0, the harness (the calls and the bot, which
+in production are Twilio and the team's bot, elsewhere) on CPU 1; without it the scheduler
+places all of them on any core.
 """
 
 from __future__ import annotations
@@ -302,6 +307,9 @@ def main() -> None:
     parser.add_argument(
         "--no-features", action="store_true", help="MISE_MEASURE_FEATURES=0 on the proxy"
     )
+    parser.add_argument(
+        "--pin", action="store_true", help="the proxy on CPU 0, the calls and the bot on CPU 1"
+    )
     parser.add_argument("--role", choices=["main", "bot", "relay"], default="main")
     parser.add_argument("--bot-port", type=int)
     parser.add_argument("--port", type=int)
@@ -338,6 +346,11 @@ def main() -> None:
         bare = subprocess.Popen(
             [sys.executable, __file__, *relay_args], stdout=subprocess.PIPE, text=True
         )
+        if args.pin:
+            for pid in (0, bot.pid):
+                os.sched_setaffinity(pid, {1})
+            for pid in (proxy.pid, bare.pid):
+                os.sched_setaffinity(pid, {0})
         try:
             assert bot.stdout is not None and bot.stdout.readline().strip() == "ready"
             assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
@@ -358,6 +371,9 @@ def main() -> None:
             results: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
             cpu = {"proxy_s": 0.0, "analysis_s": 0.0, "messages": 0, "wall_s": 0.0}
             analysis = _children(proxy.pid)  # server/analysis.py's child
+            if args.pin:  # started before the server's affinity was set, or after: either way
+                for pid in analysis:
+                    os.sched_setaffinity(pid, {0})
             harness0 = time.process_time() + _cpu_seconds(bot.pid)
             for r in range(args.rounds):
                 order = PATHS[r % 3 :] + PATHS[: r % 3]
@@ -388,8 +404,9 @@ def main() -> None:
                 process.wait(30)
 
     print(
-        f"\n{args.calls} concurrent calls, {args.seconds:.0f} s each, {args.rounds} rounds; "
-        "one-way latency per frame, ms"
+        f"\n{args.calls} concurrent calls, {args.seconds:.0f} s each, {args.rounds} rounds"
+        + (" (pinned: the proxy on CPU 0, the calls and the bot on CPU 1)" if args.pin else "")
+        + "; one-way latency per frame, ms"
     )
     spans = {
         f"after each call's first {SETUP_S:g} s": (SETUP_S, args.seconds),

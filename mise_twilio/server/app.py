@@ -126,7 +126,10 @@ class Bridge:
         self.sessions: dict[int, Session] = {}
         # Proxied calls are analysed in a child process (server/analysis.py), started with the
         # bridge when upstreams are configured.
-        self.analysis = AnalysisProcess(backlog_max_bytes=settings.proxy_analysis_backlog_bytes)
+        self.analysis = AnalysisProcess(
+            backlog_max_bytes=settings.proxy_analysis_backlog_bytes,
+            nice=settings.proxy_analysis_nice,
+        )
         self.draining = False  # SIGTERM seen: /readyz 503, still serving (server/drain.py)
         self.started = False
         self.shutting_down = False

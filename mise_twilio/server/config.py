@@ -242,6 +242,13 @@ class Settings(BaseSettings):
         description="Proxied frames waiting for the analysis process, beyond this, are relayed "
         "but not analysed (an analysis_backlog diagnostic per call; server/analysis.py).",
     )
+    proxy_analysis_nice: int = Field(
+        default=19,
+        ge=0,
+        le=19,
+        description="The analysis process's nice value: when it shares a core with the relay, "
+        "the relay's frames go first (0: the same priority as the relay).",
+    )
     max_playback_queue_ms: int = Field(
         default=600_000, ge=1000, description="Bot audio queued ahead of playback that is modelled."
     )

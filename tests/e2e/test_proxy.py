@@ -495,6 +495,16 @@ def analysis_pid(server: ServerProcess) -> int:
     return found[0]
 
 
+def test_the_analysis_process_runs_below_the_relays_priority(
+    stack: Stack, conversation: dict[str, Any]
+) -> None:
+    # MISE_PROXY_ANALYSIS_NICE's default: a frame waking the relay preempts the analysis
+    assert conversation["records"]  # the analysis ran, so its process exists
+    assert stack.server.process is not None
+    assert os.getpriority(os.PRIO_PROCESS, stack.server.process.pid) == 0
+    assert os.getpriority(os.PRIO_PROCESS, analysis_pid(stack.server)) == 19
+
+
 async def test_the_analysis_process_dying_ends_its_calls_and_the_next_is_analysed(
     stack: Stack,
 ) -> None:
