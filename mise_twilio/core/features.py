@@ -62,6 +62,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mise_twilio.core import arousal as _arousal
+from mise_twilio.core._numeric import mean, median
 from mise_twilio.core.audio import FRAME_MS, FULL_SCALE_RMS, SAMPLE_RATE_HZ, SILENCE_DBFS
 from mise_twilio.core.records import Energy, Pitch, Voice
 from mise_twilio.core.tone import ToneFeatures, find_tone
@@ -543,9 +544,7 @@ def _energy(power: NDArray[np.float64]) -> EnergyFeatures:
     p10, p95 = _quantiles(levels, (0.10, 0.95))
     peak = float(levels.max())
     return EnergyFeatures(
-        mean_dbfs=min(
-            float(np.add.reduce(levels)) / levels.shape[0], peak
-        ),  # rounding could put it above
+        mean_dbfs=min(mean(levels), peak),  # rounding could put it above
         p95_dbfs=p95,
         peak_dbfs=peak,
         dynamic_range_db=p95 - p10,
@@ -676,7 +675,7 @@ def _f0_track(
     # ±guide_range_semitones of the turn's median F0 over confident frames.
     voiced = aperiodicity < params.voicing_threshold
     if weak_chunks and np.count_nonzero(confident) >= params.min_voiced_frames:
-        ref_lag = 2.0 * _median(period[confident])  # on the half-lag grid
+        ref_lag = 2.0 * median(period[confident])  # on the half-lag grid
         ratio = 2.0 ** (params.guide_range_semitones / 12.0)
         half_lags = yin.lag_index
         outside = (half_lags < ref_lag / ratio) | (half_lags > ref_lag * ratio)
@@ -854,13 +853,6 @@ def _refine(
 _AROUND = np.arange(-1, 2)
 
 
-def _median(a: NDArray[np.float64]) -> float:
-    """Median of a non-empty 1-D array (a sort: ``np.median``'s overhead is ~20 µs)."""
-    v = np.sort(a)
-    n = v.shape[0]
-    return float(0.5 * (v[(n - 1) // 2] + v[n // 2]))
-
-
 @functools.lru_cache(maxsize=64)
 def _fft_size(n: int) -> int:
     """Smallest 5-smooth integer >= ``n`` (sizes pocketfft handles fastest)."""
@@ -951,7 +943,7 @@ def _voicing(aperiodicity: NDArray[np.float64], params: FeatureParams) -> float:
         return passed / int(aperiodicity.shape[0])
     weight = (params.voicing_threshold + half - aperiodicity) / (2.0 * half)
     np.minimum(np.fmax(weight, 0.0, out=weight), 1.0, out=weight)  # NaN (not analysed) -> 0
-    return float(np.add.reduce(weight)) / int(weight.shape[0])
+    return mean(weight)
 
 
 def _pitch_stats(
@@ -967,12 +959,11 @@ def _pitch_stats(
         return PitchFeatures(None, None, ratio, None)
     st = 12.0 * np.log2(f0[voiced])
     q25, q50, q75 = _quantiles(st, (0.25, 0.5, 0.75))
-    t = voiced.nonzero()[0] * hop_s
+    t = voiced.nonzero()[0].astype(np.float64) * hop_s
     slope: float | None = None
     if (t[-1] - t[0]) * 1000.0 >= params.min_slope_span_ms:
-        n = t.shape[0]
-        tc = t - np.add.reduce(t) / n
-        slope = float(np.dot(tc, st - np.add.reduce(st) / n) / np.dot(tc, tc))
+        tc = t - mean(t)
+        slope = float(np.dot(tc, st - mean(st)) / np.dot(tc, tc))
     return PitchFeatures(
         median_hz=2.0 ** (q50 / 12.0),
         iqr_semitones=q75 - q25,
@@ -1055,8 +1046,7 @@ def _prosody(
     if heard.shape[0]:
         q10, q95 = _quantiles(heard, (0.10, 0.95))
         level_range = q95 - q10
-        mean_power = np.add.reduce(speech_power) / speech_power.shape[0]
-        level_dbfs = float(10.0 * np.log10(max(mean_power, _SILENCE_POWER) / _FULL_SCALE_POWER))
+        level_dbfs = float(_power_db(np.asarray([mean(speech_power)]))[0])
     if n_voiced < params.min_voiced_frames:
         return ProsodyFeatures(
             n_voiced, None, None, None, None, None, level_dbfs, level_range, voicing
@@ -1097,8 +1087,7 @@ def _interquartile_mean(a: NDArray[np.float64]) -> float:
     each end; all of them under four)."""
     v = np.sort(a)
     cut = v.shape[0] // 4
-    middle = v[cut : v.shape[0] - cut]
-    return float(np.add.reduce(middle)) / int(middle.shape[0])
+    return mean(v[cut : v.shape[0] - cut])
 
 
 _OCTAVE_FOLD_SEMITONES = 9.0
@@ -1116,7 +1105,7 @@ def _octave_corrected(st: NDArray[np.float64]) -> NDArray[np.float64]:
     error split evenly with the true F0 (the median between them) is left as it is. Frame by
     frame against the median, not step by step along the track: one odd frame cannot shift
     the rest of the turn."""
-    d = st - _median(st)
+    d = st - median(st)
     far = np.maximum(np.abs(d) - _OCTAVE_FOLD_SEMITONES, 0.0)
     octaves = np.sign(d) * np.ceil(far / 12.0)
     out: NDArray[np.float64] = st - 12.0 * octaves
@@ -1126,7 +1115,7 @@ def _octave_corrected(st: NDArray[np.float64]) -> NDArray[np.float64]:
 def _theil_sen(t: NDArray[np.float64], y: NDArray[np.float64]) -> float:
     """Median of pairwise slopes (Theil 1950, Sen 1968); ``t`` strictly increasing."""
     i, j = _pairs(t.shape[0])
-    return _median((y[j] - y[i]) / (t[j] - t[i]))
+    return median((y[j] - y[i]) / (t[j] - t[i]))
 
 
 @functools.lru_cache(maxsize=64)

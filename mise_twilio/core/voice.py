@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from mise_twilio.core._numeric import mean, median
+
 if TYPE_CHECKING:
     from mise_twilio.core.features import FeatureParams
 
@@ -122,7 +124,7 @@ def measure_voice(
     hnr: float | None = None
     if n_voiced >= params.min_hnr_frames:
         r = np.minimum(np.maximum(periodicity[voiced], 0.01), _HNR_MAX_R)
-        hnr = float(np.add.reduce(10.0 * np.log10(r / (1.0 - r)))) / r.shape[0]
+        hnr = mean(10.0 * np.log10(r / (1.0 - r)))
     jitter, shimmer, periods = _jitter_shimmer(
         pcm, f0_hz, voiced, ltas, hop, sample_rate_hz, params
     )
@@ -170,7 +172,7 @@ def _jitter_shimmer(
     keep[1:] = ~((run[1:] == run[:-1]) & (start[1:] - start[:-1] < 0.5 * period0[1:]))
     start, period0, run = start[keep], period0[keep], run[keep]
     lag0 = np.rint(period0).astype(np.intp)
-    search = int(min(_MAX_SEARCH, max(2, math.ceil(_LAG_SEARCH * _median(period0)))))
+    search = int(min(_MAX_SEARCH, max(2, math.ceil(_LAG_SEARCH * median(period0)))))
     fits = (start >= 0) & (start + 2 * lag0 + search <= np.minimum(run_end[run] + lag0 // 2, n))
     start, lag0, run = start[fits], lag0[fits], run[fits]
     if start.shape[0] < 2:
@@ -198,19 +200,13 @@ def _jitter_shimmer(
         used[:-1] |= ok_p
         used[1:] |= ok_p
         diffs = np.abs(period[1:] - period[:-1])[ok_p]
-        in_pairs = period[used]
-        jitter = float(
-            100.0
-            * (np.add.reduce(diffs) / diffs.shape[0])
-            / (np.add.reduce(in_pairs) / in_pairs.shape[0])
-        )
+        jitter = 100.0 * mean(diffs) / mean(period[used])
     shimmer: float | None = None
     safe = np.maximum(amp, 1e-9)
     ratio_a = np.maximum(safe[1:], safe[:-1]) / np.minimum(safe[1:], safe[:-1])
     ok_a = pair & (ratio_a <= params.max_amplitude_factor)
     if np.count_nonzero(ok_a) >= params.min_period_pairs:
-        steps_db = 20.0 * np.log10(ratio_a[ok_a])
-        shimmer = float(np.add.reduce(steps_db)) / steps_db.shape[0]
+        shimmer = mean(20.0 * np.log10(ratio_a[ok_a]))
     return jitter, shimmer, int(np.count_nonzero(interior))
 
 
@@ -349,10 +345,3 @@ def _match_periods(
     np.minimum(np.maximum(shift, -0.5, out=shift), 0.5, out=shift)
     period = (lag0 - search + jj).astype(np.float64) + shift
     return period, interior, np.sqrt(ea / lag0)
-
-
-def _median(a: NDArray[np.float64]) -> float:
-    """Median of a non-empty 1-D array (a sort: ``np.median``'s overhead is ~20 µs)."""
-    v = np.sort(a)
-    n = v.shape[0]
-    return float(0.5 * (v[(n - 1) // 2] + v[n // 2]))

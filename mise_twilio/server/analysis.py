@@ -521,12 +521,11 @@ def _lower_priority(nice: int) -> None:
     # (milliseconds) at equal priority; at nice 19 it preempts the analysis at once, and the
     # analysis still has every cycle the relay leaves idle. Measured with bench/relay_latency.py
     # --pin: p99 added at 100 calls +3.2 / +4.4 ms at nice 0, -0.4 / +0.8 ms at nice 19.
-    setpriority = getattr(os, "setpriority", None)  # POSIX only
-    if setpriority is None or nice <= 0:
+    if nice <= 0 or not hasattr(os, "setpriority"):  # POSIX only
         return
     with contextlib.suppress(OSError):
         current = os.getpriority(os.PRIO_PROCESS, 0)
-        setpriority(os.PRIO_PROCESS, 0, min(19, max(current, nice)))
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, max(current, nice)))
 
 
 class _Worker:
