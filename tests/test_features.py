@@ -575,3 +575,21 @@ def test_never_raises_and_values_are_finite_or_none(
 def test_short_turns(n: int, seed: int) -> None:
     pcm = np.random.default_rng(seed).integers(-3000, 3000, n).astype(np.int16)
     assert_all_finite(measure_turn(pcm))
+
+
+def test_threads_measuring_turns_at_once_get_what_one_thread_gets() -> None:
+    """``measure_turn`` keeps its YIN work buffers from turn to turn, one set per thread
+    (numpy releases the GIL inside the FFTs): turns of different lengths measured by four
+    threads at once read exactly as when measured one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    turns = [
+        phone_line(harmonic_complex(f0, duration_s, seed=seed), snr_db=20.0, seed=seed)
+        for seed, (f0, duration_s) in enumerate(
+            [(110.0, 0.5), (180.0, 1.7), (240.0, 3.1), (95.0, 0.3)] * 3
+        )
+    ]
+    alone = [repr(measure_turn(pcm)) for pcm in turns]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda pcm: repr(measure_turn(pcm)), turns)) == alone

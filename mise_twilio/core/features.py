@@ -56,13 +56,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mise_twilio.core import arousal as _arousal
-from mise_twilio.core._numeric import mean, median
+from mise_twilio.core._numeric import mean, median, sorted_median, windows
 from mise_twilio.core.audio import FRAME_MS, FULL_SCALE_RMS, SAMPLE_RATE_HZ, SILENCE_DBFS
 from mise_twilio.core.records import Energy, Pitch, Voice
 from mise_twilio.core.tone import ToneFeatures, find_tone
@@ -452,11 +452,14 @@ def measure_turn(
     sq = np.zeros(total + 1, dtype=np.int64)
     np.multiply(padded, padded, out=sq[1:], dtype=np.int64)
     np.cumsum(sq, out=sq)
-    edges = sq[yin.left + block * np.arange(2 * n_frames + 1)]
+    edges = sq[yin.left : yin.left + 2 * n_frames * block + 1 : block]
     block_energy = edges[1:] - edges[:-1]
-    frame_power = block_energy.reshape(-1, 2).sum(axis=1) / frame
+    frame_power = (edges[2::2] - edges[:-2:2]) / frame
+    frame_db = _power_db(frame_power)
     speech_power = frame_power[speech]
-    energy = _energy(speech_power)
+    speech_db = frame_db[speech]
+    levels = np.sort(speech_db)  # the speech frames' levels, dBFS, ascending
+    energy = _energy(speech_db, levels)
     x16 = pcm[: n_frames * frame]
     spectra = _frame_spectra(x16, frame)
     tone = None
@@ -473,18 +476,21 @@ def measure_turn(
         padded, sq, yin, n_frames, frame, speech, sample_rate_hz, params
     )
     voiced = ~np.isnan(f0)
-    n_voiced = int(np.count_nonzero(voiced))
-    pitch = _pitch_stats(f0, voiced, n_voiced, n_speech, hop_s, params)
+    at = voiced.nonzero()[0]  # the voiced frames, shared by the statistics below
+    n_voiced = at.shape[0]
+    st = 12.0 * np.log2(f0[at])  # their F0 in semitones re 1 Hz
+    st_sorted = np.sort(st)
+    t = cast(NDArray[np.float64], at * hop_s)  # their centres' times re the turn's first, s
+    pitch = _pitch_stats(st, st_sorted, t, n_voiced, n_speech, params)
     nuclei = _count_nuclei(
         block_energy / block, voiced.repeat(2), speech.repeat(2), 0.5 * hop_s, params
     )
-    frame_db = _power_db(frame_power)
     voicing = _voicing(aperiodicity[speech], params)
-    prosody = _prosody(f0, voiced, n_voiced, frame_db, speech_power, speech, hop_s, params, voicing)
+    prosody = _prosody(at, st, st_sorted, t, frame_db, levels, speech_power, hop_s, params, voicing)
     voice = NO_VOICE
     if n_voiced:
-        ltas = spectra[voiced].sum(axis=0, dtype=np.float64)
-        voice = measure_voice(x16, f0, periodicity, ltas, frame, sample_rate_hz, params)
+        ltas = spectra[at].sum(axis=0, dtype=np.float64)
+        voice = measure_voice(x16, f0, at, periodicity, ltas, frame, sample_rate_hz, params)
     rate = nuclei / (n_speech * FRAME_MS / 1000.0)
     return TurnFeatures(energy, pitch, rate, prosody, voice, tone)
 
@@ -525,7 +531,11 @@ def _quantiles(values: NDArray[np.float64], qs: tuple[float, ...]) -> list[float
 
     A sort plus index arithmetic: ``np.percentile`` costs ~30 µs of overhead per call.
     """
-    v = np.sort(values)
+    return _sorted_quantiles(np.sort(values), qs)
+
+
+def _sorted_quantiles(v: NDArray[np.float64], qs: tuple[float, ...]) -> list[float]:
+    """``_quantiles`` of ``v``, which is sorted ascending."""
     last = v.shape[0] - 1
     out: list[float] = []
     for q in qs:
@@ -537,12 +547,12 @@ def _quantiles(values: NDArray[np.float64], qs: tuple[float, ...]) -> list[float
     return out
 
 
-def _energy(power: NDArray[np.float64]) -> EnergyFeatures:
-    if power.size == 0:
+def _energy(levels: NDArray[np.float64], ordered: NDArray[np.float64]) -> EnergyFeatures:
+    """From the speech frames' levels (dBFS), in frame order and sorted."""
+    if levels.size == 0:
         return EnergyFeatures(SILENCE_DBFS, SILENCE_DBFS, SILENCE_DBFS, 0.0)
-    levels = _power_db(power)
-    p10, p95 = _quantiles(levels, (0.10, 0.95))
-    peak = float(levels.max())
+    p10, p95 = _sorted_quantiles(ordered, (0.10, 0.95))
+    peak = float(ordered[-1])
     return EnergyFeatures(
         mean_dbfs=min(mean(levels), peak),  # rounding could put it above
         p95_dbfs=p95,
@@ -622,53 +632,59 @@ def _f0_track(
     threshold.
     """
     size = geometry.size
-    tau_min, tau_max, nfft = geometry.tau_min, geometry.tau_max, geometry.nfft
     # run[j, m] = sum of the first m squares of frame j (a strided view, no copy).
     run = _strided_frames(sq, size + 1, hop, n_pitch)
     level_db = _power_db((run[:, size] - run[:, 0]) / size)
-    loudest = float(level_db[in_speech].max()) if in_speech.any() else SILENCE_DBFS
+    loudest = float(np.maximum.reduce(level_db[in_speech]))
     gate = max(params.voicing_min_dbfs, loudest - params.voicing_range_db)
     rows = (in_speech & (level_db >= gate)).nonzero()[0]
-    f0 = np.full(n_pitch, np.nan)
-    periodicity = np.full(n_pitch, np.nan)
-    aperiodicity_out = np.full(n_pitch, np.nan)
+    f0 = np.empty(n_pitch)
+    f0.fill(np.nan)
+    periodicity = f0.copy()
+    aperiodicity_out = f0.copy()
     m = rows.shape[0]
     if m == 0:
         return f0, periodicity, aperiodicity_out
     # First pass: YIN per frame. Frames with a dip under yin_threshold are confident; frames
     # that only reach the voicing threshold at their global minimum keep their d' rows for
     # the second pass.
-    period = np.empty(m)
-    d_min = np.empty(m)
-    aperiodicity = np.empty(m, dtype=np.float32)
-    confident = np.empty(m, dtype=np.bool_)
-    energy_at = np.empty(m)
+    parts: list[tuple[NDArray[np.float64], ...]] = []  # per chunk: period, d, energy, d'
+    found_parts: list[NDArray[np.bool_]] = []
     # Per chunk with weak frames: (its first row, the weak rows in it, its d, d' and energy).
     weak_chunks: list[
         tuple[int, NDArray[np.intp], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
     ] = []
-    yin = _Yin(size, tau_min, tau_max, nfft, min(m, _YIN_CHUNK_FRAMES))
     all_frames = _strided_frames(padded, size, hop, n_pitch)
     contiguous = int(rows[-1]) - int(rows[0]) + 1 == m  # usual: every speech frame passes
-    for c in range(0, m, _YIN_CHUNK_FRAMES):
-        chunk = rows[c : c + _YIN_CHUNK_FRAMES]
-        b = chunk.shape[0]
-        part = slice(c, c + b)
-        if contiguous:  # views, not copies
-            rs = slice(int(chunk[0]), int(chunk[-1]) + 1)
-            d, dn, e = yin(all_frames[rs], run[rs])
-        else:
-            d, dn, e = yin(all_frames[chunk], run[chunk])
-        j, found = _first_dip(dn, params.yin_threshold)
-        if params.octave_check_ratio > 0.0:
-            j = _octave_down(d, e, j, yin.lo, yin.hi, params.octave_check_ratio)
-        ap = dn[yin.row_index[:b], j]
-        period[part], d_min[part], energy_at[part] = _refine(d, e, j + yin.lo)
-        aperiodicity[part] = ap
-        confident[part] = found
-        weak = ((ap < params.voicing_threshold) > found).nonzero()[0]  # under it, no dip
-        if weak.shape[0]:
-            weak_chunks.append((c, weak, d, dn, e))
+    yin = _take_yin(geometry)  # its buffers are this turn's until given back
+    lo, hi, row_index, half_lags = yin.lo, yin.hi, yin.row_index, yin.lag_index  # constants
+    try:
+        for c in range(0, m, _YIN_CHUNK_FRAMES):
+            chunk = rows[c : c + _YIN_CHUNK_FRAMES]
+            b = chunk.shape[0]
+            if contiguous:  # views, not copies
+                rs = slice(int(chunk[0]), int(chunk[0]) + b)
+                d, dn, e = yin(all_frames[rs], run[rs])
+            else:
+                d, dn, e = yin(all_frames[chunk], run[chunk])
+            j, found = _first_dip(dn, params.yin_threshold)
+            if params.octave_check_ratio > 0.0:
+                j = _octave_down(d, e, j, lo, hi, params.octave_check_ratio)
+            ap = dn.reshape(-1)[row_index[:b] * dn.shape[1] + j]
+            parts.append((*_refine(d, e, row_index[:b], j + lo), ap))
+            found_parts.append(found)
+            weak = ((ap < params.voicing_threshold) > found).nonzero()[0]  # under it, no dip
+            if weak.shape[0]:
+                weak_chunks.append((c, weak, d, dn, e))
+    finally:
+        _give_back_yin(geometry, yin)
+    if len(parts) == 1:
+        (period, d_min, energy_at, aperiodicity), confident = parts[0], found_parts[0]
+    else:
+        period, d_min, energy_at, aperiodicity = (
+            np.concatenate(p) for p in zip(*parts, strict=True)
+        )
+        confident = np.concatenate(found_parts)
 
     # Second pass: a weak frame's global minimum is often a formant's ringing (a lag near
     # 1/F1) or an octave off, not the period; re-pick its best dip within
@@ -677,20 +693,19 @@ def _f0_track(
     if weak_chunks and np.count_nonzero(confident) >= params.min_voiced_frames:
         ref_lag = 2.0 * median(period[confident])  # on the half-lag grid
         ratio = 2.0 ** (params.guide_range_semitones / 12.0)
-        half_lags = yin.lag_index
         outside = (half_lags < ref_lag / ratio) | (half_lags > ref_lag * ratio)
         for c, weak, d, dn, e in weak_chunks:
             dn_weak = dn[weak]  # a copy: the chunk's d' is not needed after this
             dn_weak[:, outside] = np.inf
             j = dn_weak.argmin(axis=1)
-            ap = dn_weak[yin.row_index[: weak.shape[0]], j]
+            ap = dn_weak[row_index[: weak.shape[0]], j]
             at = weak + c
-            period[at], d_min[at], energy_at[at] = _refine(d[weak], e[weak], j + yin.lo)
+            period[at], d_min[at], energy_at[at] = _refine(d, e, weak, j + lo)
             voiced[at] = ap < params.voicing_threshold
             aperiodicity[at] = ap
 
-    f0[rows[voiced]] = sample_rate_hz / period[voiced]
-    periodicity[rows[voiced]] = 1.0 - d_min[voiced] / np.maximum(energy_at[voiced], 1e-30)
+    f0[rows] = np.where(voiced, sample_rate_hz / period, np.nan)
+    periodicity[rows] = np.where(voiced, 1.0 - d_min / np.maximum(energy_at, 1e-30), np.nan)
     min_run = math.ceil(params.min_voiced_run_ms * sample_rate_hz / (1000.0 * hop))
     _drop_short_runs(f0, min_run)
     f0 = _smooth_track(f0, params.f0_min_hz, params.f0_max_hz)
@@ -699,8 +714,32 @@ def _f0_track(
     return f0, periodicity, aperiodicity_out
 
 
+_SPARE_YIN: dict[_YinGeometry, list[_Yin]] = {}
+"""``_Yin`` work buffers not in use, per geometry: a turn takes one and gives it back, so
+turns measured one after another reuse them (allocating them cost a short turn several µs and
+a long one ~0.3 ms of zeroed pages), and turns measured at once in several threads (numpy
+releases the GIL in the FFTs) each hold their own. ``list.pop`` and ``list.append`` are
+atomic; at most ``_SPARE_YIN_MAX`` are kept per geometry."""
+_SPARE_YIN_MAX = 4
+
+
+def _take_yin(geometry: _YinGeometry) -> _Yin:
+    try:
+        return _SPARE_YIN.setdefault(geometry, []).pop()
+    except IndexError:
+        return _Yin(
+            geometry.size, geometry.tau_min, geometry.tau_max, geometry.nfft, _YIN_CHUNK_FRAMES
+        )
+
+
+def _give_back_yin(geometry: _YinGeometry, yin: _Yin) -> None:
+    spare = _SPARE_YIN.setdefault(geometry, [])
+    if len(spare) < _SPARE_YIN_MAX:
+        spare.append(yin)
+
+
 class _Yin:
-    """YIN steps 2-3 on a batch of frames, with FFT buffers reused across batches.
+    """YIN steps 2-3 on a batch of frames, with FFT buffers reused across batches and turns.
 
     Call with ``frames`` of shape ``(b, size)`` (int16 samples) and ``run`` of shape
     ``(b, size + 1)`` (int64 running sums of squares of the same frames, ``run[:, 0]`` being
@@ -719,6 +758,7 @@ class _Yin:
         # Frames zero-padded to nfft, and power spectra zero-padded to a 2*nfft-point signal's
         # (numpy's float64 rfft and complex64 irfft are its fastest pair at these sizes).
         self.frames = np.zeros((capacity, nfft), dtype=np.float64)
+        self.spec = np.empty((capacity, nfft // 2 + 1), dtype=np.complex128)
         self.power = np.zeros((capacity, nfft + 1), dtype=np.complex64)
         self.per_pair, self.per_pair_4, self.lag_index = _yin_weights(
             size, self.n_half, self.lo, self.hi
@@ -732,7 +772,7 @@ class _Yin:
         size, n_int, n_half, lo, hi = self.size, self.n_int, self.n_half, self.lo, self.hi
         buf = self.frames[:b]
         buf[:, :size] = frames
-        spec = np.fft.rfft(buf, axis=1)
+        spec = np.fft.rfft(buf, axis=1, out=self.spec[:b])
         power = self.power[:b]
         bins = power[:, : spec.shape[1]]
         bins[...] = spec
@@ -740,12 +780,14 @@ class _Yin:
         acf2 = np.fft.irfft(power, axis=1)[:, :n_half]  # half the autocorrelation, half-lags
 
         # Energies of the overlapping parts: head(t) = sum_{i < size-t} x_i^2, tail(t) =
-        # sum_{i >= t} x_i^2, exact at integer lags, linearly interpolated between them.
-        head = run[:, size - n_int + 1 :][:, ::-1] - run[:, :1]
-        tail = run[:, size:] - run[:, :n_int]
+        # sum_{i >= t} x_i^2, exact at integer lags (int64), linearly interpolated between.
+        # head + tail = (run[size - t] - run[t]) + (run[size] - run[0]).
         energy = np.empty((b, n_half), dtype=np.float32)
-        energy[:, 0::2] = head + tail
-        energy[:, 1::2] = 0.5 * (energy[:, 0:-1:2] + energy[:, 2::2])
+        inner = run[:, size - n_int + 1 :][:, ::-1] - run[:, :n_int]
+        np.add(inner, run[:, size:] - run[:, :1], out=energy[:, 0::2], casting="unsafe")
+        half = energy[:, 1::2]
+        np.add(energy[:, 0:-1:2], energy[:, 2::2], out=half)
+        half *= 0.5
         energy *= self.per_pair
 
         # Difference function (YIN step 2) per pair, and its cumulative mean normalisation
@@ -753,7 +795,7 @@ class _Yin:
         acf2 *= self.per_pair_4
         d = (energy - acf2).astype(np.float32, copy=False)  # float32 already: no copy
         np.maximum(d, 0.0, out=d)
-        running = np.cumsum(d[:, 1 : hi + 1], axis=1)[:, lo - 1 :]
+        running = d[:, 1 : hi + 1].cumsum(axis=1)[:, lo - 1 :]
         tiny = np.float32(1e-30)
         dn = d[:, lo : hi + 1] * self.lag_index
         dn += tiny
@@ -821,33 +863,43 @@ def _octave_down(
     kept: on clean harmonic complexes both values are a few thousandths and their ratio is
     noise (a 250 Hz one moved a quarter of its frames an octave down without this).
     """
+    b, n = d.shape
     k = j + lo
-    rows = np.arange(d.shape[0])
-    at_k = d[rows, k] / np.maximum(energy[rows, k], 1e-30)
-    cols = np.minimum(np.maximum(2 * k[:, None] + _AROUND, lo), hi)
-    at_2k = d[rows[:, None], cols] / np.maximum(energy[rows[:, None], cols], 1e-30)
-    best = at_2k.argmin(axis=1)
-    move = (2 * k <= hi) & (at_k >= _OCTAVE_CHECK_MIN) & (at_2k[rows, best] < ratio * at_k)
-    out: NDArray[np.intp] = np.where(move, cols[rows, best] - lo, j)
+    k2 = 2 * k
+    # Flat positions of column k and of the three half-lags around 2k (clipped to hi; 2k - 1
+    # >= lo as k >= lo >= 1) in each row: one gather from d and one from the energies.
+    at = np.empty((b, 4), dtype=np.intp)
+    at[:, 0] = k
+    np.minimum(k2[:, None] + _AROUND, hi, out=at[:, 1:])
+    at += (np.arange(b) * n)[:, None]
+    q = d.reshape(-1)[at] / np.maximum(energy.reshape(-1)[at], 1e-30)
+    at_k = q[:, 0]
+    best = q[:, 1:].argmin(axis=1)
+    move = (k2 <= hi) & (at_k >= _OCTAVE_CHECK_MIN) & (q[:, 1:].min(axis=1) < ratio * at_k)
+    out: NDArray[np.intp] = np.where(move, np.minimum(k2 - 1 + best, hi) - lo, j)
     return out
 
 
 def _refine(
-    d: NDArray[np.float32], energy: NDArray[np.float32], k: NDArray[np.intp]
+    d: NDArray[np.float32],
+    energy: NDArray[np.float32],
+    rows: NDArray[np.intp],
+    k: NDArray[np.intp],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """YIN step 5: parabolic interpolation of ``d`` (half-lag grid, shape ``(b, n)``) around
-    column ``k[i]`` of row ``i``. Returns the period in samples, ``d`` at it and ``energy``
-    (same grid) at column ``k``, each of shape ``(b,)``.
+    """YIN step 5: parabolic interpolation of ``d`` (half-lag grid, C-contiguous, shape
+    ``(b, n)``) around column ``k[i]`` of row ``rows[i]``, ``0 < k[i] < n - 1``. Returns the
+    period in samples, ``d`` at it and ``energy`` (same grid and layout) at column ``k``, each
+    of shape ``rows.shape``.
     """
-    r = np.arange(d.shape[0])[:, None]
-    near = d[r, k[:, None] + _AROUND].astype(np.float64)
+    at = rows * d.shape[1] + k  # flat positions: one row gather, no 2-D index array
+    near = windows(d, 3)[at - 1].astype(np.float64)
     d_l, d_c, d_r = near[:, 0], near[:, 1], near[:, 2]
     curv = d_l - 2.0 * d_c + d_r
-    shift = np.zeros(d.shape[0])
+    shift = np.zeros(k.shape[0])
     np.divide(d_l - d_r, 2.0 * curv, out=shift, where=curv > 0.0)
     np.minimum(np.maximum(shift, -0.5, out=shift), 0.5, out=shift)  # np.clip: ~1 µs more
     value = np.maximum(d_c - 0.25 * (d_l - d_r) * shift, 0.0)
-    return 0.5 * (k + shift), value, energy[r[:, 0], k].astype(np.float64)
+    return 0.5 * (k + shift), value, energy.reshape(-1)[at].astype(np.float64)
 
 
 _AROUND = np.arange(-1, 2)
@@ -926,9 +978,11 @@ def _smooth_track(f0: NDArray[np.float64], lo_hz: float, hi_hz: float) -> NDArra
             fix = (np.abs(delta - octave) <= 3.0) & (moved >= lo_st) & (moved <= hi_st)
             folded[fix] = moved[fix]
         st = folded
-    a, c = _shifted(st, 1), _shifted(st, -1)
-    med = np.maximum(np.minimum(a, st), np.minimum(np.maximum(a, st), c))  # NaN if any is NaN
-    st = np.where(np.isnan(med), st, med)
+    # Each inner frame's median with its two neighbours (NaN if any is NaN: then kept as is);
+    # the first and last frames have one neighbour and stay.
+    a, b, c = st[:-2], st[1:-1], st[2:]
+    med = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+    st[1:-1] = np.where(np.isnan(med), b, med)  # st is this function's own array
     out: NDArray[np.float64] = 2.0 ** (st / 12.0)
     return out
 
@@ -947,19 +1001,19 @@ def _voicing(aperiodicity: NDArray[np.float64], params: FeatureParams) -> float:
 
 
 def _pitch_stats(
-    f0: NDArray[np.float64],
-    voiced: NDArray[np.bool_],
+    st: NDArray[np.float64],
+    st_sorted: NDArray[np.float64],
+    t: NDArray[np.float64],
     n_voiced: int,
     n_speech_pitch: int,
-    hop_s: float,
     params: FeatureParams,
 ) -> PitchFeatures:
+    """``st``, ``t``: the voiced frames' F0 (semitones) and times (s), shape ``(n_voiced,)``;
+    ``st_sorted``: ``st`` ascending."""
     ratio = min(1.0, n_voiced / n_speech_pitch)
     if n_voiced < params.min_voiced_frames:
         return PitchFeatures(None, None, ratio, None)
-    st = 12.0 * np.log2(f0[voiced])
-    q25, q50, q75 = _quantiles(st, (0.25, 0.5, 0.75))
-    t = voiced.nonzero()[0].astype(np.float64) * hop_s
+    q25, q50, q75 = _sorted_quantiles(st_sorted, (0.25, 0.5, 0.75))
     slope: float | None = None
     if (t[-1] - t[0]) * 1000.0 >= params.min_slope_span_ms:
         tc = t - mean(t)
@@ -1029,36 +1083,38 @@ def _smoothing_kernel(taps: int) -> NDArray[np.float64]:
 
 
 def _prosody(
-    f0: NDArray[np.float64],
-    voiced: NDArray[np.bool_],
-    n_voiced: int,
+    at: NDArray[np.intp],
+    st_yin: NDArray[np.float64],
+    st_sorted: NDArray[np.float64],
+    t: NDArray[np.float64],
     frame_db: NDArray[np.float64],
+    levels: NDArray[np.float64],
     speech_power: NDArray[np.float64],
-    speech: NDArray[np.bool_],
     hop_s: float,
     params: FeatureParams,
     voicing: float,
 ) -> ProsodyFeatures:
-    heard = frame_db[speech]
-    heard = heard[heard > _DIGITAL_SILENCE_DBFS]
+    """``at``: the voiced frames; ``st_yin``, ``t``: their F0 (semitones, as YIN read it) and
+    times (s), ``st_sorted``: ``st_yin`` ascending; ``frame_db``: every frame's level,
+    ``levels``: the speech frames', sorted."""
+    n_voiced = at.shape[0]
+    heard = levels[np.searchsorted(levels, _DIGITAL_SILENCE_DBFS, side="right") :]
     level_dbfs: float | None = None
     level_range: float | None = None
     if heard.shape[0]:
-        q10, q95 = _quantiles(heard, (0.10, 0.95))
+        q10, q95 = _sorted_quantiles(heard, (0.10, 0.95))
         level_range = q95 - q10
         level_dbfs = float(_power_db(np.asarray([mean(speech_power)]))[0])
     if n_voiced < params.min_voiced_frames:
         return ProsodyFeatures(
             n_voiced, None, None, None, None, None, level_dbfs, level_range, voicing
         )
-    idx = voiced.nonzero()[0]
-    st = _octave_corrected(12.0 * np.log2(f0[idx]))
-    lv = frame_db[idx]
+    st = _octave_corrected(st_yin, sorted_median(st_sorted))
+    lv = frame_db[at]
     loud = lv >= float(lv.max()) - params.pitch_range_level_db
     p10, p90 = _quantiles(st[loud], (0.10, 0.90))
     change: float | None = None
     contour: Contour | None = None
-    t = idx * hop_s
     tail = t >= t[-1] - params.contour_window_ms / 1000.0 + 0.5 * hop_s
     if np.count_nonzero(tail) * hop_s * 1000.0 >= params.contour_min_voiced_ms:
         tt = t[tail]
@@ -1093,7 +1149,7 @@ def _interquartile_mean(a: NDArray[np.float64]) -> float:
 _OCTAVE_FOLD_SEMITONES = 9.0
 
 
-def _octave_corrected(st: NDArray[np.float64]) -> NDArray[np.float64]:
+def _octave_corrected(st: NDArray[np.float64], st_median: float) -> NDArray[np.float64]:
     """A turn's F0 in semitones with octave errors undone: every voiced frame more than 9
     semitones from the turn's median is moved by whole octaves toward it.
 
@@ -1105,7 +1161,7 @@ def _octave_corrected(st: NDArray[np.float64]) -> NDArray[np.float64]:
     error split evenly with the true F0 (the median between them) is left as it is. Frame by
     frame against the median, not step by step along the track: one odd frame cannot shift
     the rest of the turn."""
-    d = st - median(st)
+    d = st - st_median
     far = np.maximum(np.abs(d) - _OCTAVE_FOLD_SEMITONES, 0.0)
     octaves = np.sign(d) * np.ceil(far / 12.0)
     out: NDArray[np.float64] = st - 12.0 * octaves

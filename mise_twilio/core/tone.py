@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from mise_twilio.core._numeric import windows
 from mise_twilio.core.audio import FRAME_MS, FULL_SCALE_RMS
 
 if TYPE_CHECKING:
@@ -73,16 +74,18 @@ def find_tone(
     bin_hz = sample_rate_hz / (2 * (bins - 1))
     lobe = max(1, round(_LOBE_HZ / bin_hz))
     peak = power[:, 1:-1].argmax(axis=1) + 1
-    rows = np.arange(k)[:, None]
-    # The main lobe's bins (clamped at the band edges, where a repeated bin is then dropped).
-    around = peak[:, None] + np.arange(-lobe, lobe + 1)
-    inside = (around >= 0) & (around < bins)
-    lobe_power = (power[rows, np.minimum(np.maximum(around, 0), bins - 1)] * inside).sum(axis=1)
+    # The main lobe's bins, peak - lobe .. peak + lobe, from a copy of the spectra with lobe
+    # zero bins at both ends: one row gather of a flat view (bins past the band edges add 0).
+    wide = bins + 2 * lobe
+    margined = np.zeros((k, wide), dtype=power.dtype)
+    margined[:, lobe : lobe + bins] = power
+    lobe_power = windows(margined, 2 * lobe + 1)[np.arange(k) * wide + peak].sum(axis=1)
     purity = lobe_power / np.maximum(power.sum(axis=1), 1e-30)
     min_power = FULL_SCALE_RMS**2 * 10.0 ** (params.tone_min_dbfs / 10.0)
     pure = (purity >= params.tone_min_purity) & (frame_power >= min_power)
     if not pure.any():  # speech: the frequency is not needed
         return None
+    rows = np.arange(k)[:, None]
     lp = np.log(np.maximum(power[rows, peak[:, None] + np.arange(-1, 2)], 1e-30))
     curv = lp[:, 0] - 2.0 * lp[:, 1] + lp[:, 2]
     shift = np.zeros(k)
