@@ -36,11 +36,11 @@ def sorted_median(v: NDArray[np.float64]) -> float:
 
 
 def windows(a: NDArray[_S], width: int) -> NDArray[_S]:
-    """Read-only view of C-contiguous ``a``'s buffer, flattened, as every run of ``width``
-    consecutive elements: shape ``(a.size - width + 1, width)``, row ``i`` = flat elements
-    ``i .. i + width - 1``. ``windows(a, w)[rows]`` gathers ``w`` neighbours per index, at a
-    third of the cost of indexing with a 2-D index array."""
+    """View of C-contiguous ``a``'s buffer, flattened, as every run of ``width`` consecutive
+    elements: shape ``(a.size - width + 1, width)``, row ``i`` = flat elements ``i .. i + width
+    - 1``. ``windows(a, w)[rows]`` gathers ``w`` neighbours per index (a copy), at a third of
+    the cost of indexing with a 2-D index array. The rows overlap: never write through the
+    view (it is not made read-only: that costs as much as building it)."""
     step = a.itemsize
     view: NDArray[_S] = np.ndarray((a.size - width + 1, width), a.dtype, a, 0, (step, step))
-    view.flags.writeable = False
     return view

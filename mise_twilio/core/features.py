@@ -451,7 +451,7 @@ def measure_turn(
     padded[yin.left : yin.left + take] = pcm[:take]
     sq = np.zeros(total + 1, dtype=np.int64)
     np.multiply(padded, padded, out=sq[1:], dtype=np.int64)
-    np.cumsum(sq, out=sq)
+    sq.cumsum(out=sq)
     edges = sq[yin.left : yin.left + 2 * n_frames * block + 1 : block]
     block_energy = edges[1:] - edges[:-1]
     frame_power = (edges[2::2] - edges[:-2:2]) / frame
@@ -480,7 +480,7 @@ def measure_turn(
     n_voiced = at.shape[0]
     st = 12.0 * np.log2(f0[at])  # their F0 in semitones re 1 Hz
     st_sorted = np.sort(st)
-    t = cast(NDArray[np.float64], at * hop_s)  # their centres' times re the turn's first, s
+    t = cast("NDArray[np.float64]", at * hop_s)  # their centres' times re the turn's first, s
     pitch = _pitch_stats(st, st_sorted, t, n_voiced, n_speech, params)
     nuclei = _count_nuclei(
         block_energy / block, voiced.repeat(2), speech.repeat(2), 0.5 * hop_s, params
