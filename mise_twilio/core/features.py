@@ -611,7 +611,8 @@ def _f0_track(
 
     ``padded``: the turn with ``geometry.left`` zeros before it and zeros after, shape
     ``((n_pitch - 1) * hop + size,)``; ``sq``: the running sum of its squares, ``sq[i]`` =
-    sum of the first ``i`` (int64, one longer).
+    sum of the first ``i`` (int64, one longer); ``in_speech``: shape ``(n_pitch,)``, at least
+    one True.
 
     Returns three arrays of shape ``(n_pitch,)``: F0 in Hz, and the normalised cross-correlation
     ``r = 1 - d(T) / (E_0 + E_T)`` of the frame with itself one period ``T`` later (``d`` the
@@ -648,7 +649,8 @@ def _f0_track(
     # First pass: YIN per frame. Frames with a dip under yin_threshold are confident; frames
     # that only reach the voicing threshold at their global minimum keep their d' rows for
     # the second pass.
-    parts: list[tuple[NDArray[np.float64], ...]] = []  # per chunk: period, d, energy, d'
+    # Per chunk: each frame's period, d and energy there (_refine), and d' there.
+    parts: list[tuple[NDArray[np.float64], ...]] = []
     found_parts: list[NDArray[np.bool_]] = []
     # Per chunk with weak frames: (its first row, the weak rows in it, its d, d' and energy).
     weak_chunks: list[
