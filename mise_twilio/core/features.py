@@ -1112,15 +1112,18 @@ def _prosody(
             n_voiced, None, None, None, None, None, level_dbfs, level_range, voicing
         )
     st = _octave_corrected(st_yin, sorted_median(st_sorted))
+    if st is not st_yin:  # some frames folded
+        st_sorted = np.sort(st)
     lv = frame_db[at]
     loud = lv >= float(lv.max()) - params.pitch_range_level_db
     p10, p90 = _quantiles(st[loud], (0.10, 0.90))
     change: float | None = None
     contour: Contour | None = None
-    tail = t >= t[-1] - params.contour_window_ms / 1000.0 + 0.5 * hop_s
-    if np.count_nonzero(tail) * hop_s * 1000.0 >= params.contour_min_voiced_ms:
-        tt = t[tail]
-        change = _theil_sen(tt, st[tail]) * float(tt[-1] - tt[0])
+    # The frames in the contour window: a suffix, as t increases.
+    tail = int(np.searchsorted(t, t[-1] - params.contour_window_ms / 1000.0 + 0.5 * hop_s))
+    if (t.shape[0] - tail) * hop_s * 1000.0 >= params.contour_min_voiced_ms:
+        tt = t[tail:]
+        change = _theil_sen(tt, st[tail:]) * float(tt[-1] - tt[0])
         if change >= params.contour_threshold_semitones:
             contour = "rising"
         elif change <= -params.contour_threshold_semitones:
@@ -1129,7 +1132,7 @@ def _prosody(
             contour = "level"
     return ProsodyFeatures(
         voiced_frames=n_voiced,
-        f0_level_hz=2.0 ** (_interquartile_mean(st) / 12.0),
+        f0_level_hz=2.0 ** (_interquartile_mean(st_sorted) / 12.0),
         f0_p10_hz=2.0 ** (p10 / 12.0),
         pitch_range_semitones=p90 - p10,
         contour=contour,
@@ -1140,10 +1143,9 @@ def _prosody(
     )
 
 
-def _interquartile_mean(a: NDArray[np.float64]) -> float:
-    """Mean of the middle half of a non-empty 1-D array (sorted, ``n // 4`` values dropped at
-    each end; all of them under four)."""
-    v = np.sort(a)
+def _interquartile_mean(v: NDArray[np.float64]) -> float:
+    """Mean of the middle half of a non-empty 1-D array sorted ascending (``n // 4`` values
+    dropped at each end; all of them under four)."""
     cut = v.shape[0] // 4
     return mean(v[cut : v.shape[0] - cut])
 
@@ -1165,6 +1167,8 @@ def _octave_corrected(st: NDArray[np.float64], st_median: float) -> NDArray[np.f
     the rest of the turn."""
     d = st - st_median
     far = np.maximum(np.abs(d) - _OCTAVE_FOLD_SEMITONES, 0.0)
+    if not np.logical_or.reduce(far > 0.0):
+        return st  # the usual case: nothing to fold (st itself, which callers do not modify)
     octaves = np.sign(d) * np.ceil(far / 12.0)
     out: NDArray[np.float64] = st - 12.0 * octaves
     return out
