@@ -10,8 +10,9 @@ the ratio holds whatever else loads the machine.
 Turns: a 120 Hz harmonic complex at telephone quality (voiced throughout, the worst case:
 every pitch frame and every glottal period is analysed), the same with a VAD mask marking
 every other 200 ms as pause, white noise, and a speech-shaped phrase (``signals.utterance``).
-Each is timed with ``time.process_time`` over many calls; the best of several repeats is
-reported (the least disturbed by other load), with the median of the repeats beside it.
+Each is timed with ``time.process_time`` over many calls, taking turns with the anchor within
+each repeat; the best of several repeats is reported (the least disturbed by other load), with
+the median of the repeats beside it.
 Then whole calls replayed with and without features (the committed fixtures, and the seven
 AMI real-speech calls of ``fixtures/real_calls.py`` when ``../shared`` is there): the CPU the
 features add, per second of turn audio, over the turn lengths real calls have. No assertions.
@@ -78,23 +79,27 @@ def load_before() -> ModuleType | None:
     return module
 
 
-def cpu_per_call(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(best, median) CPU seconds per call of ``fn`` over ``repeats`` repeats."""
-    fn()  # warm up
-    start = time.process_time()
-    calls = 0
-    while time.process_time() - start < 0.05:
-        fn()
-        calls += 1
-    per_call = (time.process_time() - start) / calls
-    n = max(3, int(BUDGET_S / per_call))
-    results = []
-    for _ in range(repeats):
-        t0 = time.process_time()
-        for _ in range(n):
+def cpu_per_call(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float]]:
+    """(best, median) CPU seconds per call of each of ``fns`` over ``repeats`` repeats, the
+    functions taking turns within each repeat (so a slow spell of the machine falls on all of
+    them, not on one: the ratios hold even when the absolute figures drift)."""
+    counts = []
+    for fn in fns:
+        fn()  # warm up
+        start = time.process_time()
+        calls = 0
+        while time.process_time() - start < 0.05:
             fn()
-        results.append((time.process_time() - t0) / n)
-    return min(results), statistics.median(results)
+            calls += 1
+        counts.append(max(3, int(BUDGET_S * calls / (time.process_time() - start))))
+    results: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, n, out in zip(fns, counts, results, strict=True):
+            t0 = time.process_time()
+            for _ in range(n):
+                fn()
+            out.append((time.process_time() - t0) / n)
+    return [(min(r), statistics.median(r)) for r in results]
 
 
 def replay_cost(calls: list[list[str]], repeats: int) -> tuple[float, float, list[float]]:
@@ -163,10 +168,14 @@ def main() -> None:
         ]
         for name, (pcm, mask) in zip(cases, inputs, strict=True):
             segments = ((0, n_frames),) if mask is None else _spans(mask)
-            best, med = cpu_per_call(partial(turn_acoustics, pcm, segments, 0), repeats)
+            fns: list[Callable[[], object]] = [partial(turn_acoustics, pcm, segments, 0)]
+            if before is not None:
+                fns.append(partial(before.measure_turn, pcm, mask))
+            timed = cpu_per_call(fns, repeats)
+            best, med = timed[0]
             now = f"{best / duration * 1e6:.0f} ({med / duration * 1e6:.0f})"
             if before is not None:
-                b_best, b_med = cpu_per_call(partial(before.measure_turn, pcm, mask), repeats)
+                b_best, b_med = timed[1]
                 was = f"{b_best / duration * 1e6:.0f} ({b_med / duration * 1e6:.0f})"
                 ratio = f"{best / b_best:.2f}"
             else:
