@@ -56,13 +56,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar, cast
+from typing import Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mise_twilio.core import arousal as _arousal
-from mise_twilio.core._numeric import mean, median, sorted_median, windows
+from mise_twilio.core._numeric import mean, median, sorted_median, strided_frames, windows
 from mise_twilio.core.audio import FRAME_MS, FULL_SCALE_RMS, SAMPLE_RATE_HZ, SILENCE_DBFS
 from mise_twilio.core.records import Energy, Pitch, Voice
 from mise_twilio.core.tone import ToneFeatures, find_tone
@@ -90,7 +90,6 @@ _YIN_CHUNK_FRAMES = 64
 
 Contour = Literal["rising", "falling", "level"]
 
-_S = TypeVar("_S", bound=np.generic)
 _FULL_SCALE_POWER = FULL_SCALE_RMS * FULL_SCALE_RMS
 _SILENCE_POWER = _FULL_SCALE_POWER * 10.0 ** (SILENCE_DBFS / 10.0)
 _DIGITAL_SILENCE_DBFS = -90.0
@@ -561,16 +560,6 @@ def _energy(levels: NDArray[np.float64], ordered: NDArray[np.float64]) -> Energy
     )
 
 
-def _strided_frames(a: NDArray[_S], size: int, hop: int, count: int) -> NDArray[_S]:
-    """Read-only ``(count, size)`` view of 1-D C-contiguous ``a`` (offset 0); row ``j`` starts
-    at ``j*hop``."""
-    step = a.strides[0]
-    # The ndarray constructor over ``a``'s buffer: as_strided costs ~2 µs more per call.
-    view: NDArray[_S] = np.ndarray((count, size), a.dtype, a, 0, (step * hop, step))
-    view.flags.writeable = False
-    return view
-
-
 @dataclass(frozen=True, slots=True)
 class _YinGeometry:
     """YIN's frame layout for one rate, hop and parameter set (see ``_f0_track``)."""
@@ -634,7 +623,7 @@ def _f0_track(
     """
     size = geometry.size
     # run[j, m] = sum of the first m squares of frame j (a strided view, no copy).
-    run = _strided_frames(sq, size + 1, hop, n_pitch)
+    run = strided_frames(sq, size + 1, hop, n_pitch)
     level_db = _power_db((run[:, size] - run[:, 0]) / size)
     loudest = float(np.maximum.reduce(level_db[in_speech]))
     gate = max(params.voicing_min_dbfs, loudest - params.voicing_range_db)
@@ -656,7 +645,7 @@ def _f0_track(
     weak_chunks: list[
         tuple[int, NDArray[np.intp], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
     ] = []
-    all_frames = _strided_frames(padded, size, hop, n_pitch)
+    all_frames = strided_frames(padded, size, hop, n_pitch)
     contiguous = int(rows[-1]) - int(rows[0]) + 1 == m  # usual: every speech frame passes
     yin = _take_yin(geometry)  # its buffers are this turn's until given back
     lo, hi, row_index, half_lags = yin.lo, yin.hi, yin.row_index, yin.lag_index  # constants
