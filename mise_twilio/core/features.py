@@ -471,10 +471,9 @@ def measure_turn(
         return TurnFeatures(energy, no_pitch, None, _NO_PROSODY, NO_VOICE, tone)
 
     hop_s = frame / sample_rate_hz
-    f0, periodicity, aperiodicity = _f0_track(
+    f0, voiced, periodicity, aperiodicity = _f0_track(
         padded, sq, yin, n_frames, frame, speech, sample_rate_hz, params
     )
-    voiced = ~np.isnan(f0)
     at = voiced.nonzero()[0]  # the voiced frames, shared by the statistics below
     n_voiced = at.shape[0]
     st = 12.0 * np.log2(f0[at])  # their F0 in semitones re 1 Hz
@@ -595,18 +594,20 @@ def _f0_track(
     in_speech: NDArray[np.bool_],
     sample_rate_hz: int,
     params: FeatureParams,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """YIN F0 per pitch frame, each voiced frame's periodicity, and each analysed frame's d'.
+) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]:
+    """YIN F0 per pitch frame, which are voiced, each voiced frame's periodicity, and each
+    analysed frame's d'.
 
     ``padded``: the turn with ``geometry.left`` zeros before it and zeros after, shape
     ``((n_pitch - 1) * hop + size,)``; ``sq``: the running sum of its squares, ``sq[i]`` =
     sum of the first ``i`` (int64, one longer); ``in_speech``: shape ``(n_pitch,)``, at least
     one True.
 
-    Returns three arrays of shape ``(n_pitch,)``: F0 in Hz, and the normalised cross-correlation
+    Returns four arrays of shape ``(n_pitch,)``: F0 in Hz (NaN where unvoiced), True where it
+    is not NaN, the normalised cross-correlation
     ``r = 1 - d(T) / (E_0 + E_T)`` of the frame with itself one period ``T`` later (``d`` the
     difference function at its interpolated minimum, ``E`` the energies of the overlapping
-    parts), both NaN where unvoiced; and d' at the chosen period of every frame YIN analysed
+    parts), NaN where unvoiced; and d' at the chosen period of every frame YIN analysed
     (inside speech and over the level gate, voiced or not), NaN for the others.
 
     Pitch frame ``j`` is ``size = window + tau_max + 1`` samples centred on sample
@@ -634,7 +635,7 @@ def _f0_track(
     aperiodicity_out = f0.copy()
     m = rows.shape[0]
     if m == 0:
-        return f0, periodicity, aperiodicity_out
+        return f0, np.zeros(n_pitch, dtype=np.bool_), periodicity, aperiodicity_out
     # First pass: YIN per frame. Frames with a dip under yin_threshold are confident; frames
     # that only reach the voicing threshold at their global minimum keep their d' rows for
     # the second pass.
@@ -700,9 +701,10 @@ def _f0_track(
     min_run = math.ceil(params.min_voiced_run_ms * sample_rate_hz / (1000.0 * hop))
     _drop_short_runs(f0, min_run)
     f0 = _smooth_track(f0, params.f0_min_hz, params.f0_max_hz)
-    periodicity[np.isnan(f0)] = np.nan
+    unvoiced = np.isnan(f0)
+    periodicity[unvoiced] = np.nan
     aperiodicity_out[rows] = aperiodicity
-    return f0, periodicity, aperiodicity_out
+    return f0, ~unvoiced, periodicity, aperiodicity_out
 
 
 _SPARE_YIN: dict[_YinGeometry, list[_Yin]] = {}
@@ -776,9 +778,7 @@ class _Yin:
         energy = np.empty((b, n_half), dtype=np.float32)
         inner = run[:, size - n_int + 1 :][:, ::-1] - run[:, :n_int]
         np.add(inner, run[:, size:] - run[:, :1], out=energy[:, 0::2], casting="unsafe")
-        half = energy[:, 1::2]
-        np.add(energy[:, 0:-1:2], energy[:, 2::2], out=half)
-        half *= 0.5
+        np.add(energy[:, 0:-1:2], energy[:, 2::2], out=energy[:, 1::2])  # halved below
         energy *= self.per_pair
 
         # Difference function (YIN step 2) per pair, and its cumulative mean normalisation
@@ -799,11 +799,15 @@ class _Yin:
 def _yin_weights(
     size: int, n_half: int, lo: int, hi: int
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-    """``_Yin``'s constant rows (read-only): 1 / pairs and 4 / pairs per half-lag (``acf2`` is
-    half the autocorrelation), and the searched half-lags ``lo..hi``."""
+    """``_Yin``'s constant rows (read-only): 1 / pairs per half-lag, halved at the half-lags
+    (whose energies are sums of their two neighbours', to be averaged: halving a float32 is
+    exact, so this rounds as averaging first did), 4 / pairs (``acf2`` is half the
+    autocorrelation), and the searched half-lags ``lo..hi``."""
     pairs = size - 0.5 * np.arange(n_half)
+    per_pair = (1.0 / pairs).astype(np.float32)
+    per_pair[1::2] *= np.float32(0.5)
     out = (
-        (1.0 / pairs).astype(np.float32),
+        per_pair,
         (4.0 / pairs).astype(np.float32),
         np.arange(lo, hi + 1, dtype=np.float32),
     )
@@ -867,6 +871,8 @@ def _octave_down(
     at_k = q[:, 0]
     best = q[:, 1:].argmin(axis=1)
     move = (k2 <= hi) & (at_k >= _OCTAVE_CHECK_MIN) & (q[:, 1:].min(axis=1) < ratio * at_k)
+    if not np.logical_or.reduce(move):
+        return j  # the usual case
     out: NDArray[np.intp] = np.where(move, np.minimum(k2 - 1 + best, hi) - lo, j)
     return out
 
@@ -886,10 +892,11 @@ def _refine(
     near = windows(d, 3)[at - 1].astype(np.float64)
     d_l, d_c, d_r = near[:, 0], near[:, 1], near[:, 2]
     curv = d_l - 2.0 * d_c + d_r
+    slope = d_l - d_r
     shift = np.zeros(k.shape[0])
-    np.divide(d_l - d_r, 2.0 * curv, out=shift, where=curv > 0.0)
+    np.divide(slope, 2.0 * curv, out=shift, where=curv > 0.0)
     np.minimum(np.maximum(shift, -0.5, out=shift), 0.5, out=shift)  # np.clip: ~1 µs more
-    value = np.maximum(d_c - 0.25 * (d_l - d_r) * shift, 0.0)
+    value = np.maximum(d_c - 0.25 * slope * shift, 0.0)
     return 0.5 * (k + shift), value, energy.reshape(-1)[at].astype(np.float64)
 
 
@@ -1095,7 +1102,8 @@ def _prosody(
     if heard.shape[0]:
         q10, q95 = _sorted_quantiles(heard, (0.10, 0.95))
         level_range = q95 - q10
-        level_dbfs = float(_power_db(np.asarray([mean(speech_power)]))[0])
+        power = np.maximum(np.float64(mean(speech_power)), _SILENCE_POWER)
+        level_dbfs = float(10.0 * np.log10(power / _FULL_SCALE_POWER))  # as _power_db
     if n_voiced < params.min_voiced_frames:
         return ProsodyFeatures(
             n_voiced, None, None, None, None, None, level_dbfs, level_range, voicing

@@ -293,8 +293,8 @@ def _marks(
     total = int(np.add.reduce(count))
     if total == 0:
         return None
-    fi = np.repeat(np.arange(k.shape[0]), count)
-    m = np.arange(total) - np.repeat(np.cumsum(count) - count, count) + first[fi]
+    fi = np.arange(k.shape[0]).repeat(count)
+    m = np.arange(total) - (count.cumsum() - count).repeat(count) + first[fi]
     pos = k[fi] * hop + (m - ph0[fi]) * per[fi]
     return np.rint(pos).astype(np.intp), per[fi], run_of[fi], run_end
 
@@ -310,7 +310,7 @@ def _align(
     # Samples past n are res's zero padding (start <= n, width <= the padding), never the
     # first largest |res| unless the whole period is 0, when column 0 wins either way.
     win = np.abs(windows(res, width)[start])
-    win[cols[None, :] >= np.ceil(period)[:, None]] = -1.0
+    win *= cols < np.ceil(period)[:, None]  # past the period: 0, never above the period's peak
     peak = start + win.argmax(axis=1)
     out: NDArray[np.intp] = peak - np.rint(0.25 * period).astype(np.intp)
     return out
@@ -333,7 +333,7 @@ def _match_periods(
     nb = width + 2 * search
     segments = windows(res, nb)
     a = segments[start, :width]
-    a[np.arange(width)[None, :] >= lag0[:, None]] = 0.0
+    a *= np.arange(width) < lag0[:, None]  # zero past each cycle's own length
     first = start + lag0 - search
     b = segments[first]
     step = b.strides
