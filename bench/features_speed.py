@@ -15,7 +15,8 @@ each repeat; the best of several repeats is reported (the least disturbed by oth
 the median of the repeats beside it.
 Then whole calls replayed with and without features (the committed fixtures, and the seven
 AMI real-speech calls of ``fixtures/real_calls.py`` when ``../shared`` is there): the CPU the
-features add, per second of turn audio, over the turn lengths real calls have. No assertions.
+features add, per second of turn audio, over the turn lengths real calls have. Each length and
+each mix is printed against issue 15's target (``TARGET_US_PER_S``). No assertions.
 
 Run: ``.venv/bin/python bench/features_speed.py`` (``--quick``: fewer repeats)
 """
@@ -55,6 +56,8 @@ BEFORE = "a8559e6"
 """The last revision before issue 15's features (energy, pitch at 10 ms, speech rate)."""
 DURATIONS_S = (0.5, 1.0, 3.0, 10.0, 30.0)
 BUDGET_S = 0.3  # CPU per repeat
+TARGET_US_PER_S = 1000.0
+"""Issue 15's cost target: every per-turn feature together, CPU per second of turn audio."""
 
 
 def load_before() -> ModuleType | None:
@@ -156,6 +159,7 @@ def main() -> None:
     anchor = f"before ({BEFORE}) µs/s" if before else "before: no git"
     print(f"CPU per second of turn audio: best of {repeats} (median)")
     print(f"{'turn':<25}{'audio s':>8}{anchor:>26}{'now µs/s':>18}{'ratio':>7}")
+    worst: dict[float, float] = {}  # the costliest case's best figure per turn length, µs/s
     for duration in DURATIONS_S:
         n = int(duration * SAMPLE_RATE_HZ)
         n_frames = n // FRAME_SAMPLES
@@ -173,6 +177,7 @@ def main() -> None:
                 fns.append(partial(before.measure_turn, pcm, mask))
             timed = cpu_per_call(fns, repeats)
             best, med = timed[0]
+            worst[duration] = max(worst.get(duration, 0.0), best / duration * 1e6)
             now = f"{best / duration * 1e6:.0f} ({med / duration * 1e6:.0f})"
             if before is not None:
                 b_best, b_med = timed[1]
@@ -181,6 +186,10 @@ def main() -> None:
             else:
                 was, ratio = "-", "-"
             print(f"{name:<25}{duration:>8.1f}{was:>26}{now:>18}{ratio:>7}")
+    print(f"\ntarget: at most {TARGET_US_PER_S:.0f} µs/s (best of the repeats, costliest case)")
+    for duration, us in worst.items():
+        verdict = "met" if us <= TARGET_US_PER_S else "missed"
+        print(f"  {duration:>4.1f} s turns: {us:.0f} µs/s, {verdict}")
     fixtures = [read_fixture(p) for p in sorted((ROOT / "fixtures").glob("*.jsonl"))]
     mixes = [("fixture calls", fixtures), ("AMI real-speech calls", ami_calls())]
     print()
@@ -189,10 +198,11 @@ def main() -> None:
             print(f"{what}: not measured (../shared/real-speech/ami is missing)")
             continue
         best, med, durations = replay_cost(calls, repeats)
+        verdict = "met" if best <= TARGET_US_PER_S else "missed"
         print(
             f"{what} ({len(durations)} turns, median {statistics.median(durations):.1f} s, "
             f"{sum(d < 1.0 for d in durations)} under 1 s): the features add {best:.0f} "
-            f"({med:.0f}) µs CPU per second of turn audio"
+            f"({med:.0f}) µs CPU per second of turn audio; target {verdict}"
         )
 
 
