@@ -23,11 +23,14 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mise_twilio import __version__
-from mise_twilio.core.records import AnyRecord, StreamStopped, TurnRecord, json_schema_text, to_json
 
+if TYPE_CHECKING:
+    from mise_twilio.core.records import AnyRecord
+
+PROG = "mise-twilio"
 EXIT_USAGE = 2
 """A user error: bad flags, settings, input files or addresses (argparse's own status)."""
 EXIT_INTERRUPTED = 130
@@ -41,7 +44,19 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mise-twilio`` console script; returns the exit status."""
+    """Entry point of the ``mise-twilio`` console script; returns the exit status.
+
+    Everything past the standard library is imported in here, so that Ctrl-C while a command
+    is still starting (numpy, pydantic and the server stack take most of a second to import)
+    is ``interrupted`` and 130 too, not Python's traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from pydantic import ValidationError
 
     from mise_twilio.core.errors import ConfigError
@@ -61,9 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in validation_error_lines(exc):
             _error(line)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Python's recipe (docs: "Note on SIGPIPE"): point stdout at /dev/null so the flush at
         # exit does not raise again, and end quietly: the reader has all it wanted.
@@ -83,7 +95,7 @@ def _os_reason(exc: BaseException) -> str:
 
 
 def _error(message: str) -> int:
-    print(f"mise-twilio: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -125,6 +137,7 @@ def _free_socket(host: str) -> socket.socket:
 async def _demo(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from mise_twilio.core.records import TurnRecord
     from mise_twilio.replay import read_fixture
     from mise_twilio.server.app import STREAM_PATH, create_app, uvicorn_config
     from mise_twilio.server.config import Settings
@@ -323,6 +336,7 @@ class _Progress:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from mise_twilio.core.records import to_json
     from mise_twilio.replay import iter_replay
     from mise_twilio.server.replay_client import sign_websocket
 
@@ -360,6 +374,8 @@ def _fmt(value: object, width: int) -> str:
 
 
 def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
+    from mise_twilio.core.records import StreamStopped, TurnRecord
+
     turns = sorted((r for r in records if isinstance(r, TurnRecord)), key=lambda t: t.start_ms)
     header = (
         f"{'#':>3} {'speaker':<7} {'start_s':>8} {'end_s':>8} {'dur_ms':>7} {'speech':>7} "
@@ -573,14 +589,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(_: argparse.Namespace) -> int:
+    from mise_twilio.core.records import json_schema_text
+
     print(json_schema_text())
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mise-twilio", description="Twilio Media Streams ingest bridge."
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description="Twilio Media Streams ingest bridge.")
     parser.add_argument("--version", action="version", version=f"mise-twilio {__version__}")
     sub = parser.add_subparsers(dest="command")
 

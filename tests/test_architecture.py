@@ -121,3 +121,20 @@ def test_the_edge_check_would_catch_an_offender() -> None:
     offender = ast.parse('if session.state == "closed" and session._lockstep: pass')
     assert _private_reads(offender) == [(1, "_lockstep")]
     assert _state_comparisons(offender) == [1]
+
+
+def test_the_package_imports_its_public_names_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, mise_twilio\n"
+        "heavy = sorted(m for m in ('numpy', 'pydantic', 'mise_twilio.core.call',"
+        " 'mise_twilio.server.app') if m in sys.modules)\n"
+        "missing = [n for n in mise_twilio.__all__ if getattr(mise_twilio, n, None) is None]\n"
+        "print(heavy, missing, set(mise_twilio.__all__) <= set(dir(mise_twilio)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[] [] True", result.stdout + result.stderr

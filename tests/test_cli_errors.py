@@ -239,7 +239,16 @@ def test_ctrl_c_during_a_replay(signed_server: str, tmp_path: Path) -> None:
         # gets Ctrl-C's default back, as a terminal would give it
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    time.sleep(3.0)  # connected and sending (the call is ~40 s long at speed 1)
+    # Interrupt once it is connected and sending (the call is ~40 s long at speed 1): when the
+    # server has written the stream's start. A fixed sleep was a race under load: a SIGINT
+    # while Python still imports the package ends the child with Python's own traceback.
+    events = tmp_path / "server-data" / "events.jsonl"
+    deadline = time.monotonic() + 60
+    while not (events.is_file() and '"stream.started"' in events.read_text()):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the replay never started its stream"
+        time.sleep(0.05)
+    time.sleep(0.5)  # mid-call
     assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
@@ -247,6 +256,42 @@ def test_ctrl_c_during_a_replay(signed_server: str, tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert err.splitlines()[-1] == "mise-twilio: interrupted"
     assert out == ""
+
+
+# A real SIGINT, sent by the child to itself the moment it first imports pydantic: Ctrl-C at a
+# known point of a command's start-up (numpy, pydantic and the server stack take most of a
+# second to import), which a timed signal from outside cannot hit reliably.
+CTRL_C_WHILE_IMPORTING = """
+import os, signal, sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pydantic":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+from mise_twilio.cli import main
+sys.exit(main(["config"]))
+"""
+
+
+def test_ctrl_c_while_the_command_is_still_importing() -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MISE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_IMPORTING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=base,
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert result.stderr == "mise-twilio: interrupted\n"
+    assert result.stdout == ""
 
 
 def test_replay_progress_lines_when_stderr_is_not_a_terminal(signed_server: str) -> None:
