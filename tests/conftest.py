@@ -20,10 +20,12 @@ pytest_plugins = ["conftest_redis"]
 # - "ci": derandomized (the same examples on every run, so a CI failure is the code's, not
 #   the draw's) and no example database (a clean clone has none; a local one must not leak in).
 # - "dev": Hypothesis' defaults, random and with the local database.
+# - Neither has a deadline: an example that takes over 200 ms on a loaded machine is not a
+#   failure (tests assert behaviour, never timings; bench/ measures speed).
 # - "fuzz": the long random run for local use (``HYPOTHESIS_PROFILE=fuzz pytest
 #   tests/test_call_fuzz.py``); tests that pin ``max_examples`` keep their own count.
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("dev")
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None)
+settings.register_profile("dev", deadline=None)
 settings.register_profile(
     "fuzz", max_examples=5000, suppress_health_check=[HealthCheck.too_slow], deadline=None
 )
