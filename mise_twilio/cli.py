@@ -57,16 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)  # --help, --version and bad flags end here, before any import
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
     from pydantic import ValidationError
 
     from mise_twilio.core.errors import ConfigError
     from mise_twilio.server.config import validation_error_lines
 
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return EXIT_USAGE
     try:
         result: int = args.func(args)
         sys.stdout.flush()
