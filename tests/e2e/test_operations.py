@@ -204,13 +204,20 @@ async def test_metrics_match_records(server_settings: Callable[..., Settings]) -
             await replay_websocket(lines, ws_base + STREAM_PATH, speed=0)
         await wait_until(lambda: not app.state.bridge.sessions, 10.0, "streams closed")
         # the sink writes in batches after the streams close: scrape once it has caught up
-        # and the file holds what it delivered (a loaded CI machine can take seconds)
+        # and the file holds what it delivered (a loaded CI machine can take seconds). Turns
+        # and diagnostics are counted when the session hands them over, every record when
+        # the write-ahead log passes it on: until the log has passed on the last turn, the
+        # first two counters are ahead of the file while the others agree with it.
         for _ in range(1000):
             samples = await scrape(http_url)
             published = sum(labelled(samples, "mise_records_total", "type").values())
             delivered = labelled(samples, "mise_sink_delivered_total", "sink").get("jsonl")
+            handed = sum(labelled(samples, "mise_turns_total", "speaker").values()) + sum(
+                labelled(samples, "mise_diagnostics_total", "code").values()
+            )
             records = read_jsonl(settings.resolved_jsonl_path) if delivered == published else []
-            if delivered == published == len(records):
+            in_file = sum(r["type"] in ("turn", "diagnostic") for r in records)
+            if delivered == published == len(records) and handed == in_file:
                 break
             await asyncio.sleep(0.02)
         assert delivered == published == len(records), (delivered, published, len(records))
