@@ -1102,8 +1102,7 @@ def _prosody(
     if heard.shape[0]:
         q10, q95 = _sorted_quantiles(heard, (0.10, 0.95))
         level_range = q95 - q10
-        power = np.maximum(np.float64(mean(speech_power)), _SILENCE_POWER)
-        level_dbfs = float(10.0 * np.log10(power / _FULL_SCALE_POWER))  # as _power_db
+        level_dbfs = float(_power_db(np.asarray([mean(speech_power)]))[0])
     if n_voiced < params.min_voiced_frames:
         return ProsodyFeatures(
             n_voiced, None, None, None, None, None, level_dbfs, level_range, voicing
