@@ -597,7 +597,7 @@ def cmd_schema(_: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Twilio Media Streams ingest bridge.")
-    parser.add_argument("--version", action="version", version=f"mise-twilio {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="run the server (stream, webhooks, health, metrics)")
