@@ -223,11 +223,16 @@ def summary_of(records: list[Any]) -> dict[str, Any]:
     raise AssertionError("no stream.stopped")
 
 
-def assert_turns_match(got: list[dict[str, Any]], want: list[dict[str, Any]], what: str) -> None:
-    assert len(got) == len(want), (what, [(t["start_ms"], t["end_ms"]) for t in got], want)
+def assert_turns_match(
+    got: list[dict[str, Any]], want: list[dict[str, Any]], what: str, *context: object
+) -> None:
+    """Same turn count, and every start and end within ``TURN_TOLERANCE_MS``; ``context``
+    goes into the failure message."""
+    spans = [(t["start_ms"], t["end_ms"]) for t in got]
+    assert len(got) == len(want), (what, spans, want, *context)
     for g, w in zip(got, want, strict=True):
-        assert abs(g["start_ms"] - w["start_ms"]) <= TURN_TOLERANCE_MS, (what, g, w)
-        assert abs(g["end_ms"] - w["end_ms"]) <= TURN_TOLERANCE_MS, (what, g, w)
+        assert abs(g["start_ms"] - w["start_ms"]) <= TURN_TOLERANCE_MS, (what, g, w, *context)
+        assert abs(g["end_ms"] - w["end_ms"]) <= TURN_TOLERANCE_MS, (what, g, w, *context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +297,9 @@ def test_agent_turns_match_what_the_bot_sent_minus_what_it_cleared(
     got = turns_of(records, "agent")
     assert len(got) >= 5
     assert_turns_match(got, turns_of(reference, "agent"), "bot log")
-    assert_turns_match(got, turns_of(truth, "agent"), "as played")
+    # what it played is when its loop got to each frame: a stall of that loop shifts it
+    stalls = ("emulator loop stalls", twilio.stalls)
+    assert_turns_match(got, turns_of(truth, "agent"), "as played", stalls)
     # the caller's turns are the caller's audio: the same as the fork's
     assert_turns_match(turns_of(records, "caller"), turns_of(truth, "caller"), "caller")
 

@@ -41,6 +41,8 @@ from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parents[2]
 _SEQ = re.compile(r'"sequenceNumber":"\d+"')
+STALL_MS = 20.0
+"""A run of the emulator's loop this late is logged (``TwilioLog.stalls``)."""
 
 
 def caller_stream(
@@ -108,6 +110,10 @@ class TwilioLog:
     first_ms: int = 0
     ended_at_ms: float | None = None  # when it hung up (after ``stop``), stream clock
     leftover_ms: float = 0.0  # audio still queued then, never played
+    stalls: list[dict[str, float]] = field(default_factory=list)
+    """When the emulator's own event loop ran late (``at_ms`` on the stream clock, ``late_ms``
+    of wall time past a 5 ms sleep), for ``STALL_MS`` or more: audio that arrived then was
+    "played" late by as much, which no bridge can see. For a failing test's message."""
 
     def played_ulaw(self, end_ms: int) -> bytes:
         """The outbound track as the caller heard it: 8 kHz μ-law from ``first_ms`` to
@@ -201,6 +207,7 @@ class FakeTwilio:
             self._t_start = time.monotonic()
             receiver = asyncio.create_task(self._receive(ws, echo=not verbatim))
             ticker = asyncio.create_task(self._echo_due(ws)) if not verbatim else None
+            watch = asyncio.create_task(self._watch_loop())
             try:
                 for i, line in enumerate(self.lines):
                     if i == len(self.lines) - 1 and hold_last_until:
@@ -225,10 +232,19 @@ class FakeTwilio:
                 self.log.leftover_ms = max(0.0, self._queue_end_ms - now)
                 if ticker is not None:
                     ticker.cancel()
+                watch.cancel()
                 await ws.close()
                 await asyncio.gather(receiver, return_exceptions=True)
                 self.log.close_code = ws.close_code
         return self.log
+
+    async def _watch_loop(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(0.005)
+            late_ms = (time.monotonic() - t0 - 0.005) * 1000.0
+            if late_ms >= STALL_MS:
+                self.log.stalls.append({"at_ms": round(self.now_ms()), "late_ms": round(late_ms)})
 
     # -- playing ---------------------------------------------------------------------------
 
