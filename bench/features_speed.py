@@ -131,8 +131,8 @@ class ReplayCost(NamedTuple):
     own_median: float
     short_own_best: float | None
     """``own_best`` over the turns whose audio is under ``SHORT_TURN_S`` (None without
-    any): what short turns cost inside a call, their caches cold from the per-frame work
-    between them, which a loop over one turn does not show."""
+    any): what short turns cost inside a call, after the per-frame work between them, which
+    makes a turn dearer than a loop over it shows (bench/README.md)."""
     short_turns: int
     durations_s: list[float]
     """Each turn's duration."""
