@@ -57,6 +57,22 @@ def test_out_of_order_is_held_until_the_gap_fills() -> None:
     assert _types(lc.accept(ans, 1.2)) == ["call.answered", "call.completed"]
 
 
+def test_a_held_status_counts_as_received_before_it_is_released() -> None:
+    init, ring, ans, done = _four()
+    lc = CallLifecycle(reorder_window_s=2.0)
+    assert lc.furthest_status_received(CALL_SID) is None
+    assert lc.accept(ans, 0.0) == [] and lc.accept(ring, 0.1) == []  # initiated went elsewhere
+    assert lc.holds(ans) and lc.holds(ring) and not lc.holds(init)
+    assert lc.last_status(CALL_SID) is None  # nothing released yet
+    assert lc.furthest_status_received(CALL_SID) == "in-progress"  # but Twilio sent it
+    assert lc.accept(ring, 0.2) == [] and lc.holds(ring)  # a duplicate changes nothing
+    released = lc.poll(2.0)
+    assert _types(released) == ["call.ringing", "call.answered"]
+    assert not lc.holds(ans) and lc.furthest_status_received(CALL_SID) == "in-progress"
+    assert _types(lc.accept(done, 2.5)) == ["call.completed"] and not lc.holds(done)
+    assert lc.furthest_status_received(CALL_SID) == "completed"
+
+
 def test_window_expiry_skips_the_gap_and_releases_in_order() -> None:
     init, ring, ans, done = _four()
     lc = CallLifecycle(reorder_window_s=2.0)

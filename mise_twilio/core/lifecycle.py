@@ -57,6 +57,7 @@ class _Call:
     seen_types: set[str] = field(default_factory=set)
     held: dict[int, tuple[float, CallStatusEvent]] = field(default_factory=dict)
     last_status: str | None = None
+    received_statuses: set[str] = field(default_factory=set)
     terminal_at_s: float | None = None
 
 
@@ -123,6 +124,21 @@ class CallLifecycle:
         call = self._calls.get(call_sid)
         return call.last_status if call is not None else None
 
+    def holds(self, event: StatusEvent) -> bool:
+        """Whether ``event`` (as passed to ``accept``) waits in a reorder buffer now."""
+        if not isinstance(event, CallStatusEvent) or event.sequence_number is None:
+            return False
+        call = self._calls.get(event.call_sid or "")
+        held = call.held.get(event.sequence_number) if call is not None else None
+        return held is not None and held[1] is event
+
+    def furthest_status_received(self, call_sid: str) -> str | None:
+        """The furthest ``CallStatus`` (``furthest_status``) of every event accepted for a
+        remembered call, released or still held for reordering: a status ahead of a gap is
+        real (Twilio sent it), only its publication waits. ``None`` for an unknown call."""
+        call = self._calls.get(call_sid)
+        return furthest_status(call.received_statuses) if call is not None else None
+
     def held_count(self) -> int:
         """Events currently held in reorder buffers."""
         return sum(len(c.held) for c in self._calls.values())
@@ -180,6 +196,7 @@ class CallLifecycle:
             self._dropped.append(Dropped(event, "after_terminal"))
             return out
         call.seen_types.add(event.type)
+        call.received_statuses.add(event.call_status)
 
         if seq is None or seq < call.next_seq:
             # No order information, or its gap was already skipped: release as it comes.
@@ -268,7 +285,7 @@ _STATUS_RANK: Final[Mapping[str, int]] = {
 }
 """How far along its life a call is at each ``CallStatus`` (Twilio's call progress:
 queued → initiated → ringing → in-progress → a terminal status). The shared join knows which
-statuses any replica released, not in which order they arrived, so the furthest one is the
+statuses any replica received, not in which order they arrived, so the furthest one is the
 call's last status."""
 
 
@@ -287,7 +304,8 @@ class SharedCall:
 
     - ``summary``: the summary of a stream of this call that stopped on any replica (the last
       one written).
-    - ``call_statuses``: every ``CallStatus`` any replica released for the call.
+    - ``call_statuses``: every ``CallStatus`` any replica received for the call (released, or
+      held for reordering).
     - ``open_streams``: streams of this call started and not yet stopped, on any replica.
     - ``completed``: the call's ``call.completed`` as released by a replica (without summary).
     - ``completed_claimed``: a replica has claimed publishing ``call.completed``; the claim is

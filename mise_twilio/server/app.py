@@ -155,6 +155,11 @@ class Bridge:
         stream_open = call_sid is not None and self._stream_open(call_sid)
         self._apply(self.join.on_status(record, stream_open=stream_open, now_s=time.monotonic()))
 
+    def status_held(self, event: StatusEvent) -> None:
+        """An accepted status callback the lifecycle holds for reordering (webhook.py)."""
+        if self.shared is not None:
+            self.shared.status_held(event)
+
     def _apply(self, out: JoinOutput) -> None:
         for record in out.records:
             self.publish(record)
@@ -187,7 +192,9 @@ class Bridge:
             if isinstance(record, TurnRecord) and record.id in pcm_by_turn:
                 events[i] = record = self._with_turn_audio(record, pcm_by_turn.pop(record.id))
             if isinstance(record, StreamStopped):
-                last = self.lifecycle.last_status(record.call_sid) if record.call_sid else None
+                # what this replica received, held for reordering included
+                call_sid = record.call_sid
+                last = self.lifecycle.furthest_status_received(call_sid) if call_sid else None
                 if self.shared is not None:
                     self.shared.stream_stopped(record, last)
                 else:
@@ -432,6 +439,7 @@ def create_app(
         lifecycle=bridge.lifecycle,
         pii=bridge.pii,
         publish=bridge.publish_status,
+        on_held=bridge.status_held,
         max_body_bytes=settings.max_webhook_bytes,
         count=lambda outcome: bridge.metrics.webhook_requests_total.labels(outcome=outcome).inc(),
     )

@@ -7,7 +7,8 @@ decides from that state who publishes what. The hash, ``<MISE_REDIS_STREAM>:join
 
     stream:<StreamSid>   open | stopped   HSETNX at start, HSET at stop (so order never matters)
     summary              the CallSummary JSON of the last stream that stopped
-    status:<CallStatus>  1                every status any replica released
+    status:<CallStatus>  1                every status any replica received (released, or held
+                                          for reordering: it still counts for stream.stopped)
     completed            the call.completed record JSON (as released, without summary)
     claimed              <replica>        HSETNX: the one replica that publishes call.completed
 
@@ -97,6 +98,12 @@ class RedisJoinStore:
         await self._run(
             lambda p: p.hsetnx(key, f"stream:{stream_sid}", "open").expire(key, self.ttl_s)
         )
+
+    async def status_received(self, event: CallStatusEvent) -> None:
+        """Record a status this replica holds for reordering (it publishes it later)."""
+        key = self.key(event.call_sid or "")
+        field = f"status:{event.call_status}"
+        await self._run(lambda p: p.hset(key, field, "1").expire(key, self.ttl_s))
 
     async def status_released(self, event: CallStatusEvent) -> SharedCall:
         """Record a released status (and ``call.completed`` itself); the state after it."""
@@ -224,6 +231,13 @@ class SharedJoinEdge:
             self._spawn(self._write("status", call_sid, self.store.status_released(event)))
             return
         self._spawn(self._completed(event, call_sid))
+
+    def status_held(self, event: StatusEvent) -> None:
+        """A status callback the lifecycle holds for reordering: other replicas learn its
+        status now, so a stream that stops there before it is released still carries it."""
+        if isinstance(event, CallStatusEvent) and event.call_sid:
+            call_sid = event.call_sid
+            self._spawn(self._write("status", call_sid, self.store.status_received(event)))
 
     def stream_stopped(self, record: StreamStopped, last_call_status: str | None) -> None:
         if not record.call_sid:

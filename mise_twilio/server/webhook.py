@@ -166,6 +166,7 @@ def make_webhook_endpoint(
     max_body_bytes: int,
     clock: Callable[[], float] = time.monotonic,
     count: Count | None = None,
+    on_held: Publish | None = None,
 ) -> Endpoint:
     """A Starlette endpoint (``async (Request) -> Response``) for Twilio status callbacks.
 
@@ -180,6 +181,8 @@ def make_webhook_endpoint(
     ``max_body_bytes``: body (POST) or query string (GET) cap, bytes. ``count``: called once
     per request with its outcome (``accepted``, ``rejected``, ``forbidden``, ``too_large``,
     ``unsupported``, ``disconnected``, ``error``), e.g. to count ``mise_webhook_requests_total``.
+    ``on_held``: called with an accepted event the lifecycle holds for reordering (published
+    later through ``publish``), e.g. to tell other replicas its status now; must not block.
 
     Responses: ``204`` accepted (also for duplicates and held or dropped events, so Twilio does
     not retry); ``400`` malformed form or callback; ``403`` bad or missing signature; ``405``
@@ -244,6 +247,8 @@ def make_webhook_endpoint(
             return refuse(exc, log)
 
         released = lifecycle.accept(event, clock())
+        if on_held is not None and lifecycle.holds(event):
+            on_held(event)
         _log_dropped(lifecycle.take_dropped())
         if _emit(released, publish):
             tally("error")

@@ -11,6 +11,7 @@ fallback is logged and counted.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, cast
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 import structlog
 from conftest_redis import RedisServer
 from redis.asyncio import Redis
@@ -122,6 +124,40 @@ async def test_stream_on_a_callbacks_on_b_completed_after_the_stop(
     # b saw the second half and published the joined record; a published none
     a_types = [r["type"] for r in read_jsonl(tmp_path / "a" / "events.jsonl")]
     assert "call.completed" not in a_types
+
+
+@pytest.mark.parametrize("held_on", ["a", "b"])
+async def test_a_status_held_for_reordering_counts_for_the_stop(
+    tmp_path: Path, redis_server: RedisServer, held_on: str
+) -> None:
+    """``initiated`` reaches one replica, ``ringing`` and ``in-progress`` the other, which holds
+    them for its reorder window (it never saw ``initiated``); the stream, on a, stops inside
+    that window. Its ``stream.stopped`` still says ``in-progress``, whether a itself holds them
+    or b does (b told Redis what it received when it received it). In the 2026-12-02 CI run
+    before this, a stream cut at shutdown in that window said ``initiated``."""
+    async with (
+        two_replicas(tmp_path, redis_server.url) as ((http_a, ws_a, app_a), (http_b, _, app_b)),
+        httpx.AsyncClient(base_url=http_a) as hooks_a,
+        httpx.AsyncClient(base_url=http_b) as hooks_b,
+    ):
+        first, holder, holder_app = (
+            (hooks_b, hooks_a, app_a) if held_on == "a" else (hooks_a, hooks_b, app_b)
+        )
+        window_s = holder_app.state.bridge.settings.lifecycle.reorder_window_s
+        await post(first, "initiated", 0)
+        await post(holder, "ringing", 1)
+        await post(holder, "in-progress", 2)
+        posted = time.monotonic()
+        await replay_websocket(LINES, ws_a + STREAM_PATH, speed=0)
+        await wait_until(is_published(app_a, "stream.stopped"), what="stopped on a")
+        assert time.monotonic() - posted < window_s  # both still held: the case under test
+        assert not is_published(holder_app, "call.answered")()
+        await post(holder, "completed", 3)
+        await wait_until(
+            is_published(holder_app, "call.completed"), timeout_s=window_s + 5.0, what="completed"
+        )
+    records = await stream_records(redis_server.url)
+    check(records, last_call_status="in-progress")
 
 
 async def test_completed_reaches_b_while_the_stream_is_open_on_a(
