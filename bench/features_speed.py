@@ -232,6 +232,7 @@ def main() -> None:
     args = ap.parse_args()
     repeats = 3 if args.quick else 7
     before = load_before()
+    baseline = full_baseline()
 
     longest = max(DURATIONS_S)
     voiced = phone_line(harmonic_complex(120.0, longest))
@@ -254,7 +255,7 @@ def main() -> None:
         ]
         for name, (pcm, mask) in zip(cases, inputs, strict=True):
             segments = ((0, n_frames),) if mask is None else _spans(mask)
-            fns: list[Callable[[], object]] = [partial(every_feature, pcm, segments)]
+            fns: list[Callable[[], object]] = [partial(every_feature, baseline, pcm, segments)]
             if before is not None:
                 fns.append(partial(before.measure_turn, pcm, mask))
             timed = cpu_per_call(fns, repeats)
@@ -287,7 +288,8 @@ def main() -> None:
         verdict = "met" if cost.added_best <= TARGET_US_PER_S else "missed"
         print(
             f"{what} ({len(durations)} turns, median {statistics.median(durations):.1f} s, "
-            f"{sum(d < 1.0 for d in durations)} under 1 s): the features add "
+            f"{sum(d < SHORT_TURN_S for d in durations)} under {SHORT_TURN_S:.0f} s): the "
+            "features add "
             f"{cost.added_best:.0f} ({cost.added_median:.0f}) µs CPU per second of turn audio, "
             f"their own computation {cost.own_best:.0f} ({cost.own_median:.0f}); "
             f"target {verdict}"
@@ -300,13 +302,15 @@ def main() -> None:
             )
 
 
-def every_feature(pcm: NDArray[np.int16], segments: tuple[tuple[int, int], ...]) -> object:
+def every_feature(
+    baseline: CallProsody, pcm: NDArray[np.int16], segments: tuple[tuple[int, int], ...]
+) -> object:
     """What a session computes for one turn: ``turn_acoustics``, then the comparison with the
-    speaker's baseline (``_FULL_BASELINE``, left as it is)."""
-    return _FULL_BASELINE.observe("caller", turn_acoustics(pcm, segments, 0), include=False)
+    speaker's ``baseline`` (left as it is)."""
+    return baseline.observe("caller", turn_acoustics(pcm, segments, 0), include=False)
 
 
-def _full_baseline() -> CallProsody:
+def full_baseline() -> CallProsody:
     """A caller baseline holding ``MAX_TURNS`` earlier turns (its medians the costliest)."""
     baseline = CallProsody()
     turn = phone_line(harmonic_complex(120.0, 1.0))
@@ -314,9 +318,6 @@ def _full_baseline() -> CallProsody:
     for _ in range(MAX_TURNS):
         baseline.observe("caller", acoustics)
     return baseline
-
-
-_FULL_BASELINE = _full_baseline()
 
 
 def _spans(mask: NDArray[np.bool_]) -> tuple[tuple[int, int], ...]:
