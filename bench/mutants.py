@@ -4,9 +4,14 @@ Each mutant replaces one exact piece of source text (it must occur exactly once)
 the repository's tracked files, then runs pytest there: first the test modules most likely to
 notice (``-x``, fast), and, if they all pass, the whole suite. A mutant is *killed* when some
 test fails, and *survives* when the whole suite passes with the bug in place: a survivor is a
-behaviour no test pins down. The list is hand-written (one plausible slip per rule that
+behaviour no test pins down. The golden records (``tests/test_golden.py``, byte-identical)
+run last and on their own: a mutant only they kill changed a value that no behaviour test
+checks, and is listed as ``golden``. The list is hand-written (one plausible slip per rule that
 matters), not generated: a few dozen meaningful mutants say more than thousands of ``<`` to
-``<=`` flips. Not part of ``.ci/run``; each mutant costs up to one suite run (about a minute).
+``<=`` flips. A kill counts only if the same tests pass on the unmutated copy (checked once
+per test selection; the run stops if they do not). Not part of ``.ci/run``; each mutant costs
+up to one suite run (about five minutes here); ``tests/test_bench_mutants.py`` checks in CI
+that every mutant still applies.
 
 Run: ``.venv/bin/python bench/mutants.py [--only NAME ...] [--full] [--list]``
 (``--full`` always runs the whole suite, to list every test that kills a mutant).
@@ -16,12 +21,14 @@ Prints one line per mutant and the survivors; exit status 1 if any survived.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +115,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "mise_twilio/core/turns.py",
         "if now - turn.last_end >= self._pause + self._lookback:",
         "if now - turn.last_end >= 2 * self._pause + self._lookback:",
-        ("tests/test_turns.py",),
+        ("tests/test_turns.py", "tests/test_call.py"),  # only delays the close: on_start splits
     ),
     Mutant(
         "track_gap_not_counted_lost",
@@ -187,9 +194,164 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "features_dynamic_range_from_p90",
         "mise_twilio/core/features.py",
-        "p10, p95 = _quantiles(levels, (0.10, 0.95))",
-        "p10, p95 = _quantiles(levels, (0.10, 0.90))",
+        "p10, p95 = _sorted_quantiles(ordered, (0.10, 0.95))",
+        "p10, p95 = _sorted_quantiles(ordered, (0.10, 0.90))",
         ("tests/test_features.py",),
+    ),
+    Mutant(
+        "voice_period_factor_ignored",
+        "mise_twilio/core/voice.py",
+        "ok_p = pair & (ratio_p <= params.max_period_factor)",
+        "ok_p = pair",
+        ("tests/test_voice.py",),
+    ),
+    Mutant(
+        "voice_amplitude_factor_ignored",
+        "mise_twilio/core/voice.py",
+        "ok_a = pair & (ratio_a <= params.max_amplitude_factor)",
+        "ok_a = pair",
+        ("tests/test_voice.py",),
+    ),
+    Mutant(
+        "voice_shimmer_in_power_db",
+        "mise_twilio/core/voice.py",
+        "shimmer = mean(20.0 * np.log10(ratio_a[ok_a]))",
+        "shimmer = mean(10.0 * np.log10(ratio_a[ok_a]))",
+        ("tests/test_voice.py",),
+    ),
+    Mutant(
+        "voice_jitter_over_every_period",
+        "mise_twilio/core/voice.py",
+        "jitter = 100.0 * mean(diffs) / mean(period[used])",
+        "jitter = 100.0 * mean(diffs) / mean(period)",
+        ("tests/test_voice.py",),
+    ),
+    Mutant(
+        "voice_alpha_low_band_full",
+        "mise_twilio/core/voice.py",
+        "_ALPHA_LOW_HZ = (300.0, 1000.0)",
+        "_ALPHA_LOW_HZ = (0.0, 1000.0)",
+        ("tests/test_voice.py",),
+    ),
+    Mutant(
+        "features_contour_threshold_halved",
+        "mise_twilio/core/features.py",
+        "if change >= params.contour_threshold_semitones:",
+        "if change >= 0.5 * params.contour_threshold_semitones:",
+        ("tests/test_prosody.py", "tests/test_features.py"),
+    ),
+    Mutant(
+        "features_f0_level_plain_mean",
+        "mise_twilio/core/features.py",
+        "cut = v.shape[0] // 4",
+        "cut = 0",
+        ("tests/test_prosody.py", "tests/test_features.py"),
+    ),
+    Mutant(
+        "features_octave_fold_at_an_octave",
+        "mise_twilio/core/features.py",
+        "_OCTAVE_FOLD_SEMITONES = 9.0",
+        "_OCTAVE_FOLD_SEMITONES = 12.0",
+        ("tests/test_prosody.py", "tests/test_features.py"),
+    ),
+    Mutant(
+        "features_pitch_range_not_level_gated",
+        "mise_twilio/core/features.py",
+        "loud = lv >= float(lv.max()) - params.pitch_range_level_db",
+        "loud = lv >= -np.inf",
+        ("tests/test_prosody.py", "tests/test_features.py"),
+    ),
+    Mutant(
+        "prosody_backchannels_join_baseline",
+        "mise_twilio/core/prosody.py",
+        "if include and level is not None and prosody.voiced_frames >= MIN_VOICED_FRAMES:",
+        "if level is not None and prosody.voiced_frames >= MIN_VOICED_FRAMES:",
+        ("tests/test_prosody.py", "tests/test_call.py"),
+    ),
+    Mutant(
+        "prosody_rate_ratio_inverted",
+        "mise_twilio/core/prosody.py",
+        "features.speech_rate_hz / usual if usual > 0.0 else None",
+        "usual / features.speech_rate_hz if features.speech_rate_hz > 0.0 else None",
+        ("tests/test_prosody.py",),
+    ),
+    Mutant(
+        "prosody_spread_without_prior",
+        "mise_twilio/core/prosody.py",
+        "/ (k + dev.shape[0]))",
+        "/ (k + 1.0))",
+        ("tests/test_prosody.py",),
+    ),
+    Mutant(
+        "arousal_inputs_not_clipped",
+        "mise_twilio/core/arousal.py",
+        "s += weight * min(max((v - mean) / scale, -_Z_CLIP), _Z_CLIP)",
+        "s += weight * (v - mean) / scale",
+        ("tests/test_arousal.py", "tests/test_prosody.py"),
+    ),
+    Mutant(
+        "summary_escalation_boundary_exclusive",
+        "mise_twilio/core/summary.py",
+        "and t.arousal_rel >= ESCALATION_AROUSAL_REL",
+        "and t.arousal_rel > ESCALATION_AROUSAL_REL",
+        ("tests/test_summary.py",),
+    ),
+    Mutant(
+        "summary_escalation_slow_answer_never_forgotten",
+        "mise_twilio/core/summary.py",
+        "after_slow, waiting = waiting, False",
+        "after_slow = waiting",
+        ("tests/test_summary.py",),
+    ),
+    Mutant(
+        "summary_escalation_ignores_slow_answers",
+        "mise_twilio/core/summary.py",
+        "and (t.barge_in or after_slow)",
+        "and t.barge_in",
+        ("tests/test_summary.py",),
+    ),
+    Mutant(
+        "summary_peak_index_within_rated",
+        "mise_twilio/core/summary.py",
+        "peak_turn_index=rated[peak_at].index",
+        "peak_turn_index=peak_at",
+        ("tests/test_summary.py",),
+    ),
+    Mutant(
+        "summary_trend_per_second",
+        "mise_twilio/core/summary.py",
+        "minutes = np.asarray([t.start_ms for t in rated], dtype=np.float64) / 60_000.0",
+        "minutes = np.asarray([t.start_ms for t in rated], dtype=np.float64) / 1_000.0",
+        ("tests/test_summary.py",),
+    ),
+    Mutant(
+        "tone_glide_counts_as_tone",
+        "mise_twilio/core/tone.py",
+        "& (np.abs(freq[1:] - freq[:-1]) <= params.tone_max_step * freq[1:])",
+        "",
+        ("tests/test_tone.py",),
+    ),
+    Mutant(
+        "tone_min_length_one_frame_shorter",
+        "mise_twilio/core/tone.py",
+        "if (b - a) * FRAME_MS <= params.tone_min_ms - FRAME_MS:",
+        "if (b - a) * FRAME_MS <= params.tone_min_ms - 2 * FRAME_MS:",
+        ("tests/test_tone.py",),
+    ),
+    Mutant(
+        "status_answered_by_dropped",
+        "mise_twilio/core/status.py",
+        "answered_by=_answered_by(params),",
+        "answered_by=None if _answered_by(params) else None,",
+        ("tests/test_status.py", "tests/test_lifecycle.py"),
+    ),
+    Mutant(
+        "lifecycle_held_status_not_received",
+        "mise_twilio/core/lifecycle.py",
+        "        call.received_statuses.add(event.call_status)\n",
+        "        if seq is None or seq < call.next_seq:\n"
+        "            call.received_statuses.add(event.call_status)\n",
+        ("tests/test_lifecycle.py",),
     ),
 )
 
@@ -224,21 +386,65 @@ def pytest(tree: Path, args: list[str]) -> tuple[bool, str]:
     return done.returncode == 0, failed[0] if failed else ""
 
 
-def run(mutant: Mutant, *, full: bool) -> tuple[bool, str]:
+@contextlib.contextmanager
+def work_tree() -> Iterator[Path]:
+    """A copy of the tracked files in a temporary directory, with ``../shared`` beside it
+    (a link to the one beside the repository): the tests read real speech from there, and
+    without it they fail whatever the mutant."""
+    with tempfile.TemporaryDirectory(prefix="mise-mutant-") as tmp:
+        tree = Path(tmp) / ROOT.name
+        copy_tree(tree)
+        if (ROOT.parent / "shared").exists():
+            (Path(tmp) / "shared").symlink_to(ROOT.parent / "shared")
+        yield tree
+
+
+_UNMUTATED: dict[tuple[str, ...], tuple[bool, str]] = {}
+"""pytest's verdict on the unmutated tree, per argument list (each run once, when a mutant is
+first killed by it)."""
+
+
+def check_unmutated(args: tuple[str, ...]) -> None:
+    """Exit if the tests that killed a mutant fail without it too: the kill then says nothing
+    about the mutant (a missing ../shared, a broken test, a service that is not there)."""
+    if args not in _UNMUTATED:
+        with work_tree() as tree:
+            _UNMUTATED[args] = pytest(tree, list(args))
+    passed, failure = _UNMUTATED[args]
+    if not passed:
+        what = " ".join(args) or "the whole suite"
+        raise SystemExit(f"{what} fails without any mutant: {failure}")
+
+
+GOLDEN = "tests/test_golden.py"
+"""Byte-identical records: they fail on almost any change to a value, so a mutant only they
+kill is reported as such (``golden``), not as a behaviour some test pins down."""
+
+
+def run(mutant: Mutant, *, full: bool) -> tuple[str, str]:
+    """The verdict (``killed``, ``golden``: killed only by the golden records, ``SURVIVED``)
+    and the first failing test."""
     source = (ROOT / mutant.path).read_text(encoding="utf-8")
     count = source.count(mutant.old)
     if count != 1:
         raise SystemExit(f"{mutant.name}: the text to replace occurs {count} times, not once")
-    with tempfile.TemporaryDirectory(prefix="mise-mutant-") as tmp:
-        tree = Path(tmp)
-        copy_tree(tree)
+    with work_tree() as tree:
         (tree / mutant.path).write_text(source.replace(mutant.old, mutant.new), encoding="utf-8")
         if not full:
             passed, failure = pytest(tree, list(mutant.tests))
             if not passed:
-                return True, failure
-        passed, failure = pytest(tree, [])
-        return not passed, failure
+                check_unmutated(mutant.tests)
+                return "killed", failure
+        rest = ("--ignore", GOLDEN)
+        passed, failure = pytest(tree, list(rest))
+        if not passed:
+            check_unmutated(rest)
+            return "killed", failure
+        passed, failure = pytest(tree, [GOLDEN])
+    if not passed:
+        check_unmutated((GOLDEN,))
+        return "golden", failure
+    return "SURVIVED", ""
 
 
 def main() -> int:
@@ -252,18 +458,21 @@ def main() -> int:
         for m in chosen:
             print(f"{m.name:42} {m.path}")
         return 0
-    survivors = []
+    verdicts: dict[str, list[str]] = {"killed": [], "golden": [], "SURVIVED": []}
     for m in chosen:
         t0 = time.monotonic()
-        killed, failure = run(m, full=args.full)
-        verdict = "killed  " if killed else "SURVIVED"
-        print(f"{verdict} {m.name:42} {time.monotonic() - t0:5.1f} s  {failure}", flush=True)
-        if not killed:
-            survivors.append(m.name)
-    print(f"\n{len(chosen) - len(survivors)} of {len(chosen)} killed")
-    for name in survivors:
-        print(f"survivor: {name}")
-    return 1 if survivors else 0
+        verdict, failure = run(m, full=args.full)
+        print(f"{verdict:8} {m.name:42} {time.monotonic() - t0:5.1f} s  {failure}", flush=True)
+        verdicts[verdict].append(m.name)
+    print(
+        f"\n{len(verdicts['killed'])} of {len(chosen)} killed by a behaviour test, "
+        f"{len(verdicts['golden'])} only by the golden records, "
+        f"{len(verdicts['SURVIVED'])} survived"
+    )
+    for verdict, label in (("golden", "golden only"), ("SURVIVED", "survivor")):
+        for name in verdicts[verdict]:
+            print(f"{label}: {name}")
+    return 1 if verdicts["SURVIVED"] else 0
 
 
 if __name__ == "__main__":

@@ -232,6 +232,8 @@ def glide_turn(f_start: float, f_end: float, *, level_s: float = 0.8) -> NDArray
         (180.0, 130.0, "falling"),  # -5.6 semitones
         (110.0, 90.0, "falling"),
         (140.0, 142.0, "level"),  # +0.25
+        (150.0, 158.9, "level"),  # +1.0: under the 1.5 semitone threshold
+        (150.0, 141.6, "level"),  # -1.0
         (230.0, 226.0, "level"),
     ],
 )
@@ -272,6 +274,25 @@ def test_pitch_range_ignores_a_syllable_read_an_octave_up() -> None:
     b = signals.pulse_train(300.0, 0.5, f0_end_hz=320.0, seed=2)[0]
     prosody = measure_turn(signals.to_pcm(np.concatenate([a, b]))).prosody
     assert prosody.pitch_range_semitones is not None and prosody.pitch_range_semitones < 3.0
+
+
+def test_pitch_range_leaves_out_frames_far_under_the_loudest() -> None:
+    # A 150 Hz vowel, then a 100 Hz one 28 dB quieter (a trailing mumble, still voiced):
+    # pitch range counts voiced frames within 20 dB of the loudest, so it is the loud one's.
+    a = signals.pulse_train(150.0, 1.0, seed=1)[0]
+    b = signals.pulse_train(100.0, 0.6, seed=2)[0]
+    b *= math.sqrt(float(np.mean(a**2)) / float(np.mean(b**2))) * 10 ** (-28 / 20)
+    prosody = measure_turn(signals.to_pcm(np.concatenate([a, b]))).prosody
+    assert prosody.voiced_frames >= 75  # both vowels voiced
+    assert prosody.pitch_range_semitones is not None and prosody.pitch_range_semitones < 1.0
+
+
+def test_f0_level_is_not_pulled_by_a_fifth_of_the_turn_elsewhere() -> None:
+    # 1.5 s at 120 Hz, then 0.4 s at 180 Hz (+7 semitones: not an octave error): the level is
+    # an interquartile mean, so the top fifth of frames does not move it (a mean: +1.5).
+    x = phone_line(np.concatenate([harmonic_complex(120.0, 1.5), harmonic_complex(180.0, 0.4)]))
+    level = measure_turn(x).prosody.f0_level_hz
+    assert level is not None and abs(semitones(level, 120.0)) < 0.3, level
 
 
 def test_level_is_the_active_speech_level() -> None:

@@ -14,7 +14,12 @@ from numpy.typing import NDArray
 from fixtures import signals
 from mise_twilio.core.arousal import AROUSAL_MODEL
 from mise_twilio.core.features import TurnAcoustics, turn_acoustics
-from mise_twilio.core.prosody import POPULATION_F0_HZ, CallProsody, RelativeProsody
+from mise_twilio.core.prosody import (
+    POPULATION_F0_HZ,
+    CallProsody,
+    RelativeProsody,
+    SpeakerBaseline,
+)
 
 
 def acoustics(pcm: NDArray[np.int16]) -> TurnAcoustics:
@@ -90,6 +95,27 @@ def test_arousal_rel_is_a_z_like_score_against_the_speaker() -> None:
     assert all(r is not None and abs(r) < 0.3 for r in same)
     raised = call.observe("caller", vowel(240.0, seed=9)).arousal_rel  # 8 semitones up
     assert raised is not None and raised > 1.0
+
+
+def test_speech_rate_ratio_is_this_turn_over_the_speakers_usual() -> None:
+    call = CallProsody()
+    for seed in range(3):
+        slow = signals.utterance(150.0, syllables=9, rate_hz=3.0, seed=seed)
+        call.observe("caller", acoustics(signals.to_pcm(slow, -24.0)))
+    fast = acoustics(signals.to_pcm(signals.utterance(150.0, syllables=18, rate_hz=6.0), -24.0))
+    ratio = call.observe("caller", fast).prosody.speech_rate_ratio
+    assert ratio is not None and ratio == pytest.approx(2.0, abs=0.2)
+
+
+def test_arousal_rel_is_in_units_of_the_speakers_own_spread() -> None:
+    """Once a speaker has many turns their own spread outweighs the prior: after 20 turns
+    whose scores spread ±0.5 around their median, a turn 0.5 above it reads about +1."""
+    baseline = SpeakerBaseline()
+    features = vowel(150.0).features
+    for i in range(20):
+        baseline.observe(features, 0.5 if i % 2 else -0.5)
+    rel = baseline.observe(features, 0.5, include=False).arousal_rel
+    assert rel is not None and 0.9 <= rel <= 1.15, rel
 
 
 def test_unvoiced_turns_have_no_pitch_or_arousal_rel() -> None:

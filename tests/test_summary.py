@@ -92,6 +92,18 @@ def test_escalation_needs_the_caller_above_their_usual() -> None:
     assert summarise(calmer).escalation == 0
 
 
+def test_escalation_counts_a_caller_exactly_at_the_threshold() -> None:
+    """``arousal_rel`` ≥ +1 (issue 15's definition), so +1.00 as the record rounds it counts."""
+    turns = call_with_a_slow_answer()
+    at = [
+        t.model_copy(update={"arousal_rel": ESCALATION_AROUSAL_REL})
+        if t.speaker == "caller" and t.arousal_rel is not None and t.arousal_rel >= 1.0
+        else t
+        for t in turns
+    ]
+    assert summarise(at).escalation == 2
+
+
 def test_backchannels_neither_escalate_nor_count_in_arousal() -> None:
     turns = [
         turn(0, "agent", 0, 4000, arousal=0.0),

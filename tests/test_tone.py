@@ -83,6 +83,21 @@ def test_beep_in_line_noise_20_db_down(freq: float) -> None:
     assert tone.level_dbfs == pytest.approx(20 * math.log10(0.3 / math.sqrt(2)), abs=0.5)
 
 
+@pytest.mark.parametrize(("dur_s", "found"), [(0.18, False), (0.2, True)])
+def test_the_shortest_tone_between_noise(dur_s: float, found: bool) -> None:
+    """On the 20 ms grid, with line noise on both sides (so that no frame it fills only in
+    part reads as pure): 200 ms is 10 pure frames and passes, 180 ms is 9 and does not."""
+    noise = [signals.band_noise(8000, seed=s) for s in (1, 2)]
+    noise = [n * (0.05 / math.sqrt(float(np.mean(n**2)))) for n in noise]
+    pcm = signals.to_pcm(
+        np.concatenate([noise[0], signals.tone(1000.0, dur_s, 0.2), noise[1]]), None
+    )
+    tone = tone_of(pcm)
+    assert (tone is not None) == found, tone
+    if tone is not None:
+        assert tone.frames == 10 and tone.start_frame == 50
+
+
 def test_short_tone_is_not_reported() -> None:
     pcm, _ = around(signals.tone(1000.0, 0.15, 0.2), speech(1.0, 3), 0.1)
     assert tone_of(pcm) is None

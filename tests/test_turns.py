@@ -59,6 +59,15 @@ def test_short_pauses_merge_long_pauses_split() -> None:
     assert turns[0].gap_before_frames is None  # one track: no cross-track fields
 
 
+def test_turn_pause_at_its_boundary() -> None:
+    """A pause of ``turn_pause_ms`` (700 ms: 35 frames) ends the turn; one frame less does
+    not."""
+    pause = TurnParams().turn_pause_ms // 20
+    for gap, turns_wanted in ((pause - 1, 1), (pause, 2)):
+        turns = play({"inbound": [(0, 50), (50 + gap, 100 + gap)]}, end=400)
+        assert len(turns) == turns_wanted, (gap, turns)
+
+
 def test_exchange_gap_before_and_floor_taken() -> None:
     turns = play({"outbound": [(0, 100)], "inbound": [(135, 250)]}, end=400)
     agent, caller = by_track(turns, "outbound")[0], by_track(turns, "inbound")[0]

@@ -103,6 +103,14 @@ def test_alpha_ratio_of_known_band_energies() -> None:
         x = sum(a * np.sin(2 * np.pi * 100 * k * t + rng.uniform(0, 6.3)) for k, a in low + high)
         got = measure_turn(signals.to_pcm(np.asarray(x))).voice.alpha_ratio_db
         assert got is not None and abs(got - high_db) < 0.6, (high_db, got)
+    # Power under 300 Hz (here a 200 Hz harmonic as strong as the whole low band) is outside
+    # both bands: the ratio stays 0 dB (it would read -3 dB with it counted as low).
+    low = [(k, 1.0 / np.sqrt(6)) for k in range(4, 10)]
+    high = [(k, 1.0 / np.sqrt(23)) for k in range(11, 34)]
+    x = sum(a * np.sin(2 * np.pi * 100 * k * t + rng.uniform(0, 6.3)) for k, a in low + high)
+    x = x + np.sin(2 * np.pi * 200 * t)
+    got = measure_turn(signals.to_pcm(np.asarray(x))).voice.alpha_ratio_db
+    assert got is not None and abs(got) < 0.6, got
 
 
 def test_alpha_ratio_ignores_gain() -> None:
@@ -124,3 +132,20 @@ def test_too_few_periods_give_no_jitter() -> None:
     x, _, _ = signals.pulse_train(100.0, 0.08, lead_s=0.02)  # 8 periods: under 10 pairs
     voice = measure_turn(signals.to_pcm(x)).voice
     assert voice.jitter_local_pct is None and voice.shimmer_local_db is None
+
+
+def test_shimmer_skips_pairs_over_the_maximum_amplitude_factor() -> None:
+    """Praat's "maximum amplitude factor" (1.6): consecutive periods whose amplitudes differ
+    by more are not compared. A voice alternating 1 : 1.5 every period reads its 3.5 dB; one
+    alternating 1 : 2 (every pair over the factor) has no comparable pair, so no shimmer,
+    while its periods still give jitter. At 100 Hz; at 150 Hz and above YIN reads such a
+    voice at its true repetition period, two pulses, an octave down."""
+    x, _, amps = signals.pulse_train(100.0, 1.5, amplitude_cycle=(1.0, 1.5))
+    moderate = measure_turn(signals.to_pcm(x)).voice
+    want = signals.expected_shimmer_db(amps)
+    assert moderate.shimmer_local_db is not None
+    assert abs(moderate.shimmer_local_db - want) <= 0.2 * want + 0.03, (moderate, want)
+    x, _, _ = signals.pulse_train(100.0, 1.5, amplitude_cycle=(1.0, 2.0))
+    strong = measure_turn(signals.to_pcm(x)).voice
+    assert strong.shimmer_local_db is None, strong
+    assert strong.jitter_local_pct is not None and strong.jitter_local_pct < 0.12

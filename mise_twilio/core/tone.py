@@ -101,9 +101,11 @@ def find_tone(
     lengths = ends - breaks
     best = int(np.argmax(lengths))
     a, b = int(breaks[best]), int(ends[best])
-    # A frame half tone, half silence is still pure: a run of n frames can hold a tone of
-    # nearly (n - 1) frames plus two partial ones.
-    if (b - a) * FRAME_MS < params.tone_min_ms - FRAME_MS + 1e-9:
+    # The run must be longer than tone_min_ms less one frame: 10 frames for 200 ms. A frame
+    # the tone fills only in part is still pure where the rest is silence, so after a pause a
+    # tone about one frame shorter passes too; against speech or noise those edge frames are
+    # not pure, and a tone of exactly tone_min_ms that straddles the 20 ms grid keeps 9.
+    if (b - a) * FRAME_MS <= params.tone_min_ms - FRAME_MS:
         return None
     level = 10.0 * math.log10(max(float(np.median(frame_power[a:b])), 1e-10) / FULL_SCALE_RMS**2)
     return ToneFeatures(a, b - a, float(np.median(freq[a:b])), level)
