@@ -136,6 +136,16 @@ class ReplayCost(NamedTuple):
     short_turns: int
     durations_s: list[float]
     """Each turn's duration."""
+    short_inputs: list[TurnInput]
+    """What ``turn_acoustics`` was given for each turn under ``SHORT_TURN_S``."""
+
+
+class TurnInput(NamedTuple):
+    """One turn as the session hands it to ``turn_acoustics``."""
+
+    pcm: NDArray[np.int16]
+    segments: tuple[tuple[int, int], ...]
+    start_frame: int
 
 
 def replay_cost(calls: list[list[str]], repeats: int) -> ReplayCost:
@@ -153,8 +163,11 @@ def replay_cost(calls: list[list[str]], repeats: int) -> ReplayCost:
     measured, observe = getattr(call_module, name), CallProsody.observe
     spent: list[float] = []  # per turn: its features, then its comparison with the baseline
     audio_s: list[float] = []  # per turn: the audio measured
+    inputs: list[TurnInput] = []  # per turn, in the first repeat: what it was measured on
 
     def timed(pcm: NDArray[np.int16], *args: Any, **kwargs: Any) -> Any:
+        if len(inputs) < len(durations):
+            inputs.append(TurnInput(pcm.copy(), *args))
         t0 = time.process_time()
         try:
             return measured(pcm, *args, **kwargs)
@@ -199,6 +212,7 @@ def replay_cost(calls: list[list[str]], repeats: int) -> ReplayCost:
     per_turn = list(zip(*own, strict=True))
     scale = 1e6 / sum(durations)
     short = [(s, min(t)) for s, t in zip(audio_s, per_turn, strict=True) if s < SHORT_TURN_S]
+    short_inputs = [i for i, s in zip(inputs, audio_s, strict=True) if s < SHORT_TURN_S]
     short_s = sum(s for s, _ in short)
     return ReplayCost(
         added_best=scale
@@ -213,7 +227,50 @@ def replay_cost(calls: list[list[str]], repeats: int) -> ReplayCost:
         short_own_best=1e6 * sum(c for _, c in short) / short_s if short else None,
         short_turns=len(short),
         durations_s=durations,
+        short_inputs=short_inputs,
     )
+
+
+BATCH_GAP_FRAMES = 3
+"""Zero frames between two turns joined into one: more than a YIN frame (47 ms), so that no
+frame of one turn reaches into another."""
+
+
+def batching_bound(turns: list[TurnInput], sizes: tuple[int, ...], repeats: int) -> list[float]:
+    """What measuring turns in batches could save at most: ``turns`` measured by
+    ``turn_acoustics`` one by one (size 1), or joined ``k`` at a time (``BATCH_GAP_FRAMES`` of
+    zeros between them) and each join measured as one turn: the per-turn costs that a batch
+    shares (framing, FFT calls, the Python and numpy calls of every step) are then paid once
+    per join. µs CPU per second of the turns' own audio, best of the repeats, per size. A
+    bound, not a design: a join's statistics are not its turns' own, and a batched
+    implementation would add the per-turn bookkeeping this leaves out."""
+    fns: list[Callable[[], object]] = []
+    for k in sizes:
+        joins = [_join(turns[i : i + k]) for i in range(0, len(turns), k)]
+        fns.append(partial(_measure_all, joins))
+    audio_s = sum(t.pcm.shape[0] // FRAME_SAMPLES for t in turns) * FRAME_SAMPLES / SAMPLE_RATE_HZ
+    return [min(t) / audio_s * 1e6 for t in cpu_per_call(fns, repeats)]
+
+
+def _join(turns: list[TurnInput]) -> TurnInput:
+    parts: list[NDArray[np.int16]] = []
+    segments: list[tuple[int, int]] = []
+    at = 0  # the join's frames so far
+    gap = np.zeros(BATCH_GAP_FRAMES * FRAME_SAMPLES, dtype=np.int16)
+    for turn in turns:
+        n_frames = turn.pcm.shape[0] // FRAME_SAMPLES
+        parts += [turn.pcm[: n_frames * FRAME_SAMPLES], gap]
+        segments += [
+            (at + max(0, s - turn.start_frame), at + max(0, e - turn.start_frame))
+            for s, e in turn.segments
+        ]
+        at += n_frames + BATCH_GAP_FRAMES
+    return TurnInput(np.concatenate(parts), tuple(segments), 0)
+
+
+def _measure_all(turns: list[TurnInput]) -> None:
+    for turn in turns:
+        turn_acoustics(turn.pcm, turn.segments, turn.start_frame)
 
 
 def ami_calls() -> list[list[str]] | None:
@@ -299,6 +356,14 @@ def main() -> None:
             print(
                 f"  its {cost.short_turns} turns under {SHORT_TURN_S:.0f} s, inside the calls: "
                 f"their own computation {cost.short_own_best:.0f} µs/s; target {verdict}"
+            )
+            sizes = (1, 4, cost.short_turns)
+            bound = batching_bound(cost.short_inputs, sizes, repeats)
+            joined = [f"{us:.0f} µs/s {k} at a time" for k, us in zip(sizes, bound, strict=True)]
+            print(
+                "  the same turns in a loop, turn_acoustics only, joined into one turn: "
+                + ", ".join(joined)
+                + " (a bound on what batching could save: batching_bound)"
             )
 
 

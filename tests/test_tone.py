@@ -85,8 +85,8 @@ def test_beep_in_line_noise_20_db_down(freq: float) -> None:
 
 @pytest.mark.parametrize(("dur_s", "found"), [(0.18, False), (0.2, True)])
 def test_the_shortest_tone_between_noise(dur_s: float, found: bool) -> None:
-    """On the 20 ms grid, with line noise on both sides (so that no frame it fills only in
-    part reads as pure): 200 ms is 10 pure frames and passes, 180 ms is 9 and does not."""
+    """On the 20 ms grid, between line noise: 200 ms is 10 pure frames and passes, 180 ms is
+    9 and does not (a run must be longer than ``tone_min_ms`` less one frame)."""
     noise = [signals.band_noise(8000, seed=s) for s in (1, 2)]
     noise = [n * (0.05 / math.sqrt(float(np.mean(n**2)))) for n in noise]
     pcm = signals.to_pcm(
