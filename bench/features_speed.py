@@ -23,7 +23,9 @@ is there), over the turn lengths real calls have: the CPU the features add per s
 audio (everything they bring, as the difference of two timings: the verdict's figure), and
 beside it their own computation's CPU (``turn_acoustics`` and ``CallProsody.observe``, timed
 around each call the session makes: the stable part). Each length and each mix is printed
-against issue 15's target (``TARGET_US_PER_S``). No assertions.
+against issue 15's target (``TARGET_US_PER_S``), and the short turns of each mix again in a
+loop, one by one and joined several at a time into one turn (``batching_bound``: what
+batching turns could save at most). No assertions.
 
 Run: ``.venv/bin/python bench/features_speed.py`` (``--quick``: fewer repeats)
 """
@@ -260,8 +262,11 @@ def _join(turns: list[TurnInput]) -> TurnInput:
     for turn in turns:
         n_frames = turn.pcm.shape[0] // FRAME_SAMPLES
         parts += [turn.pcm[: n_frames * FRAME_SAMPLES], gap]
-        segments += [
-            (at + max(0, s - turn.start_frame), at + max(0, e - turn.start_frame))
+        segments += [  # clipped to the turn's own frames, as its speech mask is
+            (
+                at + min(max(0, s - turn.start_frame), n_frames),
+                at + min(max(0, e - turn.start_frame), n_frames),
+            )
             for s, e in turn.segments
         ]
         at += n_frames + BATCH_GAP_FRAMES
