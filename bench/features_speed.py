@@ -58,7 +58,7 @@ from fixtures import signals  # noqa: E402
 from fixtures.signals import harmonic_complex  # noqa: E402
 from mise_twilio.core.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ  # noqa: E402
 from mise_twilio.core.call import SessionParams  # noqa: E402
-from mise_twilio.core.features import turn_acoustics  # noqa: E402
+from mise_twilio.core.features import speech_mask, turn_acoustics  # noqa: E402
 from mise_twilio.core.prosody import MAX_TURNS, CallProsody  # noqa: E402
 from mise_twilio.core.records import TurnRecord  # noqa: E402
 from mise_twilio.replay import read_fixture, replay_offline  # noqa: E402
@@ -165,11 +165,13 @@ def replay_cost(calls: list[list[str]], repeats: int) -> ReplayCost:
     measured, observe = getattr(call_module, name), CallProsody.observe
     spent: list[float] = []  # per turn: its features, then its comparison with the baseline
     audio_s: list[float] = []  # per turn: the audio measured
-    inputs: list[TurnInput] = []  # per turn, in the first repeat: what it was measured on
+    inputs: list[TurnInput] = []  # per turn: what it was measured on (an untimed replay)
+
+    def captured(pcm: NDArray[np.int16], *args: Any, **kwargs: Any) -> Any:
+        inputs.append(TurnInput(pcm.copy(), *args))
+        return measured(pcm, *args, **kwargs)
 
     def timed(pcm: NDArray[np.int16], *args: Any, **kwargs: Any) -> Any:
-        if len(inputs) < len(durations):
-            inputs.append(TurnInput(pcm.copy(), *args))
         t0 = time.process_time()
         try:
             return measured(pcm, *args, **kwargs)
@@ -184,12 +186,16 @@ def replay_cost(calls: list[list[str]], repeats: int) -> ReplayCost:
         finally:
             spent[-1] += time.process_time() - t0
 
-    durations = [
-        r.duration_ms / 1000.0
-        for lines in calls
-        for r in replay_offline(lines)
-        if isinstance(r, TurnRecord)
-    ]
+    setattr(call_module, name, captured)
+    try:
+        durations = [
+            r.duration_ms / 1000.0
+            for lines in calls
+            for r in replay_offline(lines)
+            if isinstance(r, TurnRecord)
+        ]
+    finally:
+        setattr(call_module, name, measured)
     off = SessionParams(measure_features=False)
     with_features: list[list[float]] = [[] for _ in calls]
     without: list[list[float]] = [[] for _ in calls]
@@ -256,21 +262,16 @@ def batching_bound(turns: list[TurnInput], sizes: tuple[int, ...], repeats: int)
 
 def _join(turns: list[TurnInput]) -> TurnInput:
     parts: list[NDArray[np.int16]] = []
-    segments: list[tuple[int, int]] = []
-    at = 0  # the join's frames so far
+    masks: list[NDArray[np.bool_]] = []
     gap = np.zeros(BATCH_GAP_FRAMES * FRAME_SAMPLES, dtype=np.int16)
     for turn in turns:
         n_frames = turn.pcm.shape[0] // FRAME_SAMPLES
         parts += [turn.pcm[: n_frames * FRAME_SAMPLES], gap]
-        segments += [  # clipped to the turn's own frames, as its speech mask is
-            (
-                at + min(max(0, s - turn.start_frame), n_frames),
-                at + min(max(0, e - turn.start_frame), n_frames),
-            )
-            for s, e in turn.segments
+        masks += [
+            speech_mask(n_frames, turn.segments, turn.start_frame),  # as turn_acoustics makes it
+            np.zeros(BATCH_GAP_FRAMES, dtype=np.bool_),
         ]
-        at += n_frames + BATCH_GAP_FRAMES
-    return TurnInput(np.concatenate(parts), tuple(segments), 0)
+    return TurnInput(np.concatenate(parts), _spans(np.concatenate(masks)), 0)
 
 
 def _measure_all(turns: list[TurnInput]) -> None:

@@ -97,7 +97,9 @@ def test_escalation_counts_a_caller_exactly_at_the_threshold() -> None:
     turns = call_with_a_slow_answer()
     at = [
         t.model_copy(update={"arousal_rel": ESCALATION_AROUSAL_REL})
-        if t.speaker == "caller" and t.arousal_rel is not None and t.arousal_rel >= 1.0
+        if t.speaker == "caller"
+        and t.arousal_rel is not None
+        and t.arousal_rel >= ESCALATION_AROUSAL_REL
         else t
         for t in turns
     ]

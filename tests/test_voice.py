@@ -94,23 +94,18 @@ def test_alpha_ratio_of_known_band_energies() -> None:
     # A 100 Hz harmonic complex whose harmonics 4-9 (400-900 Hz) carry as much power as 11-33
     # (1100-3300 Hz), then the high ones 10 dB down: 0 and -10 dB. Each harmonic sits on a 50 Hz
     # bin and its Hann leakage stays inside its band, but neighbouring harmonics (two bins
-    # apart) interfere in the bin between them by their relative phase: ±0.5 dB.
+    # apart) interfere in the bin between them by their relative phase: ±0.5 dB. Then 0 dB
+    # again with a 200 Hz harmonic as strong as the whole low band: power under 300 Hz is in
+    # neither band (counted as low, it would read -3 dB).
     t = np.arange(16000) / 8000
     rng = np.random.default_rng(2)
-    for high_db in (0.0, -10.0):
+    for high_db, below_300_hz in ((0.0, 0.0), (-10.0, 0.0), (0.0, 1.0)):
         low = [(k, 1.0 / np.sqrt(6)) for k in range(4, 10)]
         high = [(k, 10 ** (high_db / 20) / np.sqrt(23)) for k in range(11, 34)]
         x = sum(a * np.sin(2 * np.pi * 100 * k * t + rng.uniform(0, 6.3)) for k, a in low + high)
+        x = x + below_300_hz * np.sin(2 * np.pi * 200 * t)
         got = measure_turn(signals.to_pcm(np.asarray(x))).voice.alpha_ratio_db
-        assert got is not None and abs(got - high_db) < 0.6, (high_db, got)
-    # Power under 300 Hz (here a 200 Hz harmonic as strong as the whole low band) is outside
-    # both bands: the ratio stays 0 dB (it would read -3 dB with it counted as low).
-    low = [(k, 1.0 / np.sqrt(6)) for k in range(4, 10)]
-    high = [(k, 1.0 / np.sqrt(23)) for k in range(11, 34)]
-    x = sum(a * np.sin(2 * np.pi * 100 * k * t + rng.uniform(0, 6.3)) for k, a in low + high)
-    x = x + np.sin(2 * np.pi * 200 * t)
-    got = measure_turn(signals.to_pcm(np.asarray(x))).voice.alpha_ratio_db
-    assert got is not None and abs(got) < 0.6, got
+        assert got is not None and abs(got - high_db) < 0.6, (high_db, below_300_hz, got)
 
 
 def test_alpha_ratio_ignores_gain() -> None:
