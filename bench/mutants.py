@@ -255,6 +255,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_prosody.py", "tests/test_features.py"),
     ),
     Mutant(
+        "features_track_fold_neighbours_within_2",
+        "mise_twilio/core/features.py",
+        "_NEIGHBOURS = np.array([0, 1, 2, 4, 5, 6])",
+        "_NEIGHBOURS = np.array([1, 2, 4, 5])",
+        ("tests/test_features.py",),
+    ),
+    Mutant(
         "features_pitch_range_not_level_gated",
         "mise_twilio/core/features.py",
         "loud = lv >= float(lv.max()) - params.pitch_range_level_db",

@@ -29,7 +29,7 @@ from mise_twilio.core.audio import (
     resample,
     ulaw_to_pcm16,
 )
-from mise_twilio.core.features import FeatureParams, TurnFeatures, measure_turn
+from mise_twilio.core.features import FeatureParams, TurnFeatures, _smooth_track, measure_turn
 
 SR = SAMPLE_RATE_HZ
 
@@ -149,6 +149,59 @@ def test_low_voices_without_fundamental_have_no_octave_errors(f0: float) -> None
     pitch = measure_turn(phone_line(x)).pitch
     assert pitch.median_hz is not None
     assert abs(semitones(pitch.median_hz, f0)) < 0.5, pitch
+
+
+def _smooth_track_reference(f0: list[float], lo_hz: float, hi_hz: float) -> list[float]:
+    """``features._smooth_track`` as its docstring states it, frame by frame."""
+    if sum(not math.isnan(v) for v in f0) < 3:
+        return f0
+    st = [12.0 * math.log2(v) for v in f0]
+    n = len(st)
+    if any(abs(st[i + 1] - st[i]) > 6.0 for i in range(n - 1)):
+        folded = st[:]
+        for i in range(n):
+            near = [st[j] for j in range(i - 3, i + 4) if j != i and 0 <= j < n]
+            near = sorted(v for v in near if not math.isnan(v))
+            if math.isnan(st[i]) or not near:
+                continue
+            m = len(near)
+            delta = st[i] - 0.5 * (near[(m - 1) // 2] + near[m // 2])
+            for octave in (12.0, -12.0):
+                moved = st[i] - octave
+                if abs(delta - octave) <= 3.0 and 12 * math.log2(lo_hz) <= moved <= 12 * math.log2(
+                    hi_hz
+                ):
+                    folded[i] = moved
+        st = folded
+    out = st[:]
+    for i in range(1, n - 1):
+        trio = st[i - 1 : i + 2]
+        if not any(math.isnan(v) for v in trio):
+            out[i] = sorted(trio)[1]
+    return [2.0 ** (v / 12.0) for v in out]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.just(math.nan), st.floats(60.0, 400.0)), min_size=0, max_size=40).map(
+        lambda v: [x * 2.0 if i % 5 == 1 and x < 200.0 else x for i, x in enumerate(v)]
+    )
+)
+def test_f0_track_smoothing_folds_octave_jumps_as_documented(f0: list[float]) -> None:
+    """Octave-off frames fold toward the median of their voiced neighbours within ±3 frames,
+    then a 3-point median; checked against a frame-by-frame reading of the docstring."""
+    got = _smooth_track(np.asarray(f0, dtype=np.float64), 60.0, 400.0)
+    np.testing.assert_allclose(got, _smooth_track_reference(f0, 60.0, 400.0), rtol=1e-12)
+
+
+def test_f0_track_smoothing_folds_a_frame_read_an_octave_up() -> None:
+    f0 = np.array([120.0, 121.0, 240.0, 122.0, 123.0, np.nan, 124.0, 250.0, np.nan])
+    got = _smooth_track(f0, 60.0, 400.0)
+    # Frame 2 folds to 120 and the 3-point median then evens frames 1-2; frame 7's voiced
+    # neighbours (123, 124) fold it to 125; unvoiced frames stay unvoiced.
+    np.testing.assert_allclose(
+        got, [120.0, 120.0, 121.0, 122.0, 123.0, np.nan, 124.0, 125.0, np.nan], rtol=1e-12
+    )
 
 
 def test_front_vowel_at_300_hz_is_not_read_as_200_hz() -> None:

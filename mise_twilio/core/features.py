@@ -929,28 +929,26 @@ def _drop_short_runs(f0: NDArray[np.float64], min_len: int) -> None:
             f0[s:e] = np.nan
 
 
-def _nan_median_rows(a: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Row medians ignoring NaN (NaN where a row has no values), without warnings."""
-    valid = ~np.isnan(a)
-    count = valid.sum(axis=1)
-    ordered = np.sort(np.where(valid, a, np.inf), axis=1)
-    rows = np.arange(a.shape[0])
-    lo = ordered[rows, np.maximum(count - 1, 0) // 2]
-    hi = ordered[rows, np.minimum(count // 2, a.shape[1] - 1)]
-    out = np.full(a.shape[0], np.nan)
-    has = count > 0
-    out[has] = 0.5 * (lo[has] + hi[has])
+def _neighbour_median(st: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Per frame of a track (semitones, NaN where unvoiced, shape ``(n,)``), the median of the
+    voiced among its six neighbours within ±3 frames; ``inf`` where none is voiced."""
+    n = st.shape[0]
+    padded = np.empty(n + 6)
+    padded.fill(np.inf)  # unvoiced and out of range sort last and are not counted
+    padded[3 : n + 3] = st
+    padded[np.isnan(padded)] = np.inf
+    around = windows(padded, 7)[:, _NEIGHBOURS]  # frames i-3..i-1 and i+1..i+3
+    count = np.count_nonzero(around < np.inf, axis=1)
+    around.sort(axis=1)
+    at = np.arange(n) * _NEIGHBOURS.shape[0]
+    flat = around.reshape(-1)
+    lo = flat[at + np.maximum(count - 1, 0) // 2]
+    hi = flat[at + np.minimum(count // 2, _NEIGHBOURS.shape[0] - 1)]
+    out: NDArray[np.float64] = 0.5 * (lo + hi)  # inf + inf where none is voiced
     return out
 
 
-def _shifted(a: NDArray[np.float64], by: int) -> NDArray[np.float64]:
-    """``a`` delayed by ``by`` frames (advanced if negative), NaN-filled."""
-    out = np.full_like(a, np.nan)
-    if by > 0:
-        out[by:] = a[:-by]
-    else:
-        out[:by] = a[-by:]
-    return out
+_NEIGHBOURS = np.array([0, 1, 2, 4, 5, 6])
 
 
 def _smooth_track(f0: NDArray[np.float64], lo_hz: float, hi_hz: float) -> NDArray[np.float64]:
@@ -967,8 +965,7 @@ def _smooth_track(f0: NDArray[np.float64], lo_hz: float, hi_hz: float) -> NDArra
     st = 12.0 * np.log2(f0)  # NaN stays NaN
     steps = np.abs(st[1:] - st[:-1])
     if (steps > 6.0).any():  # NaN compares False
-        around = np.stack([_shifted(st, b) for b in (3, 2, 1, -1, -2, -3)], axis=1)
-        delta = st - _nan_median_rows(around)
+        delta = st - _neighbour_median(st)  # NaN or -inf where no neighbour is voiced
         lo_st, hi_st = 12.0 * math.log2(lo_hz), 12.0 * math.log2(hi_hz)
         folded = st.copy()
         for octave in (12.0, -12.0):

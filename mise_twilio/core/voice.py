@@ -257,18 +257,21 @@ def _levinson(r: list[float], order: int) -> list[float]:
     """LPC polynomial ``[1, a1, .., ap]`` from autocorrelation ``r`` (Levinson-Durbin), with a
     -40 dB white-noise floor so silence or a pure tone stays well conditioned. Plain floats: at
     order 8 a Python loop is cheaper than numpy calls."""
-    a = [1.0]
+    a = [1.0] + [0.0] * order
     err = r[0] * 1.0001 + 1e-9
     for i in range(1, order + 1):
         acc = r[i]
         for j in range(1, i):
             acc += a[j] * r[i - j]
         k = -acc / err
-        a = [1.0] + [a[j] + k * a[i - j] for j in range(1, i)] + [k]
+        prev = a[:i]
+        for j in range(1, i):
+            a[j] = prev[j] + k * prev[i - j]
+        a[i] = k
         err *= 1.0 - k * k
         if err <= 0.0:
             break
-    return a + [0.0] * (order + 1 - len(a))
+    return a
 
 
 def _marks(
