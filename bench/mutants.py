@@ -255,6 +255,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_prosody.py", "tests/test_features.py"),
     ),
     Mutant(
+        "features_f0_on_voiced_frames_far_under_the_loudest",
+        "mise_twilio/core/features.py",
+        "has_f0 = voiced & (level_db[rows] >= loudest - params.f0_range_db)",
+        "has_f0 = voiced",
+        ("tests/test_features.py",),
+    ),
+    Mutant(
         "features_track_fold_neighbours_within_2",
         "mise_twilio/core/features.py",
         "_NEIGHBOURS = np.array([0, 1, 2, 4, 5, 6])",

@@ -29,7 +29,13 @@ from mise_twilio.core.audio import (
     resample,
     ulaw_to_pcm16,
 )
-from mise_twilio.core.features import FeatureParams, TurnFeatures, _smooth_track, measure_turn
+from mise_twilio.core.features import (
+    FeatureParams,
+    TurnFeatures,
+    _smooth_track,
+    measure_turn,
+    pitch_track,
+)
 
 SR = SAMPLE_RATE_HZ
 
@@ -338,6 +344,53 @@ def test_pitch_range_leaves_out_frames_far_under_the_loudest() -> None:
     prosody = measure_turn(signals.to_pcm(np.concatenate([a, b]))).prosody
     assert prosody.voiced_frames >= 75  # both vowels voiced
     assert prosody.pitch_range_semitones is not None and prosody.pitch_range_semitones < 1.0
+
+
+def _loud_then_quiet(quiet_db: float) -> NDArray[np.int16]:
+    """1 s of a 150 Hz vowel, then 0.6 s of a 100 Hz one ``quiet_db`` under it (RMS)."""
+    a = signals.pulse_train(150.0, 1.0, seed=1)[0]
+    b = signals.pulse_train(100.0, 0.6, seed=2)[0]
+    b *= math.sqrt(float(np.mean(a**2)) / float(np.mean(b**2))) * 10 ** (quiet_db / 20)
+    return signals.to_pcm(np.concatenate([a, b]))
+
+
+def test_voiced_frames_far_under_the_loudest_carry_no_f0_but_count_in_voicing() -> None:
+    # The quiet vowel 36 dB under the loud one: past f0_range_db (30), inside
+    # voicing_range_db (45). Its frames stay voiced for the voicing share, but give no F0.
+    pcm = _loud_then_quiet(-36.0)
+    track = pitch_track(pcm)
+    loud, quiet = track[5:50], track[58:78]
+    assert np.count_nonzero(~np.isnan(loud)) >= 40 and np.nanmedian(loud) == pytest.approx(
+        150, rel=0.03
+    )
+    assert np.isnan(quiet).all()
+    ungated = FeatureParams(f0_range_db=math.inf)
+    quiet_ungated = pitch_track(pcm, params=ungated)[58:78]
+    assert np.nanmedian(quiet_ungated) == pytest.approx(100, rel=0.03)  # voiced when asked
+    gated, every = measure_turn(pcm), measure_turn(pcm, params=ungated)
+    assert gated.prosody.voicing == every.prosody.voicing
+    assert gated.prosody.voicing > 0.9
+    assert gated.pitch.voiced_ratio < every.pitch.voiced_ratio - 0.3
+    # 28 dB under: inside the gate, F0 kept.
+    assert np.nanmedian(pitch_track(_loud_then_quiet(-28.0))[58:78]) == pytest.approx(100, rel=0.03)
+
+
+def test_pitch_track_is_the_track_measure_turn_summarises() -> None:
+    pcm = signals.to_pcm(signals.pulse_train(120.0, 1.2, f0_end_hz=160.0, seed=5)[0])
+    mask = np.ones(pcm.shape[0] // 160, dtype=np.bool_)
+    mask[20:25] = False
+    track = pitch_track(pcm, mask)
+    assert track.shape == mask.shape and track.dtype == np.float64
+    assert np.isnan(track[20:25]).all()  # outside speech: unvoiced
+    pitch = measure_turn(pcm, mask).pitch
+    voiced = track[~np.isnan(track)]
+    assert pitch.voiced_ratio == pytest.approx(voiced.shape[0] / np.count_nonzero(mask))
+    st = np.sort(12 * np.log2(voiced))
+    assert pitch.median_hz == pytest.approx(2 ** (np.median(st) / 12))
+    assert np.isnan(pitch_track(np.zeros(800, dtype=np.int16))).all()
+    assert pitch_track(np.zeros(100, dtype=np.int16)).shape == (0,)
+    with pytest.raises(ValueError, match="speech_mask"):
+        pitch_track(pcm, mask[:-1])
 
 
 def test_f0_level_is_not_pulled_by_a_fifth_of_the_turn_elsewhere() -> None:

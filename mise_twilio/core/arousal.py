@@ -82,9 +82,9 @@ AROUSAL_MODEL = ArousalModel(
         "alpha_ratio_db",
         "voicing",
     ),
-    mean=(13.0668, 6.3674, -6.7509, 0.5541),
-    scale=(6.6181, 3.3174, 6.2368, 0.174),
-    weights=(0.2209, 0.2209, 0.2209, 0.2209),
+    mean=(13.0013, 6.3937, -6.7514, 0.5541),
+    scale=(6.5038, 3.3529, 6.24, 0.174),
+    weights=(0.2224, 0.2224, 0.2224, 0.2224),
     intercept=0.1908,
     required=("f0_level_semitones",),
     within_speaker_sd=0.35,
@@ -92,9 +92,9 @@ AROUSAL_MODEL = ArousalModel(
 """Fitted by ``bench/arousal_accuracy.py --write`` (``bench/arousal_model.json`` holds the same
 numbers with their provenance) on the 24 rated clips of ``../shared/real-speech/emotion``
 (pyAudioAnalysis ``data/speechEmotion``, Apache-2.0) passed through ``CallSession`` as
-``<Connect>`` calls: Spearman's ρ with the ratings 0.858 nested leave-one-out (weights and
+``<Connect>`` calls: Spearman's ρ with the ratings 0.844 nested leave-one-out (weights and
 penalty fitted without the held-out clip), the same when the cues too are chosen inside each
-fold (3-6 of eleven candidates; all 24 folds chose these four), 0.866 in-sample. The penalty
+fold (3-6 of eleven candidates; all 24 folds chose these four), 0.862 in-sample. The penalty
 chosen (10⁶) shrinks the weights to the prior's: equal weights on the standardised cues.
 
 Inputs (``features.arousal_inputs``): F0 level (the interquartile mean, octave errors undone)
