@@ -52,15 +52,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arousal_accuracy import DATA, connect_call, load, spearman  # noqa: E402
+from arousal_accuracy import DATA, connect_call, load, spearman, through_bridge  # noqa: E402
 
 from fixtures import signals  # noqa: E402
-from mise_twilio.core.call import CallSession, SessionParams  # noqa: E402
 from mise_twilio.core.features import (  # noqa: E402
     FeatureParams,
     measure_turn,
     pitch_track,
-    speech_mask,
 )
 from mise_twilio.core.records import TurnRecord  # noqa: E402
 
@@ -86,23 +84,6 @@ class Turn:
     sex: str | None = None
     """AMI turns: ``M`` or ``F``, the first letter of the AMI speaker id of the turn's speaker
     (the track's speaker; on the agent track, the labelled speaker talking longest in it)."""
-
-
-def bridged(lines: list[str]) -> list[tuple[TurnRecord, NDArray[np.int16]]]:
-    """Every turn record of one call with the session's own audio of that turn."""
-    session = CallSession(SessionParams(keep_turn_audio=True))
-    records = []
-    for line in lines:
-        session.receive_text(line)
-        records += session.take_events()
-    session.receive_eof()
-    records += session.take_events()
-    audio = dict(session.take_turn_audio())
-    return [
-        (r, np.frombuffer(audio[r.id], dtype=np.int16))
-        for r in records
-        if isinstance(r, TurnRecord)
-    ]
 
 
 def praat_measures(pcm: NDArray[np.int16]) -> tuple[NDArray[np.float64], dict[str, float | None]]:
@@ -141,12 +122,8 @@ def real_turns(source: str, calls: list[list[str]], names: list[str] | None = No
     """The turns of ``calls``; ``names``: the AMI file of each call, for the speaker's sex."""
     out = []
     for i, lines in enumerate(calls):
-        for record, pcm in bridged(lines):
-            segments = tuple(
-                ((s - record.start_ms) // 20, (e - record.start_ms) // 20)
-                for s, e in record.segments
-            )
-            mask = speech_mask(pcm.shape[0] // 160, segments, 0)
+        for turn in through_bridge(lines):
+            record, pcm, mask = turn.record, turn.pcm, turn.mask
             track, praat = praat_measures(pcm)
             sex = None if names is None else speaker_of(names[i], record)[0]
             out.append(Turn(source, record, pcm, mask, track, praat, sex))
