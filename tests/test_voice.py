@@ -129,6 +129,22 @@ def test_too_few_periods_give_no_jitter() -> None:
     assert voice.jitter_local_pct is None and voice.shimmer_local_db is None
 
 
+def test_jitter_skips_pairs_over_the_maximum_period_factor() -> None:
+    """Praat's "maximum period factor" (1.3): consecutive periods whose lengths differ by more
+    are not compared. A voice stepping between 150 and 107 Hz every 30 periods (ratio 1.4)
+    reads the jitter of the periods within each step (0.57 %); the steps compared too would
+    read 1.2 %."""
+    x, times, _ = signals.pulse_train(
+        150.0, 2.0, jitter_sd=0.005, seed=3, period_cycle=(1.0,) * 30 + (1.4,) * 30
+    )
+    got = measure_turn(signals.to_pcm(x)).voice.jitter_local_pct
+    p = np.diff(times)
+    within = np.maximum(p[1:], p[:-1]) / np.minimum(p[1:], p[:-1]) <= 1.3
+    want = 100.0 * float(np.mean(np.abs(np.diff(p))[within])) / float(np.mean(p))
+    assert got is not None
+    assert abs(got - want) <= 0.2 * want, (got, want)
+
+
 def test_shimmer_skips_pairs_over_the_maximum_amplitude_factor() -> None:
     """Praat's "maximum amplitude factor" (1.6): consecutive periods whose amplitudes differ
     by more are not compared. A voice alternating 1 : 1.5 every period reads its 3.5 dB; one
