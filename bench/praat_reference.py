@@ -120,25 +120,26 @@ def praat_measures(pcm: NDArray[np.int16]) -> tuple[NDArray[np.float64], dict[st
 
 def real_turns(source: str, calls: list[list[str]], names: list[str] | None = None) -> list[Turn]:
     """The turns of ``calls``; ``names``: the AMI file of each call, for the speaker's sex."""
+    from fixtures.real_calls import load_regions
+
+    regions = load_regions() if names is not None else {}
     out = []
     for i, lines in enumerate(calls):
         for turn in through_bridge(lines):
             record, pcm, mask = turn.record, turn.pcm, turn.mask
             track, praat = praat_measures(pcm)
-            sex = None if names is None else speaker_of(names[i], record)[0]
+            sex = None if names is None else speaker_of(regions[names[i]], record)[0]
             out.append(Turn(source, record, pcm, mask, track, praat, sex))
     return out
 
 
-def speaker_of(name: str, record: TurnRecord) -> str:
-    """The AMI speaker id of a turn of ``fixtures/real_calls.py``'s call of file ``name``: the
-    caller (the speaker with most speech) on the inbound track, else the other speaker
+def speaker_of(regions: dict[str, list[tuple[int, int]]], record: TurnRecord) -> str:
+    """The AMI speaker id of a turn of ``fixtures/real_calls.py``'s call of a file whose
+    speakers' regions are ``regions``: the caller on the inbound track, else the other speaker
     labelled longest inside the turn."""
-    from fixtures.real_calls import LEAD_IN_MS, load_regions, merge_spans
+    from fixtures.real_calls import LEAD_IN_MS, caller_of
 
-    regions = load_regions()[name]
-    total = {spk: sum(e - s for s, e in merge_spans(r)) for spk, r in regions.items()}
-    caller = max(sorted(total), key=lambda k: total[k])
+    caller = caller_of(regions)
     if record.track == "inbound":
         return caller
     s, e = record.start_ms - LEAD_IN_MS, record.end_ms - LEAD_IN_MS

@@ -335,23 +335,20 @@ def test_pitch_range_ignores_a_syllable_read_an_octave_up() -> None:
     assert prosody.pitch_range_semitones is not None and prosody.pitch_range_semitones < 3.0
 
 
-def test_pitch_range_leaves_out_frames_far_under_the_loudest() -> None:
-    # A 150 Hz vowel, then a 100 Hz one 28 dB quieter (a trailing mumble, still voiced):
-    # pitch range counts voiced frames within 20 dB of the loudest, so it is the loud one's.
-    a = signals.pulse_train(150.0, 1.0, seed=1)[0]
-    b = signals.pulse_train(100.0, 0.6, seed=2)[0]
-    b *= math.sqrt(float(np.mean(a**2)) / float(np.mean(b**2))) * 10 ** (-28 / 20)
-    prosody = measure_turn(signals.to_pcm(np.concatenate([a, b]))).prosody
-    assert prosody.voiced_frames >= 75  # both vowels voiced
-    assert prosody.pitch_range_semitones is not None and prosody.pitch_range_semitones < 1.0
-
-
 def _loud_then_quiet(quiet_db: float) -> NDArray[np.int16]:
     """1 s of a 150 Hz vowel, then 0.6 s of a 100 Hz one ``quiet_db`` under it (RMS)."""
     a = signals.pulse_train(150.0, 1.0, seed=1)[0]
     b = signals.pulse_train(100.0, 0.6, seed=2)[0]
     b *= math.sqrt(float(np.mean(a**2)) / float(np.mean(b**2))) * 10 ** (quiet_db / 20)
     return signals.to_pcm(np.concatenate([a, b]))
+
+
+def test_pitch_range_leaves_out_frames_far_under_the_loudest() -> None:
+    # A 150 Hz vowel, then a 100 Hz one 28 dB quieter (a trailing mumble, still voiced):
+    # pitch range counts voiced frames within 20 dB of the loudest, so it is the loud one's.
+    prosody = measure_turn(_loud_then_quiet(-28.0)).prosody
+    assert prosody.voiced_frames >= 75  # both vowels voiced
+    assert prosody.pitch_range_semitones is not None and prosody.pitch_range_semitones < 1.0
 
 
 def test_voiced_frames_far_under_the_loudest_carry_no_f0_but_count_in_voicing() -> None:
