@@ -348,8 +348,15 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "tone_min_length_one_frame_shorter",
         "mise_twilio/core/tone.py",
-        "if (b - a) * FRAME_MS <= params.tone_min_ms - FRAME_MS:",
-        "if (b - a) * FRAME_MS <= params.tone_min_ms - 2 * FRAME_MS:",
+        "if (b - a) * FRAME_MS + sum(edges_ms) <= params.tone_min_ms - FRAME_MS:",
+        "if (b - a) * FRAME_MS + sum(edges_ms) <= params.tone_min_ms - 2 * FRAME_MS:",
+        ("tests/test_tone.py",),
+    ),
+    Mutant(
+        "tone_partial_edges_ignored",
+        "mise_twilio/core/tone.py",
+        "                edges_ms[side] = FRAME_MS // 2",
+        "                edges_ms[side] = 0",
         ("tests/test_tone.py",),
     ),
     Mutant(

@@ -98,6 +98,31 @@ def test_the_shortest_tone_between_noise(dur_s: float, found: bool) -> None:
         assert tone.frames == 10 and tone.start_frame == 50
 
 
+@pytest.mark.parametrize("offset_ms", [1, 5, 10, 15, 19])
+@pytest.mark.parametrize("between", ["speech", "noise"])
+def test_200_ms_tone_straddling_the_grid_is_found(offset_ms: int, between: str) -> None:
+    """Off the 20 ms grid against speech or noise a 200 ms tone fills 9 frames and parts of
+    two more; the part covering at least half a frame counts 10 ms. 180 ms is still too short
+    at every offset."""
+    if between == "speech":
+        before, after = speech(1.2, 4), speech(1.0, 5)
+    else:
+        before, after = (
+            n * (0.05 / math.sqrt(float(np.mean(n**2))))
+            for n in (signals.band_noise(9600, seed=s) for s in (3, 4))
+        )
+    before = before[: 8000 + offset_ms * 8]
+    for dur_s, found in ((0.2, True), (0.18, False)):
+        x = np.concatenate([before, signals.tone(1000.0, dur_s, 0.05), after])
+        tone = tone_of(signals.to_pcm(x, None))
+        assert (tone is not None) == found, (dur_s, tone)
+        if tone is not None:
+            assert abs(tone.frequency_hz - 1000.0) < 1.0
+            assert 190 <= tone.duration_ms <= 210
+            start_ms = tone.start_frame * 20 - tone.before_ms
+            assert abs(start_ms - before.shape[0] / 8) <= 10
+
+
 def test_short_tone_is_not_reported() -> None:
     pcm, _ = around(signals.tone(1000.0, 0.15, 0.2), speech(1.0, 3), 0.1)
     assert tone_of(pcm) is None

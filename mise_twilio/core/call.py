@@ -702,7 +702,7 @@ class CallSession:
         self._events.append(record)
         tone = acoustics.features.tone if acoustics else None
         if tone is not None:
-            tone_start_ms = start_ms + tone.start_frame * frame_ms
+            tone_start_ms = start_ms + tone.start_frame * frame_ms - tone.before_ms
             self._events.append(
                 ToneRecord(
                     id=f"{self.stream_sid}:tone:{turn.index}",
@@ -711,8 +711,8 @@ class CallSession:
                     speaker=speaker,
                     turn_index=turn.index,
                     start_ms=tone_start_ms,
-                    end_ms=tone_start_ms + tone.frames * frame_ms,
-                    duration_ms=tone.frames * frame_ms,
+                    end_ms=tone_start_ms + tone.duration_ms,
+                    duration_ms=tone.duration_ms,
                     frequency_hz=round(tone.frequency_hz, 1),
                     level_dbfs=round(tone.level_dbfs, 2),
                 )

@@ -198,13 +198,14 @@ class TurnRecord(_RecordBase):
 class ToneRecord(_RecordBase):
     """A steady pure tone in a track (400-2000 Hz, at least 200 ms), e.g. the beep an
     answering machine plays before it records (``core/tone.py``). Found in a closed turn and
-    emitted right after its turn record; 20 ms resolution."""
+    emitted right after its turn record; 10 ms resolution (whole 20 ms frames, and half of
+    each neighbouring frame the tone covers in part)."""
 
     type: Literal["tone"] = "tone"
     track: Track
     speaker: Speaker
     turn_index: int = Field(ge=0, description="The turn it was found in.")
-    start_ms: int = Field(description="Stream clock ms of its first pure 20 ms frame.")
+    start_ms: int = Field(description="Stream clock ms where it starts.")
     end_ms: int
     duration_ms: int = Field(ge=0)
     frequency_hz: float

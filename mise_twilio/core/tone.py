@@ -15,7 +15,11 @@ is the peak bin refined by a Gaussian (parabola on log power) fit: < 1 Hz for a 
 tone is the longest run of consecutive pure frames in ``tone_min_hz..tone_max_hz`` (400-2000 Hz
 nominal, ±1.25 %) whose frequency holds within ``tone_max_step`` from frame to frame, above
 ``tone_min_dbfs``, lasting at least ``tone_min_ms`` (answering-machine beeps are 400-2000 Hz and
-last 200 ms or more).
+last 200 ms or more). Against speech or noise the frames a tone fills only in part are not
+pure, so a tone that straddles the 20 ms grid loses them: each neighbour of the run counts 10
+ms more when, within ±100 Hz of the run's frequency, it holds at least ``_EDGE_MIN_SHARE`` of
+the power the run's frames hold there (the tone then covers about its nearer half, 9 ms or
+more) and that power is at least ``_EDGE_MIN_PURITY`` of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ __all__ = ["ToneFeatures", "find_tone"]
 
 _LOBE_HZ = 100.0
 """Half-width of the band around the peak that a pure tone's power falls in."""
+_EDGE_MIN_SHARE = 0.35
+"""A neighbour of the run covered by the tone in its nearer half: its power around the tone's
+frequency over the run's median there. A Hann window holds half its energy in each half of
+the frame and the last 45 % of it 37 %; the tone's hard edge spreads a further ~12 % outside
+the band, so a tone over exactly half the frame reads 0.44, and 0.35 is about 46 %."""
+_EDGE_MIN_PURITY = 0.25
+"""... and over the neighbour's own power: against speech 6 dB louder than the tone, about
+0.2; keeps loud speech with energy near the tone's frequency from extending a run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +63,16 @@ class ToneFeatures:
     """Median frequency over the run."""
     level_dbfs: float
     """Median frame level over the run."""
+    before_ms: int = 0
+    """Of the frame before the run, what the tone covers too: 10 (its later half, at least)
+    or 0. Start = ``start_frame`` × 20 ms - ``before_ms``."""
+    after_ms: int = 0
+    """The same for the frame after the run. Duration = ``frames`` × 20 ms + both."""
+
+    @property
+    def duration_ms(self) -> int:
+        """The tone's length, to 10 ms."""
+        return self.frames * FRAME_MS + self.before_ms + self.after_ms
 
 
 def find_tone(
@@ -80,7 +102,8 @@ def find_tone(
     margined = np.zeros((k, wide), dtype=power.dtype)
     margined[:, lobe : lobe + bins] = power
     lobe_power = windows(margined, 2 * lobe + 1)[np.arange(k) * wide + peak].sum(axis=1)
-    purity = lobe_power / np.maximum(power.sum(axis=1), 1e-30)
+    total = np.maximum(power.sum(axis=1), 1e-30)
+    purity = lobe_power / total
     min_power = FULL_SCALE_RMS**2 * 10.0 ** (params.tone_min_dbfs / 10.0)
     pure = (purity >= params.tone_min_purity) & (frame_power >= min_power)
     if not pure.any():  # speech: the frequency is not needed
@@ -101,11 +124,19 @@ def find_tone(
     lengths = ends - breaks
     best = int(np.argmax(lengths))
     a, b = int(breaks[best]), int(ends[best])
-    # The run must be longer than tone_min_ms less one frame: 10 frames for 200 ms. A frame
-    # the tone fills only in part is still pure where the rest is silence, so after a pause a
-    # tone about one frame shorter passes too; against speech or noise those edge frames are
-    # not pure, and a tone of exactly tone_min_ms that straddles the 20 ms grid keeps 9.
-    if (b - a) * FRAME_MS <= params.tone_min_ms - FRAME_MS:
+    # Neighbours the tone covers in their nearer half (the module docstring) add 10 ms each.
+    # Without them a run must be longer than tone_min_ms less one frame (10 frames for 200
+    # ms): after a pause a frame the tone fills only in part is still pure (the rest is
+    # silence), so there a tone about one frame shorter passes too.
+    centre = int(np.median(peak[a:b]))  # margined[:, centre + lobe] is that bin
+    full = float(np.median(lobe_power[a:b]))
+    edges_ms = [0, 0]
+    for side, e in enumerate((a - 1, b)):
+        if 0 <= e < k:
+            near = float(margined[e, centre : centre + 2 * lobe + 1].sum())
+            if near >= _EDGE_MIN_SHARE * full and near >= _EDGE_MIN_PURITY * float(total[e]):
+                edges_ms[side] = FRAME_MS // 2
+    if (b - a) * FRAME_MS + sum(edges_ms) <= params.tone_min_ms - FRAME_MS:
         return None
     level = 10.0 * math.log10(max(float(np.median(frame_power[a:b])), 1e-10) / FULL_SCALE_RMS**2)
-    return ToneFeatures(a, b - a, float(np.median(freq[a:b])), level)
+    return ToneFeatures(a, b - a, float(np.median(freq[a:b])), level, edges_ms[0], edges_ms[1])
