@@ -149,6 +149,13 @@ def spans_to_mask(n_frames: int, spans: Sequence[Span]) -> NDArray[np.bool_]:
     return m
 
 
+def mask_to_spans(mask: NDArray[np.bool_]) -> tuple[Span, ...]:
+    """The ``[start, end)`` index spans of the True runs of a 1-D mask (``spans_to_mask``'s
+    inverse)."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return tuple(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
 def score_track(call: TwoTrackCall, track: str, spans: Sequence[Span]) -> Counts:
     """Counts for one track's detected frame spans."""
     n = call.n_frames

@@ -106,11 +106,14 @@ def counts(version: str, seconds: float, turns: int, out_dir: Path) -> dict[str,
     return dict(zip(events, totals, strict=True))
 
 
+def stall_cycles(per_turn: dict[str, float]) -> float:
+    """The cycle model's instruction-cache misses and mispredicts (the module docstring)."""
+    return 12.0 * per_turn["I1mr"] + 15.0 * (per_turn["Bcm"] + per_turn["Bim"])
+
+
 def cycles(per_turn: dict[str, float]) -> float:
     """The rough cycle model of the module docstring."""
-    return (
-        per_turn["Ir"] / 3.0 + 12.0 * per_turn["I1mr"] + 15.0 * (per_turn["Bcm"] + per_turn["Bim"])
-    )
+    return per_turn["Ir"] / 3.0 + stall_cycles(per_turn)
 
 
 def main() -> int:
@@ -148,9 +151,7 @@ def main() -> int:
         print(f"{label:<22}{now:>12,.0f}{was:>12,.0f}{now / max(was, 1.0):>8.2f}")
     now_c, was_c = cycles(per_turn["now"]), cycles(per_turn["before"])
     print(f"{'cycle model':<22}{now_c:>12,.0f}{was_c:>12,.0f}{now_c / was_c:>8.2f}")
-    fetch = 12.0 * per_turn["now"]["I1mr"] + 15.0 * (
-        per_turn["now"]["Bcm"] + per_turn["now"]["Bim"]
-    )
+    fetch = stall_cycles(per_turn["now"])
     print(f"share of the model's cycles in I1 misses and mispredicts (now): {fetch / now_c:.0%}")
     return 0
 

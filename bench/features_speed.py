@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _vad_scoring import mask_to_spans  # noqa: E402
 from pitch_accuracy import phone_line  # noqa: E402
 
 from fixtures import signals  # noqa: E402
@@ -271,7 +272,7 @@ def _join(turns: list[TurnInput]) -> TurnInput:
             speech_mask(n_frames, turn.segments, turn.start_frame),  # as turn_acoustics makes it
             np.zeros(BATCH_GAP_FRAMES, dtype=np.bool_),
         ]
-    return TurnInput(np.concatenate(parts), _spans(np.concatenate(masks)), 0)
+    return TurnInput(np.concatenate(parts), mask_to_spans(np.concatenate(masks)), 0)
 
 
 def _measure_all(turns: list[TurnInput]) -> None:
@@ -317,7 +318,7 @@ def main() -> None:
             (phrase[:n], None),
         ]
         for name, (pcm, mask) in zip(cases, inputs, strict=True):
-            segments = ((0, n_frames),) if mask is None else _spans(mask)
+            segments = ((0, n_frames),) if mask is None else mask_to_spans(mask)
             fns: list[Callable[[], object]] = [partial(every_feature, baseline, pcm, segments)]
             if before is not None:
                 fns.append(partial(before.measure_turn, pcm, mask))
@@ -389,11 +390,6 @@ def full_baseline() -> CallProsody:
     for _ in range(MAX_TURNS):
         baseline.observe("caller", acoustics)
     return baseline
-
-
-def _spans(mask: NDArray[np.bool_]) -> tuple[tuple[int, int], ...]:
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
-    return tuple(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 if __name__ == "__main__":

@@ -57,9 +57,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _vad_scoring import mask_to_spans  # noqa: E402
 from arousal_accuracy import DATA, connect_call, load, spearman, through_bridge  # noqa: E402
 
 from fixtures import signals  # noqa: E402
+from mise_twilio.core.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ  # noqa: E402
 from mise_twilio.core.features import (  # noqa: E402
     FeatureParams,
     measure_turn,
@@ -272,9 +274,13 @@ def voice_report(title: str, turns: list[Turn]) -> None:
         )
 
 
-YIN_FRAME = 240 + 134 + 1
-"""Samples YIN compares per pitch frame at 8 kHz: ``FeatureParams``' 30 ms window, the longest
-lag (1 / 60 Hz, 134 samples) and one."""
+YIN_FRAME = (
+    round(PARAMS["this release"].yin_window_ms * SAMPLE_RATE_HZ / 1000.0)
+    + math.ceil(SAMPLE_RATE_HZ / PARAMS["this release"].f0_min_hz)
+    + 1
+)
+"""Samples YIN compares per pitch frame at 8 kHz: ``FeatureParams``' integration window, the
+longest lag (1 / ``f0_min_hz``) and one (375 with the defaults)."""
 OCTAVE_BAND_ST = (9.0, 15.0)
 """A voiced run Praat reads an octave lower: the median of 12 log2(bridge / Praat) over its
 frames both voice lies in this band (semitones); runs within 3 semitones agree."""
@@ -307,13 +313,11 @@ def octave_report(turns: list[Turn]) -> None:
     frames: dict[str, list[float]] = {"octave lower": [], "agree": []}
     for t in turns:
         ours = pitch_track(t.pcm, t.mask)
-        n = ours.shape[0]
-        x = np.zeros(n * 160 + YIN_FRAME, dtype=np.float64)
-        left = YIN_FRAME // 2 - 80  # pitch frame j centred on sample 160 j + 80
+        hop = FRAME_SAMPLES
+        x = np.zeros(ours.shape[0] * hop + YIN_FRAME, dtype=np.float64)
+        left = YIN_FRAME // 2 - hop // 2  # pitch frame j centred on sample hop j + hop / 2
         x[left : left + t.pcm.shape[0]] = t.pcm
-        voiced = np.concatenate(([False], ~np.isnan(ours), [False]))
-        edges = np.flatnonzero(voiced[1:] != voiced[:-1])
-        for s, e in zip(edges[0::2], edges[1::2], strict=True):
+        for s, e in mask_to_spans(~np.isnan(ours)):
             both = [j for j in range(s, e) if not np.isnan(t.praat_track[j])]
             if not both:
                 continue
@@ -326,8 +330,8 @@ def octave_report(turns: list[Turn]) -> None:
                 continue
             q1 = q2 = 0.0
             for j in range(s, e):
-                frame = x[160 * j : 160 * j + YIN_FRAME]
-                period = 8000.0 / float(ours[j])
+                frame = x[hop * j : hop * j + YIN_FRAME]
+                period = SAMPLE_RATE_HZ / float(ours[j])
                 a = repeat_gap(frame, period)
                 b = min(repeat_gap(frame, 2.0 * period + d) for d in (-0.5, 0.0, 0.5))
                 q1, q2 = q1 + a, q2 + b
