@@ -269,13 +269,20 @@ def test_the_server_logs_the_proxied_stream_by_its_sids(
     stack: Stack, conversation: dict[str, Any]
 ) -> None:
     sid = stream_sid_of(conversation["caller"])
-    lines = [
-        json.loads(line)
-        for line in stack.server.log_path.read_text(errors="replace").splitlines()
-        if line.startswith("{") and sid in line
-    ]
-    started = [line for line in lines if line["event"] == "stream_started"]
-    stopped = [line for line in lines if line["event"] == "stream_stopped"]
+
+    def lines(event: str) -> list[dict[str, Any]]:
+        text = stack.server.log_path.read_text(errors="replace")
+        logged = (
+            json.loads(line)
+            for line in text[: text.rfind("\n") + 1].splitlines()  # whole lines only
+            if line.startswith("{") and sid in line
+        )
+        return [line for line in logged if line["event"] == event]
+
+    # The stream logs stream_stopped once it has ended, after its records reached the sink
+    # (where the conversation fixture saw them): on a loaded machine, a moment later.
+    asyncio.run(wait_until(lambda: lines("stream_stopped"), HANG_GUARD_S, "stream_stopped"))
+    started, stopped = lines("stream_started"), lines("stream_stopped")
     assert len(started) == 1 and started[0]["proxied"] is True
     assert started[0]["upstream"] == "answer" and started[0]["call_sid"]
     summary = summary_of(conversation["records"])
