@@ -147,11 +147,12 @@ def test_jitter_skips_pairs_over_the_maximum_period_factor() -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_periods_never_compared_stay_out_of_the_mean_period(seed: int) -> None:
-    """Jitter's mean period is over the periods it compared (Praat's "Voice 2. Jitter": the
-    mean period under the same period factor). A steady 150 Hz stretch with 0.5 % jitter
-    followed by 2 s of a voice alternating periods 1 : 1.35 (every consecutive pair over the
-    factor 1.3, so none of them compared) reads the jitter of the steady stretch alone within
-    8 % (it reads within 2.5 %; averaging over every matched period too reads 15-21 % low)."""
+    """Jitter's mean period is over the periods it compared (Praat divides by the mean period
+    under the same period factor: ``PointProcess_getJitter_local`` in VoiceAnalysis.cpp). A
+    steady 150 Hz stretch with 0.5 % jitter followed by 2 s of a voice alternating periods
+    1 : 1.35 (every consecutive pair over the factor 1.3, so none of them compared) reads the
+    jitter of the steady stretch alone within 8 % (it reads within 2.5 %; averaging over every
+    matched period too reads 15-21 % low)."""
     steady, _, _ = signals.pulse_train(150.0, 1.0, jitter_sd=0.005, seed=seed)
     alternating, _, _ = signals.pulse_train(100.0, 2.0, seed=seed + 10, period_cycle=(1.0, 1.35))
     alone = measure_turn(signals.to_pcm(steady)).voice
