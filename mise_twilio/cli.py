@@ -361,26 +361,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(value: object, width: int) -> str:
+def _fmt(value: object, width: int, digits: int = 1) -> str:
     if value is None:
         text = "-"
     elif isinstance(value, bool):
         text = "yes" if value else ""
     elif isinstance(value, float):
-        text = f"{value:.1f}"
+        text = f"{value:.{digits}f}"
     else:
         text = str(value)
     return text.rjust(width)
 
 
 def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
-    from mise_twilio.core.records import StreamStopped, TurnRecord
+    from mise_twilio.core.records import StreamStopped, ToneRecord, TurnRecord
 
     turns = sorted((r for r in records if isinstance(r, TurnRecord)), key=lambda t: t.start_ms)
     header = (
         f"{'#':>3} {'speaker':<7} {'start_s':>8} {'end_s':>8} {'dur_ms':>7} {'speech':>7} "
         f"{'end_reason':<12} {'gap_ms':>7} {'ovl_ms':>6} {'barge':>5} {'intr':>5} {'bchan':>5} "
-        f"{'f0_hz':>6} {'dBFS':>6} {'rate':>5}"
+        f"{'f0_hz':>6} {'dBFS':>6} {'rate':>5} {'contour':>7} {'arousal':>7} {'rel':>5}"
     )
     out.write(header + "\n")
     for t in turns:
@@ -391,12 +391,19 @@ def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
             f"{_fmt(t.interrupted, 5)} {_fmt(t.backchannel, 5)} "
             f"{_fmt(t.pitch.median_hz if t.pitch else None, 6)} "
             f"{_fmt(t.energy.mean_dbfs if t.energy else None, 6)} "
-            f"{_fmt(t.speech_rate_hz, 5)}\n"
+            f"{_fmt(t.speech_rate_hz, 5)} {_fmt(t.prosody.contour if t.prosody else None, 7)} "
+            f"{_fmt(t.arousal, 7, 2)} {_fmt(t.arousal_rel, 5, 1)}\n"
         )
     others = [r for r in records if not isinstance(r, TurnRecord)]
     diagnostics = [r for r in others if r.type == "diagnostic"]
     for d in diagnostics:
         out.write(f"diagnostic {getattr(d, 'code', '')}: {getattr(d, 'message', '')}\n")
+    for r in others:
+        if isinstance(r, ToneRecord):
+            out.write(
+                f"tone: {r.frequency_hz:.0f} Hz for {r.duration_ms} ms at "
+                f"{r.start_ms / 1000:.2f} s ({r.speaker}, turn {r.turn_index})\n"
+            )
     for r in others:
         if isinstance(r, StreamStopped):
             s = r.summary
@@ -405,6 +412,13 @@ def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
                 f"turns {s.turn_counts}, overlap {s.overlap_ms} ms, "
                 f"interruptions {s.interruptions}, lost {s.lost_ms} ms\n"
             )
+            peaks = ", ".join(
+                f"{speaker} mean {a.mean:.2f} peak {a.peak:.2f} (turn {a.peak_turn_index})"
+                for speaker, a in s.arousal.items()
+                if a.mean is not None and a.peak is not None
+            )
+            if peaks or s.escalation is not None:
+                out.write(f"arousal: {peaks or '-'}; escalation {_fmt(s.escalation, 0)}\n")
 
 
 # -- consume ----------------------------------------------------------------------------------

@@ -95,6 +95,9 @@ def test_schema_is_json_schema_of_every_record_type() -> None:
         assert f'"{record_type}"' in text
 
 
+SPEAKERS = ("caller", "agent")
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = cli("demo", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -102,6 +105,19 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert sum('"type":"turn"' in line for line in lines) == 10
     assert str(tmp_path / "events.jsonl") in result.stdout
+    # each turn's row ends with how it sounded, as its record has it
+    table = [r.split() for r in result.stdout.splitlines()]
+    rows = {int(r[0]): r for r in table if len(r) > 1 and r[0].isdigit() and r[1] in SPEAKERS}
+    turns = [t for t in map(from_json, lines) if isinstance(t, TurnRecord)]
+    assert sorted(rows) == sorted(t.index for t in turns)
+    for t in turns:
+        assert t.prosody is not None and t.arousal is not None and t.arousal_rel is not None
+        assert rows[t.index][-3:] == [
+            t.prosody.contour or "-",
+            f"{t.arousal:.2f}",
+            f"{t.arousal_rel:.1f}",
+        ]
+    assert "escalation 0" in result.stdout
 
 
 def test_twiml_proxy_streams_to_the_named_upstream() -> None:
@@ -125,3 +141,17 @@ def test_twiml_proxy_streams_to_the_named_upstream() -> None:
         assert bad.returncode == 2 and "--upstream" in bad.stderr
     stray = cli("twiml", "--url", "wss://x/v1/stream/twilio", "--upstream", "support")
     assert stray.returncode == 2
+
+
+def test_replay_table_shows_a_voicemail_beep(tmp_path: Path) -> None:
+    from test_call import voicemail_greeting_then_beep
+
+    lines, beep_ms = voicemail_greeting_then_beep()
+    path = tmp_path / "voicemail.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = cli("replay", str(path))
+    assert result.returncode == 0, result.stderr
+    (tone,) = [r.split() for r in result.stdout.splitlines() if r.startswith("tone:")]
+    # tone: 1000 Hz for 400 ms at 3.22 s (caller, turn 0)
+    assert tone[1:3] == ["1000", "Hz"] and abs(int(tone[4]) - 400) <= 40
+    assert abs(float(tone[7]) * 1000 - beep_ms) <= 20 and tone[9:] == ["(caller,", "turn", "0)"]
