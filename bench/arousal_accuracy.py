@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fixtures import make_fixtures  # noqa: E402
+from fixtures.real_calls import choose_drops  # noqa: E402
 from fixtures.signals import gained  # noqa: E402
 from mise_twilio.core.arousal import AROUSAL_MODEL  # noqa: E402
 from mise_twilio.core.call import CallSession, SessionParams  # noqa: E402
@@ -136,9 +137,10 @@ def load(data: Path) -> list[Clip]:
     return clips
 
 
-def connect_call(clip: Clip, gain_db: float = 0.0) -> list[str]:
+def connect_call(clip: Clip, gain_db: float = 0.0, condition: str = "clean") -> list[str]:
     """The clip as a ``<Connect>`` stream: line noise, the clip, line noise, the whole track
-    at ``gain_db`` (clipped at full scale), μ-law; Twilio's lines."""
+    at ``gain_db`` (clipped at full scale), μ-law; Twilio's lines. ``condition``: one of
+    ``CONDITIONS``, the line's noise or loss on top."""
     pcm = clip.pcm
     rng = np.random.default_rng(zlib.crc32(clip.name.encode()))
     x = np.concatenate(
@@ -148,14 +150,45 @@ def connect_call(clip: Clip, gain_db: float = 0.0) -> list[str]:
             make_fixtures.pink_noise(8000, LINE_NOISE_DBFS, rng),
         ]
     )
-    x = x[: x.shape[0] // 160 * 160] * 10 ** (gain_db / 20.0)
+    x = x[: x.shape[0] // 160 * 160]
+    dropped: dict[str, set[int]] | None = None
+    kind, _, amount = condition.partition(":")
+    if kind in ("pink", "white"):
+        noise_dbfs = active_level_dbfs(pcm) - float(amount)
+        noise_rng = np.random.default_rng(zlib.crc32(f"{clip.name}:{condition}".encode()))
+        if kind == "pink":  # 1/f, phone band
+            x = x + make_fixtures.pink_noise(x.shape[0], noise_dbfs, noise_rng)
+        else:  # flat 0-4 kHz
+            x = x + noise_rng.standard_normal(x.shape[0]) * make_fixtures.dbfs_to_amp(noise_dbfs)
+    elif kind == "loss":
+        loss_rng = np.random.default_rng(zlib.crc32(f"{clip.name}:{condition}".encode()))
+        dropped = {"inbound": choose_drops(x.shape[0] // 160, float(amount) / 100.0, loss_rng)}
+    elif kind != "clean":
+        raise ValueError(f"unknown condition {condition!r}")
+    x = x * 10 ** (gain_db / 20.0)
     lines, _ = make_fixtures.encode_messages(
         {"inbound": make_fixtures.to_ulaw(x)},
         first_timestamp_ms=120,
         custom_parameters=None,
+        dropped=dropped,
         **make_fixtures.sids(f"emotion-{clip.name}"),
     )
     return lines
+
+
+CONDITIONS = ("pink:30", "pink:20", "pink:10", "white:20", "white:10", "loss:3")
+"""Line conditions beside the clean line: phone-band pink (1/f) or flat white noise at that
+SNR (dB) below the clip's active speech level, and 3 % of the media messages never sent (runs
+of 1-5 frames, as ``fixtures/real_calls.py``'s ``loss3``)."""
+
+
+def active_level_dbfs(pcm: NDArray[np.int16]) -> float:
+    """The clip's active speech level: RMS over its speech spans (the fixture generator's
+    gate, ``make_fixtures.speech_segments``: 10 ms windows within 45 dB of the loudest,
+    gaps under 150 ms bridged), dBFS."""
+    x = pcm.astype(np.float64)
+    spans = make_fixtures.speech_segments(x)
+    return make_fixtures.rms_dbfs(np.concatenate([x[s:e] for s, e in spans]))
 
 
 @dataclass
@@ -362,6 +395,26 @@ def main() -> int:
             d = np.abs(np.asarray(got) - ref)
             change = f"max {d.max():.3f}, median {np.median(d):.3f}"
             print(f"  {g:+.0f} dB, {label}: |change in arousal| {change}")
+
+    # Line conditions: the clean-fitted, shipped weights on noisier or lossy lines (nothing is
+    # refitted): rank agreement with the ratings, and how far each clip's arousal and the four
+    # cues move from the clean line's.
+    print("\nline conditions (shipped weights; change re the clean line, per clip):")
+    clean_cues = m
+    print(
+        f"  {'condition':<14}{'rho':>6}{'median':>8}{'|max|':>7}   median change of "
+        + ", ".join(INPUTS)
+    )
+    for condition in CONDITIONS:
+        on_line = [through_bridge(connect_call(c, condition=condition)) for c in clips]
+        line_arousal = np.asarray([clip_arousal(t) for t in on_line])
+        line_cues = np.stack([clip_inputs(t, list(INPUTS)) for t in on_line])
+        change = line_arousal - shipped
+        moved = ", ".join(f"{v:+.2f}" for v in np.nanmedian(line_cues - clean_cues, axis=0))
+        print(
+            f"  {condition:<14}{spearman(line_arousal, y):>6.3f}{np.median(change):>+8.3f}"
+            f"{np.abs(change).max():>7.3f}   {moved}"
+        )
 
     mean, scale, w, b = model
     fitted = {
