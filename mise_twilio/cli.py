@@ -380,7 +380,7 @@ def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
     header = (
         f"{'#':>3} {'speaker':<7} {'start_s':>8} {'end_s':>8} {'dur_ms':>7} {'speech':>7} "
         f"{'end_reason':<12} {'gap_ms':>7} {'ovl_ms':>6} {'barge':>5} {'intr':>5} {'bchan':>5} "
-        f"{'f0_hz':>6} {'dBFS':>6} {'rate':>5} {'contour':>7} {'arousal':>7} {'rel':>5}"
+        f"{'f0_hz':>6} {'dBFS':>6} {'rate':>5} {'contour':>7} {'arousal':>7} {'ar_rel':>6}"
     )
     out.write(header + "\n")
     for t in turns:
@@ -392,7 +392,7 @@ def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
             f"{_fmt(t.pitch.median_hz if t.pitch else None, 6)} "
             f"{_fmt(t.energy.mean_dbfs if t.energy else None, 6)} "
             f"{_fmt(t.speech_rate_hz, 5)} {_fmt(t.prosody.contour if t.prosody else None, 7)} "
-            f"{_fmt(t.arousal, 7, 2)} {_fmt(t.arousal_rel, 5, 1)}\n"
+            f"{_fmt(t.arousal, 7, 2)} {_fmt(t.arousal_rel, 6, 1)}\n"
         )
     others = [r for r in records if not isinstance(r, TurnRecord)]
     diagnostics = [r for r in others if r.type == "diagnostic"]
