@@ -113,3 +113,23 @@ def test_arousal_moves_less_than_0_1_for_6_db_of_gain(pcm: np.ndarray, gain_db: 
     got = turn_acoustics(signals.gained(pcm, gain_db), segments, 0).arousal_score
     assert ref is not None and got is not None
     assert abs(math.tanh(got) - math.tanh(ref)) < 0.1
+
+
+def test_the_readme_states_what_an_octave_of_voice_adds() -> None:
+    """The README's figures for the absolute F0 level (what a voice an octave higher, and a
+    typical woman's voice against a man's, add to the score) are the shipped model's."""
+    import re
+
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    found = re.search(
+        r"an octave higher adds ([\d.]+) to the score \(12 / ([\d.]+) × ([\d.]+)\), and typical "
+        r"men's and women's voices \(116 and 217 Hz\) differ by ([\d.]+)",
+        readme,
+    )
+    assert found is not None
+    octave, scale, weight, norms = (float(v) for v in found.groups())
+    i = AROUSAL_MODEL.inputs.index("f0_level_semitones")
+    per_semitone = AROUSAL_MODEL.weights[i] / AROUSAL_MODEL.scale[i]
+    assert (scale, weight) == (round(AROUSAL_MODEL.scale[i], 2), round(AROUSAL_MODEL.weights[i], 3))
+    assert octave == round(12.0 * per_semitone, 2)
+    assert norms == round(12.0 * math.log2(217.0 / 116.0) * per_semitone, 2)
