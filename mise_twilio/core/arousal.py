@@ -8,9 +8,9 @@ spectral tilt (vocal effort) and voicing (the graded voiced share of the speech;
 ``arousal = tanh(score)``. It is an estimate of
 arousal from prosody, **not an emotion label**, and says nothing about valence (an excited
 caller may be delighted or furious). The F0 level is absolute (semitones re 100 Hz), so
-across speakers it carries the voice as well as its activation: with the shipped weights a
-voice an octave higher scores 0.41 more. ``prosody.SpeakerBaseline``'s ``arousal_rel``
-compares a speaker with themselves.
+across speakers it carries the voice as well as its activation: a voice an octave higher
+scores ``12 * weight / scale`` of that cue more (the README gives the figure).
+``prosody.SpeakerBaseline``'s ``arousal_rel`` compares a speaker with themselves.
 
 The weights are fitted by ``bench/arousal_accuracy.py`` on human-rated clips passed through
 the bridge as calls; ``AROUSAL_MODEL`` below is a copy of what it wrote to
