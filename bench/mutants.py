@@ -290,6 +290,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_prosody.py",),
     ),
     Mutant(
+        "prosody_first_turn_against_the_model_mean",
+        "mise_twilio/core/prosody.py",
+        "return None  # no usual yet",
+        "return (score - self._model.intercept) / self._model.within_speaker_sd",
+        ("tests/test_prosody.py", "tests/test_call.py"),
+    ),
+    Mutant(
         "prosody_spread_without_prior",
         "mise_twilio/core/prosody.py",
         "/ (k + dev.shape[0]))",

@@ -300,7 +300,8 @@ def test_speech_turns_carry_prosody_voice_and_arousal(
             assert t.prosody is not None and t.voice is not None, t.id
             if t.pitch is not None and t.pitch.median_hz is not None:
                 assert t.arousal is not None and -1.0 <= t.arousal <= 1.0
-                assert t.arousal_rel is not None
+                # against the speaker's usual: none before their baseline holds a turn
+                assert (t.arousal_rel is None) == (t.prosody.baseline_turns == 0), t.id
             # Backchannels are compared with the baseline but not added to it.
             assert t.prosody.baseline_turns == seen.get(t.speaker, 0), t.id
             if not t.backchannel:

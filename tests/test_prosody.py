@@ -16,6 +16,7 @@ from mise_twilio.core.arousal import AROUSAL_MODEL
 from mise_twilio.core.features import TurnAcoustics, turn_acoustics
 from mise_twilio.core.prosody import (
     POPULATION_F0_HZ,
+    PRIOR_TURNS,
     CallProsody,
     RelativeProsody,
     SpeakerBaseline,
@@ -87,11 +88,14 @@ def test_backchannels_and_short_turns_are_compared_but_not_added() -> None:
 def test_arousal_rel_is_a_z_like_score_against_the_speaker() -> None:
     call = CallProsody()
     first = call.observe("caller", vowel(150.0))
-    score = acoustics(signals.to_pcm(signals.pulse_train(150.0, 1.0)[0], -24.0)).arousal_score
-    assert score is not None and first.arousal_rel is not None
-    sd0 = AROUSAL_MODEL.within_speaker_sd
-    assert first.arousal_rel == pytest.approx((score - AROUSAL_MODEL.intercept) / sd0, abs=0.01)
-    same = [call.observe("caller", vowel(150.0, seed=i)).arousal_rel for i in range(1, 5)]
+    assert first.arousal_rel is None  # no usual yet
+    second = call.observe("caller", vowel(150.0, seed=1)).arousal_rel
+    usual, score = vowel(150.0).arousal_score, vowel(150.0, seed=1).arousal_score
+    assert usual is not None and score is not None
+    # one turn in the baseline: its score is the usual, the prior alone the spread
+    spread = AROUSAL_MODEL.within_speaker_sd * math.sqrt(PRIOR_TURNS / (PRIOR_TURNS + 1.0))
+    assert second == pytest.approx((score - usual) / spread, abs=0.01)
+    same = [call.observe("caller", vowel(150.0, seed=i)).arousal_rel for i in range(2, 5)]
     assert all(r is not None and abs(r) < 0.3 for r in same)
     raised = call.observe("caller", vowel(240.0, seed=9)).arousal_rel  # 8 semitones up
     assert raised is not None and raised > 1.0

@@ -21,9 +21,11 @@ owns and feeds each turn as it emits it, in turn order. A turn is compared with 
 * **arousal_rel**: (score - median of earlier scores) / spread, where the spread shrinks the
   speaker's own spread of scores toward the model's within-speaker prior
   (``ArousalModel.within_speaker_sd``) worth ``PRIOR_TURNS`` turns:
-  ``sqrt((k sd0² + Σ dev²) / (k + n))``. The first turn is compared with the training set's
-  mean score (the model's intercept) over ``sd0``. 0 = the speaker's usual, +1 = one spread
-  above it.
+  ``sqrt((k sd0² + Σ dev²) / (k + n))``. 0 = the speaker's usual, +1 = one spread above it.
+  Null until the baseline holds a turn of the speaker's, as loudness and speech rate are:
+  against the rated clips' mean score (the model's intercept) a first turn read the speaker's
+  voice and line more than their state (the AMI calls' 14 first turns, calm meeting speech,
+  read -3.5 to +1.4 that way, a man's voice alone about -1).
 
 Every input is a ratio, a dB difference or a gain-robust score, so a constant gain on the line
 leaves all of it unchanged. Turns with less than ``MIN_VOICED_FRAMES`` of voicing (clicks,
@@ -134,10 +136,10 @@ class SpeakerBaseline:
             self._add(12.0 * math.log2(level), prosody.level_dbfs, features.speech_rate_hz, score)
         return out
 
-    def _arousal_rel(self, score: float) -> float:
-        sd0 = self._model.within_speaker_sd
+    def _arousal_rel(self, score: float) -> float | None:
         if not self._score:
-            return (score - self._model.intercept) / sd0
+            return None  # no usual yet
+        sd0 = self._model.within_speaker_sd
         usual = _median(self._score)
         dev = np.fromiter(self._score, dtype=np.float64, count=len(self._score)) - usual
         k = PRIOR_TURNS

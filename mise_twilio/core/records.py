@@ -189,7 +189,8 @@ class TurnRecord(_RecordBase):
     arousal_rel: float | None = Field(
         default=None,
         description="The arousal score against the speaker's baseline in this call, z-like: 0 = "
-        "their usual, +1 = one within-speaker spread above it.",
+        "their usual, +1 = one within-speaker spread above it. Null until the baseline holds "
+        "one of the speaker's turns (on their first turn).",
     )
     custom_parameters: dict[str, str] = Field(default_factory=dict)
     audio: str | None = Field(default=None, description="WAV path, or base64 WAV, when enabled.")
