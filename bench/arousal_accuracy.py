@@ -153,16 +153,15 @@ def connect_call(clip: Clip, gain_db: float = 0.0, condition: str = "clean") -> 
     x = x[: x.shape[0] // 160 * 160]
     dropped: dict[str, set[int]] | None = None
     kind, _, amount = condition.partition(":")
+    line_rng = np.random.default_rng(zlib.crc32(f"{clip.name}:{condition}".encode()))
     if kind in ("pink", "white"):
         noise_dbfs = active_level_dbfs(pcm) - float(amount)
-        noise_rng = np.random.default_rng(zlib.crc32(f"{clip.name}:{condition}".encode()))
         if kind == "pink":  # 1/f, phone band
-            x = x + make_fixtures.pink_noise(x.shape[0], noise_dbfs, noise_rng)
+            x = x + make_fixtures.pink_noise(x.shape[0], noise_dbfs, line_rng)
         else:  # flat 0-4 kHz
-            x = x + noise_rng.standard_normal(x.shape[0]) * make_fixtures.dbfs_to_amp(noise_dbfs)
+            x = x + line_rng.standard_normal(x.shape[0]) * make_fixtures.dbfs_to_amp(noise_dbfs)
     elif kind == "loss":
-        loss_rng = np.random.default_rng(zlib.crc32(f"{clip.name}:{condition}".encode()))
-        dropped = {"inbound": choose_drops(x.shape[0] // 160, float(amount) / 100.0, loss_rng)}
+        dropped = {"inbound": choose_drops(x.shape[0] // 160, float(amount) / 100.0, line_rng)}
     elif kind != "clean":
         raise ValueError(f"unknown condition {condition!r}")
     x = x * 10 ** (gain_db / 20.0)

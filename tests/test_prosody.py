@@ -87,10 +87,10 @@ def test_backchannels_and_short_turns_are_compared_but_not_added() -> None:
 
 def test_arousal_rel_is_a_z_like_score_against_the_speaker() -> None:
     call = CallProsody()
-    first = call.observe("caller", vowel(150.0))
-    assert first.arousal_rel is None  # no usual yet
-    second = call.observe("caller", vowel(150.0, seed=1)).arousal_rel
-    usual, score = vowel(150.0).arousal_score, vowel(150.0, seed=1).arousal_score
+    first, then = vowel(150.0), vowel(150.0, seed=1)
+    assert call.observe("caller", first).arousal_rel is None  # no usual yet
+    second = call.observe("caller", then).arousal_rel
+    usual, score = first.arousal_score, then.arousal_score
     assert usual is not None and score is not None
     # one turn in the baseline: its score is the usual, the prior alone the spread
     spread = AROUSAL_MODEL.within_speaker_sd * math.sqrt(PRIOR_TURNS / (PRIOR_TURNS + 1.0))
