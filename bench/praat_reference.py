@@ -35,7 +35,12 @@ search across frames (``To Pitch``), glottal pulses found in the waveform (``To 
 3. **Octave evidence** (``octave_report``): on the same real turns, the voiced runs Praat reads
    an octave lower than the bridge against the runs the two agree on, by ``1 - r`` at twice the
    bridge's period over ``1 - r`` at it (what ``_octave_down`` weighs), per run and per frame,
-   and how many of each a per-run threshold on it would fold.
+   and how many of each a per-run threshold on it would fold. Then the spectrum's evidence
+   (``half_harmonic_db``): a pick an octave up (the bridge at 2 F0) leaves the voice's odd
+   harmonics at the odd multiples of half the bridge's F0, so the power there, against the
+   power at the multiples of it, reads near 0 dB for such a pick and far under it for a true
+   one. Beside the real runs, the same measure on synthetic harmonic complexes through the
+   phone line read at their F0 and at twice it, as anchors.
 
 Praat is a reference, not the truth: at 8 kHz through a phone band its own picks have errors
 (on the synthetic trains it reads jitter low and shimmer high). No assertions.
@@ -59,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _vad_scoring import mask_to_spans  # noqa: E402
 from arousal_accuracy import DATA, connect_call, load, spearman, through_bridge  # noqa: E402
+from pitch_accuracy import phone_line  # noqa: E402
 
 from fixtures import signals  # noqa: E402
 from mise_twilio.core.audio import FRAME_SAMPLES, SAMPLE_RATE_HZ  # noqa: E402
@@ -286,6 +292,14 @@ OCTAVE_BAND_ST = (9.0, 15.0)
 frames both voice lies in this band (semitones); runs within 3 semitones agree."""
 FOLD_AT = (1.0, 1.2, 1.4)
 """Per-run thresholds tried: a run whose ratio is under one would be folded an octave down."""
+SPECTRUM_FRAME = 400
+"""Samples per ``half_harmonic_db`` frame: 50 ms (a Hann main lobe of ±40 Hz, under half the
+spacing of half-harmonics above 160 Hz), centred on the pitch frame's centre."""
+SPECTRUM_NFFT = 2048
+PEAK_TOLERANCE = 0.06
+"""A harmonic's power is the largest bin within ±6 % of its frequency (F0 moves in 50 ms)."""
+ANCHOR_F0_HZ = (120.0, 180.0, 240.0)
+"""The synthetic anchors' F0 (``fixtures.signals.harmonic_complex`` through the phone line)."""
 
 
 def repeat_gap(x: NDArray[np.float64], lag: float) -> float:
@@ -311,6 +325,8 @@ def octave_report(turns: list[Turn]) -> None:
     after 2T as after T, as an octave-up pick does."""
     runs: dict[str, list[float]] = {"octave lower": [], "agree": []}
     frames: dict[str, list[float]] = {"octave lower": [], "agree": []}
+    # Per run: the median of its frames' half_harmonic_db, and of its F0 (Hz).
+    half_db: dict[str, list[tuple[float, float]]] = {"octave lower": [], "agree": []}
     for t in turns:
         ours = pitch_track(t.pcm, t.mask)
         hop = FRAME_SAMPLES
@@ -337,6 +353,9 @@ def octave_report(turns: list[Turn]) -> None:
                 q1, q2 = q1 + a, q2 + b
                 frames[kind].append(b / max(a, 1e-12))
             runs[kind].append(q2 / max(q1, 1e-12))
+            spectra = spectrum_frames(t.pcm, s, e)
+            ratios = [half_harmonic_db(p, float(ours[j])) for j, p in enumerate(spectra, s)]
+            half_db[kind].append((float(np.median(ratios)), float(np.median(ours[s:e]))))
     print("octave evidence, q(2T) / q(T) over the voiced runs of all turns")
     folds = "".join(f"{'under ' + str(at):>10}" for at in FOLD_AT)
     print(
@@ -353,6 +372,76 @@ def octave_report(turns: list[Turn]) -> None:
             f"  {kind:<14}{r.shape[0]:>6}{f.shape[0]:>8}{float(np.median(r)):>8.2f}"
             f"{float(np.quantile(r, 0.1)):>7.2f}{float(np.median(f)):>14.2f}{under}"
         )
+    half_harmonic_report(half_db)
+
+
+def half_harmonic_report(half_db: dict[str, list[tuple[float, float]]]) -> None:
+    """``half_harmonic_db`` per run (the median over its frames), for the runs Praat reads an
+    octave lower, the runs the two agree on, and those of them at 250 Hz or more (where the
+    octave-lower runs lie), beside the synthetic anchors read at F0 and at 2 F0."""
+    print("octave evidence in the spectrum, half_harmonic_db per voiced run (0 dB: octave up)")
+    print(f"  {'runs':<24}{'runs':>6}{'median':>8}{'p10':>7}{'p90':>7}{'over -6 dB':>12}")
+    groups = {
+        "octave lower": [db for db, _ in half_db["octave lower"]],
+        "agree": [db for db, _ in half_db["agree"]],
+        "agree, F0 >= 250 Hz": [db for db, hz in half_db["agree"] if hz >= 250.0],
+    }
+    for name, values in groups.items():
+        v = np.asarray(values)
+        if v.shape[0] == 0:
+            print(f"  {name:<24}{0:>6}")
+            continue
+        print(
+            f"  {name:<24}{v.shape[0]:>6}{float(np.median(v)):>8.1f}"
+            f"{float(np.quantile(v, 0.1)):>7.1f}{float(np.quantile(v, 0.9)):>7.1f}"
+            f"{int(np.count_nonzero(v > -6.0)):>12}"
+        )
+    for f0_hz in ANCHOR_F0_HZ:
+        pcm = phone_line(signals.harmonic_complex(f0_hz, 1.0))
+        spectra = spectrum_frames(pcm, 5, pcm.shape[0] // FRAME_SAMPLES - 5)
+        at_f0 = float(np.median([half_harmonic_db(p, f0_hz) for p in spectra]))
+        at_2f0 = float(np.median([half_harmonic_db(p, 2.0 * f0_hz) for p in spectra]))
+        print(
+            f"  anchor: {f0_hz:.0f} Hz harmonic complex read at F0 {at_f0:+.1f} dB,"
+            f" at 2 F0 {at_2f0:+.1f} dB"
+        )
+
+
+def spectrum_frames(pcm: NDArray[np.int16], start: int, end: int) -> NDArray[np.float64]:
+    """Power spectra of pitch frames ``start..end - 1`` of ``pcm`` (8 kHz): each
+    ``SPECTRUM_FRAME`` samples Hann-windowed, centred on the frame's centre (zeros past the
+    turn), ``SPECTRUM_NFFT`` points; shape ``(end - start, SPECTRUM_NFFT // 2 + 1)``."""
+    half = SPECTRUM_FRAME // 2
+    x = np.zeros(pcm.shape[0] + 2 * SPECTRUM_FRAME)
+    x[SPECTRUM_FRAME : SPECTRUM_FRAME + pcm.shape[0]] = pcm
+    centres = np.arange(start, end) * FRAME_SAMPLES + FRAME_SAMPLES // 2 + SPECTRUM_FRAME
+    frames = np.stack([x[c - half : c + half] for c in centres])
+    power: NDArray[np.float64] = (
+        np.abs(np.fft.rfft(frames * np.hanning(SPECTRUM_FRAME), SPECTRUM_NFFT, axis=1)) ** 2
+    )
+    return power
+
+
+def half_harmonic_db(power: NDArray[np.float64], f0_hz: float) -> float:
+    """10 log10 of the mean power at the odd multiples of ``f0_hz / 2`` over the mean power at
+    the multiples of ``f0_hz``, both within the phone band (300-3400 Hz); each the largest bin
+    within ±``PEAK_TOLERANCE`` of its frequency. ``power``: one row of ``spectrum_frames``.
+    After Sun's subharmonic-to-harmonic ratio (Sun 2002, "Pitch determination and voice
+    quality analysis using subharmonic-to-harmonic ratio", ICASSP), on linear power: a pitch
+    read an octave up has the voice's odd harmonics at those half-harmonics (about 0 dB); a
+    true pitch has only leakage and noise there."""
+    bin_hz = SAMPLE_RATE_HZ / SPECTRUM_NFFT
+
+    def peak(hz: float) -> float:
+        lo = math.ceil(hz * (1.0 - PEAK_TOLERANCE) / bin_hz)
+        hi = math.floor(hz * (1.0 + PEAK_TOLERANCE) / bin_hz)
+        return float(power[lo : hi + 1].max())
+
+    harmonics = [k * f0_hz for k in range(1, 40) if 300.0 <= k * f0_hz <= 3400.0]
+    halves = [(k - 0.5) * f0_hz for k in range(1, 40) if 300.0 <= (k - 0.5) * f0_hz <= 3400.0]
+    h = float(np.mean([peak(hz) for hz in harmonics]))
+    s = float(np.mean([peak(hz) for hz in halves]))
+    return 10.0 * math.log10(max(s, 1e-30) / max(h, 1e-30))
 
 
 def pearson(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
