@@ -14,8 +14,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY mise_twilio ./mise_twilio
 COPY fixtures/fork_two_track.jsonl ./fixtures/fork_two_track.jsonl
+# /app/mise-data: where `mise-twilio demo` writes (./mise-data) when run in the image.
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /data --create-home mise \
+    && install -d -o mise /app/mise-data \
     && rm -rf /app/mise_twilio
 
 USER mise

@@ -143,9 +143,11 @@ async def _demo(args: argparse.Namespace) -> int:
     from mise_twilio.server.config import Settings
     from mise_twilio.server.logs import configure_logging
     from mise_twilio.server.replay_client import replay_websocket
+    from mise_twilio.server.sinks import check_sink_paths
 
     configure_logging("warning", "console")
     settings = Settings(host="127.0.0.1", port=0, data_dir=args.data_dir or Path("./mise-data"))
+    check_sink_paths(settings, data_dir_setting="--data-dir")  # one line, not uvicorn's traceback
     fixture = args.fixture or resources.files("mise_twilio") / "data/demo_fork_two_track.jsonl"
     lines = read_fixture(str(fixture))
     sock = _free_socket(settings.host)

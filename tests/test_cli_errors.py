@@ -121,6 +121,20 @@ def test_unwritable_data_dir(tmp_path: Path) -> None:
     assert_one_line(result, "MISE_DATA_DIR=")
 
 
+@pytest.mark.parametrize("flag", [True, False])
+def test_demo_with_an_unwritable_data_dir(tmp_path: Path, flag: bool) -> None:
+    # Without the flag the demo writes under ./mise-data, here a regular file (as root nothing
+    # is "permission denied"; in the container image it was /app, owned by root).
+    (tmp_path / "plain").write_text("")
+    if flag:
+        result = run("demo", "--data-dir", str(tmp_path / "plain" / "data"))
+        assert_one_line(result, f"--data-dir={tmp_path / 'plain' / 'data'}", "Not a directory")
+    else:
+        (tmp_path / "mise-data").write_text("")
+        assert_one_line(run("demo", cwd=tmp_path), "--data-dir=mise-data")
+    assert (tmp_path / "plain").read_text() == ""
+
+
 def test_port_in_use(data_dir: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -39,17 +39,18 @@ def _jsonl_off(settings: Settings) -> bool:
     return settings.jsonl_path is not None and str(settings.jsonl_path).lower() == "off"
 
 
-def check_sink_paths(settings: Settings) -> None:
+def check_sink_paths(settings: Settings, *, data_dir_setting: str = "MISE_DATA_DIR") -> None:
     """Create and try every local path the sinks will write: the JSONL file (opened for
     appending), the spool directory and, with turn audio on, the audio directory. Raises
-    ``ConfigError`` naming the setting and the OS error; writes nothing into a file."""
+    ``ConfigError`` naming the setting (``data_dir_setting`` for a path under the data
+    directory: the flag a command took it from) and the OS error; writes nothing into a file."""
 
     def fail(setting: str, path: Path, exc: OSError) -> ConfigError:
         return ConfigError(f"{setting}={path}: {exc.strerror or exc}")
 
     if settings.jsonl_enabled and not _jsonl_off(settings):
         path = settings.resolved_jsonl_path
-        setting = "MISE_JSONL_PATH" if settings.jsonl_path is not None else "MISE_DATA_DIR"
+        setting = "MISE_JSONL_PATH" if settings.jsonl_path is not None else data_dir_setting
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "ab"):
@@ -57,10 +58,10 @@ def check_sink_paths(settings: Settings) -> None:
         except OSError as exc:
             raise fail(setting, path, exc) from None
     dirs = [
-        ("MISE_SPOOL_DIR" if settings.spool_dir else "MISE_DATA_DIR", settings.resolved_spool_dir)
+        ("MISE_SPOOL_DIR" if settings.spool_dir else data_dir_setting, settings.resolved_spool_dir)
     ]
     if settings.turn_audio != "none":
-        dirs.append(("MISE_DATA_DIR", settings.data_dir / "audio"))
+        dirs.append((data_dir_setting, settings.data_dir / "audio"))
     for setting, directory in dirs:
         try:
             directory.mkdir(parents=True, exist_ok=True)
