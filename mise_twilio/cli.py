@@ -429,21 +429,24 @@ def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
 def cmd_consume(args: argparse.Namespace) -> int:
     import redis
 
-    from mise_twilio.consume import run_cli
+    from mise_twilio.consume import Output, run_cli
     from mise_twilio.server.config import Settings
 
     settings = Settings()
     url = args.redis_url or settings.redis_url
     if not url:
-        print("error: give --redis-url or set MISE_REDIS_URL", file=sys.stderr)
-        return 2
+        raise UsageError("give --redis-url or set MISE_REDIS_URL")
+    try:
+        output = Output(None if args.out == "-" else Path(args.out))
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: {exc.strerror or exc}") from None
     try:
         stats = run_cli(
             url=url,
             stream=args.stream or settings.redis_stream,
             group=args.group,
             name=args.consumer,
-            out=args.out,
+            output=output,
             count=args.count,
             block_ms=args.block_ms,
             claim_idle_s=args.claim_idle_s,
@@ -451,8 +454,11 @@ def cmd_consume(args: argparse.Namespace) -> int:
             start_id=args.start,
             exit_when_idle_s=args.exit_when_idle_s,
         )
-    except redis.RedisError as exc:
-        print(f"error: redis at {url}: {exc}", file=sys.stderr)
+    except redis.RedisError as exc:  # the service, not the command line: exit 1
+        print(f"{PROG}: error: redis at {url}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a document write failed; its entries stay for the next worker
+        print(f"{PROG}: error: writing to --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     print(
         json.dumps(

@@ -155,13 +155,19 @@ def _split(value: str) -> tuple[tuple[int, int], dict[str, Any]]:
 class Output:
     """Where documents go: ``DIR/<CallSid>.json`` (written to a temporary file, fsynced,
     renamed: a reader sees the whole document or the previous one) or, for ``None``, one JSON
-    line per document on ``stream``. Replace this class with your own store."""
+    line per document on ``stream``. Replace this class with your own store.
+
+    Raises ``OSError`` when ``folder`` cannot be created or a file cannot be made in it (tried
+    with an empty temporary file, removed again), before any entry is read."""
 
     def __init__(self, folder: Path | None, stream: TextIO = sys.stdout) -> None:
         self.folder = folder
         self.stream = stream
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
 
     def write(self, document: Mapping[str, Any]) -> None:
         text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
@@ -436,7 +442,7 @@ def run_cli(
     stream: str,
     group: str,
     name: str | None,
-    out: str,
+    output: Output,
     count: int,
     block_ms: int,
     claim_idle_s: float,
@@ -445,7 +451,6 @@ def run_cli(
     exit_when_idle_s: float | None,
 ) -> ConsumeStats:
     """``mise-twilio consume``: SIGTERM and SIGINT finish the batch in hand, then exit."""
-    output = Output(None if out == "-" else Path(out))
     consumer = Consumer(
         Consumer.connect(url, block_ms),
         output,

@@ -145,7 +145,7 @@ def test_two_workers_share_a_call_and_stale_calls_are_written_incomplete(
 
 
 def test_cli_errors_are_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from mise_twilio.cli import main
 
@@ -156,8 +156,14 @@ def test_cli_errors_are_one_line(
     closed = f"redis://127.0.0.1:{free_port()}/0"
     assert main(["consume", "--redis-url", closed, "--block-ms", "100"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: redis at {closed}")
+    assert err.count("\n") == 1 and err.startswith(f"mise-twilio: error: redis at {closed}")
     assert "Traceback" not in err
+    # An --out that cannot hold files is a usage error before Redis is tried.
+    (tmp_path / "plain").write_text("")
+    out = str(tmp_path / "plain" / "docs")
+    assert main(["consume", "--redis-url", closed, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err == f"mise-twilio: error: --out {out}: Not a directory\n"
 
 
 def free_port() -> int:
