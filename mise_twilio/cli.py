@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import socket
 import sys
@@ -148,8 +149,12 @@ async def _demo(args: argparse.Namespace) -> int:
     configure_logging("warning", "console")
     settings = Settings(host="127.0.0.1", port=0, data_dir=args.data_dir or Path("./mise-data"))
     check_sink_paths(settings, data_dir_setting="--data-dir")  # one line, not uvicorn's traceback
-    fixture = args.fixture or resources.files("mise_twilio") / "data/demo_fork_two_track.jsonl"
-    lines = read_fixture(str(fixture))
+    if args.fixture is not None:
+        fixture: Any = args.fixture
+        lines = list(_open_capture(args.fixture))  # UsageError for what is no capture
+    else:
+        fixture = resources.files("mise_twilio") / "data/demo_fork_two_track.jsonl"
+        lines = read_fixture(str(fixture))
     sock = _free_socket(settings.host)
     port = sock.getsockname()[1]
     app = create_app(settings)
@@ -539,25 +544,18 @@ def cmd_twiml(args: argparse.Namespace) -> int:
     from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
     if not args.url.startswith("wss://"):
-        print("error: --url must be wss:// (Twilio error 31922)", file=sys.stderr)
-        return 2
+        raise UsageError("--url must be wss:// (Twilio error 31922)")
     if "?" in args.url:
-        print("error: Twilio drops query strings from stream URLs; use --api-key", file=sys.stderr)
-        return 2
+        raise UsageError("Twilio drops query strings from stream URLs; use --api-key")
     url = args.url
     if args.mode == "proxy":
         from mise_twilio.server.config import UPSTREAM_NAME_RE
 
         if not args.upstream or not UPSTREAM_NAME_RE.fullmatch(args.upstream):
-            print(
-                "error: --mode proxy needs --upstream NAME, a bot named in MISE_UPSTREAMS",
-                file=sys.stderr,
-            )
-            return 2
+            raise UsageError("--mode proxy needs --upstream NAME, a bot named in MISE_UPSTREAMS")
         url = f"{url.rstrip('/')}/proxy/{args.upstream}"
     elif args.upstream:
-        print("error: --upstream is for --mode proxy", file=sys.stderr)
-        return 2
+        raise UsageError("--upstream is for --mode proxy")
     response = VoiceResponse()
     stream_kwargs: dict[str, str] = {"url": url}
     if args.status_callback:
@@ -617,6 +615,19 @@ def cmd_schema(_: argparse.Namespace) -> int:
     return 0
 
 
+def _speed(text: str) -> float:
+    """``--speed``: a finite factor of real time, 0 or more (argparse's one-line error else)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a factor of real time, 0 or more (0 = flat out)"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Twilio Media Streams ingest bridge.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -634,14 +645,14 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve on a free port and replay a two-track call into it")
     demo.add_argument("--data-dir", type=Path, help="where the JSONL goes (default ./mise-data)")
     demo.add_argument("--fixture", type=Path, help="another fixture to replay")
-    demo.add_argument("--speed", type=float, default=0.0, help="× real time; 0 = flat out")
+    demo.add_argument("--speed", type=_speed, default=0.0, help="× real time; 0 = flat out")
     demo.set_defaults(func=cmd_demo)
 
     replay = sub.add_parser("replay", help="replay a fixture offline or to a live server")
     replay.add_argument("path", type=Path)
     replay.add_argument("--format", choices=["table", "jsonl"], default="table")
     replay.add_argument("--to", help="ws://HOST:PORT/v1/stream/twilio: act as Twilio")
-    replay.add_argument("--speed", type=float, default=1.0, help="× real time; 0 = flat out")
+    replay.add_argument("--speed", type=_speed, default=1.0, help="× real time; 0 = flat out")
     replay.add_argument("--auth-token", help="sign the upgrade with this Twilio auth token")
     replay.add_argument("--sign-url", help="URL to sign (the public wss:// URL); default --to")
     replay.add_argument(

@@ -135,6 +135,31 @@ def test_demo_with_an_unwritable_data_dir(tmp_path: Path, flag: bool) -> None:
     assert (tmp_path / "plain").read_text() == ""
 
 
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("missing.jsonl", "cannot read missing.jsonl: No such file or directory"),
+        ("README.md", "README.md: no Twilio Media Streams 'start' message"),
+    ],
+)
+def test_demo_of_a_fixture_that_is_no_capture(tmp_path: Path, target: str, expected: str) -> None:
+    (tmp_path / "README.md").write_text("# notes\n")
+    result = run("demo", "--fixture", target, "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert_one_line(result, expected)
+    assert not (tmp_path / "data" / "events.jsonl").exists() or not (
+        tmp_path / "data" / "events.jsonl"
+    ).read_text()
+
+
+@pytest.mark.parametrize("command", ["demo", "replay"])
+@pytest.mark.parametrize("speed", ["-1", "nan", "inf", "fast"])
+def test_a_speed_that_is_no_factor_of_real_time(command: str, speed: str) -> None:
+    args = [FIXTURE] if command == "replay" else []
+    result = run(command, *args, "--speed", speed)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --speed: " in result.stderr.splitlines()[-1], result.stderr
+
+
 def test_port_in_use(data_dir: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
