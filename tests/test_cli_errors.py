@@ -146,9 +146,10 @@ def test_demo_of_a_fixture_that_is_no_capture(tmp_path: Path, target: str, expec
     (tmp_path / "README.md").write_text("# notes\n")
     result = run("demo", "--fixture", target, "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
     assert_one_line(result, expected)
-    assert not (tmp_path / "data" / "events.jsonl").exists() or not (
-        tmp_path / "data" / "events.jsonl"
-    ).read_text()
+    assert (
+        not (tmp_path / "data" / "events.jsonl").exists()
+        or not (tmp_path / "data" / "events.jsonl").read_text()
+    )
 
 
 @pytest.mark.parametrize("command", ["demo", "replay"])
