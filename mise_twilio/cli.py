@@ -540,11 +540,27 @@ def _read_record_file(path: Path) -> list[dict[str, Any]]:
 # -- twiml ------------------------------------------------------------------------------------
 
 
+def _check_url(flag: str, value: str, kind: str) -> None:
+    """``UsageError`` unless ``value`` is an absolute URL of ``kind`` (``"websocket"``: ws or
+    wss; ``"http"``: http or https), by pydantic's URL types; the value itself is used as
+    given (pydantic's normal form adds a trailing slash)."""
+    from pydantic import AnyHttpUrl, TypeAdapter, ValidationError, WebsocketUrl
+
+    adapter: TypeAdapter[Any] = TypeAdapter(WebsocketUrl if kind == "websocket" else AnyHttpUrl)
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        raise UsageError(f"{flag} {value!r}: {exc.errors()[0]['msg']}") from None
+
+
 def cmd_twiml(args: argparse.Namespace) -> int:
     from twilio.twiml.voice_response import Connect, Start, VoiceResponse
 
     if not args.url.startswith("wss://"):
         raise UsageError("--url must be wss:// (Twilio error 31922)")
+    _check_url("--url", args.url, "websocket")
+    if args.status_callback:
+        _check_url("--status-callback", args.status_callback, "http")
     if "?" in args.url:
         raise UsageError("Twilio drops query strings from stream URLs; use --api-key")
     url = args.url

@@ -75,6 +75,21 @@ def test_twiml_fork_and_connect() -> None:
     assert "<Connect><Stream" in connect.stdout and "both_tracks" not in connect.stdout
     bad = cli("twiml", "--url", "wss://x/v1/stream/twilio?api_key=1")
     assert bad.returncode == 2 and "query" in bad.stderr
+    for args, expected in (
+        (("--url", "wss://"), "--url 'wss://': Input should be a valid URL, empty host"),
+        (
+            ("--url", "wss://x/v1/stream/twilio", "--status-callback", "status"),
+            "--status-callback 'status': Input should be a valid URL",
+        ),
+        (
+            ("--url", "wss://x/v1/stream/twilio", "--status-callback", "ftp://x/s"),
+            "--status-callback 'ftp://x/s': URL scheme should be 'http' or 'https'",
+        ),
+    ):
+        bad = cli("twiml", *args)
+        assert bad.returncode == 2 and bad.stdout == "", bad
+        lines = bad.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mise-twilio: error: {expected}"), lines
 
 
 def test_schema_is_json_schema_of_every_record_type() -> None:
