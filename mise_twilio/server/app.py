@@ -50,7 +50,7 @@ from mise_twilio.server.config import Settings, session_params
 from mise_twilio.server.limits import MAX_HEADER_BYTES, RequestLimits
 from mise_twilio.server.logs import uvicorn_log_config
 from mise_twilio.server.metrics import Metrics
-from mise_twilio.server.proxy import proxy_routes
+from mise_twilio.server.proxy import PROXY_PATH, proxy_routes
 from mise_twilio.server.shared_join import RedisJoinStore, SharedJoinEdge
 from mise_twilio.server.signature import TwilioSignature
 from mise_twilio.server.sinks import SinkHub, build_hub
@@ -429,6 +429,16 @@ def create_app(
     async def not_found(_: Request) -> Response:
         return PlainTextResponse("not found", status_code=404)
 
+    async def needs_websocket(_: Request) -> Response:
+        # A plain HTTP request to a stream path (a browser or curl checking the URL): 426 and
+        # the Upgrade header (RFC 9110 §15.5.22), not a 404 that reads as a wrong path.
+        return PlainTextResponse(
+            "a Twilio Media Streams WebSocket endpoint: Twilio connects here with wss:// "
+            "(<Stream url=...>); plain HTTP cannot stream\n",
+            status_code=426,
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+
     async def ws_not_found(ws: WebSocket) -> None:
         # Starlette closes an unrouted WebSocket before accepting it, which the server answers
         # with 403: it reads as a signature failure. A wrong path is a 404.
@@ -460,6 +470,11 @@ def create_app(
             WebSocketRoute(STREAM_PATH, StreamEndpoint(bridge)),
             WebSocketRoute(STREAM_PATH + "/", StreamEndpoint(bridge)),
             *proxy_routes(bridge),
+            *(
+                Route(path, needs_websocket, methods=["GET", "HEAD", "POST"])
+                for path in (STREAM_PATH, PROXY_PATH + "/{name}")
+                for path in (path, path + "/")
+            ),
             Route(WEBHOOK_PATH, webhook, methods=["GET", "POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -131,6 +131,12 @@ CASES = [
     Case("WebSocket to a wrong path", upgrade(b"/v1/stream/nope"), 404),
     Case("WebSocket to the webhook path", upgrade(WEBHOOK_PATH.encode()), 404),
     Case(
+        "plain HTTP to the stream path",
+        b"GET " + STREAM_PATH.encode() + b" HTTP/1.1\r\nHost: mise.test\r\n"
+        b"Connection: close\r\n\r\n",
+        426,
+    ),
+    Case(
         "100 KB header on the handshake", upgrade(extra=b"X-Big: " + b"a" * 100_000 + b"\r\n"), 431
     ),
     Case("64 KiB header on the handshake", upgrade(extra=b"X-Big: " + b"a" * 65536 + b"\r\n"), 431),

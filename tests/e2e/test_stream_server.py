@@ -114,6 +114,12 @@ async def test_health_and_unknown_paths(server_settings: Callable[..., Settings]
         ready = await client.get(http_url + "/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True
         assert (await client.get(http_url + "/nope")).status_code == 404
+        # The stream paths over plain HTTP (someone checking the URL with a browser or curl):
+        # 426 with the Upgrade header, not a 404 that reads as a wrong path.
+        for path in (STREAM_PATH, STREAM_PATH + "/", STREAM_PATH + "/proxy/support"):
+            plain = await client.get(http_url + path)
+            assert plain.status_code == 426, (path, plain.status_code)
+            assert plain.headers["upgrade"] == "websocket" and "WebSocket" in plain.text
 
 
 async def test_idle_stream_is_ended_and_its_turns_kept(
