@@ -410,12 +410,16 @@ async def test_relay_is_byte_identical_both_ways(stack: Stack) -> None:
 # acceptance 4: failures end the call, final, and the server goes on
 
 
-async def test_upstream_down_closes_twilio_with_a_diagnostic(stack: Stack) -> None:
+async def upstream_down(stack: Stack) -> tuple[TwilioLog, list[dict[str, Any]]]:
+    """A call through to an upstream nobody listens on: what Twilio saw, and the records."""
     lines = caller_stream(call=3)
-    sid = stream_sid_of(lines)
     log = await asyncio.wait_for(FakeTwilio(lines, speed=4).run(stack.url("down")), HANG_GUARD_S)
+    return log, await stack.final_records(stream_sid_of(lines))
+
+
+async def test_upstream_down_closes_twilio_with_a_diagnostic(stack: Stack) -> None:
+    log, records = await upstream_down(stack)
     assert log.close_code == 1011
-    records = await stack.final_records(sid)
     diag = next(r for r in records if r["type"] == "diagnostic")
     assert diag["code"] == "upstream_unreachable" and "down" in diag["message"]
     assert records[-1]["type"] == "stream.stopped"
@@ -424,10 +428,10 @@ async def test_upstream_down_closes_twilio_with_a_diagnostic(stack: Stack) -> No
     assert await stack.healthy()
 
 
-async def test_upstream_crash_mid_call_closes_twilio_and_finalises_turns(stack: Stack) -> None:
+async def upstream_crash(stack: Stack) -> tuple[TwilioLog, list[dict[str, Any]]]:
+    """A call whose bot is killed after its first answer: what Twilio saw, and the records."""
     bot = stack.bot("crash")
     lines = caller_stream(call=4)
-    sid = stream_sid_of(lines)
     call = asyncio.create_task(FakeTwilio(lines, speed=4).run(stack.url("crash")))
     try:
         await wait_until(
@@ -438,8 +442,12 @@ async def test_upstream_crash_mid_call_closes_twilio_and_finalises_turns(stack: 
     finally:
         bot.kill()
         call.cancel()
+    return log, await stack.final_records(stream_sid_of(lines))
+
+
+async def test_upstream_crash_mid_call_closes_twilio_and_finalises_turns(stack: Stack) -> None:
+    log, records = await upstream_crash(stack)
     assert log.close_code == 1011
-    records = await stack.final_records(sid)
     assert [r["code"] for r in records if r["type"] == "diagnostic"] == ["upstream_closed"]
     stopped = records[-1]
     assert stopped["type"] == "stream.stopped" and stopped["reason"] == "upstream_closed"
@@ -479,19 +487,23 @@ async def test_twilio_crash_mid_call_closes_the_upstream(stack: Stack) -> None:
     assert await stack.healthy()
 
 
-async def test_a_bot_that_stops_reading_ends_the_call_at_the_backlog(stack: Stack) -> None:
+async def deaf_bot(stack: Stack) -> tuple[TwilioLog, list[dict[str, Any]]]:
+    """A call flat out to a bot that reads nothing: what Twilio saw, and the records."""
     bot = stack.bot("deaf", mode="deaf")
     one = caller_stream(call=6)
     media = [line for line in one if '"event":"media"' in line]
     lines = one[:2] + media * 30  # about 10 MB, flat out
-    sid = stream_sid_of(lines)
     try:
         log = await asyncio.wait_for(
             FakeTwilio(lines).run(stack.url("deaf"), verbatim=True), HANG_GUARD_S
         )
-        records = await stack.final_records(sid)
+        return log, await stack.final_records(stream_sid_of(lines))
     finally:
         bot.kill()
+
+
+async def test_a_bot_that_stops_reading_ends_the_call_at_the_backlog(stack: Stack) -> None:
+    log, records = await deaf_bot(stack)
     assert log.close_code == 1011
     assert "backlog" in [r["code"] for r in records if r["type"] == "diagnostic"]
     assert records[-1]["reason"] == "backlog"
@@ -641,7 +653,23 @@ async def test_past_the_analysis_backlog_frames_are_relayed_and_the_loss_is_said
     assert records[-1]["type"] == "stream.stopped"
 
 
+FAILURES = {"unreachable": upstream_down, "dropped": upstream_crash, "backlog": deaf_bot}
+"""Each way an upstream fails, by its ``reason`` label in ``/metrics``, and a call that
+provokes it."""
+
+
+async def relay_failures(stack: Stack) -> str:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(stack.server.http_url + "/metrics", timeout=5)).text
+
+
 async def test_the_server_is_healthy_and_proxies_after_every_failure(stack: Stack) -> None:
+    # The failure tests above have usually run on this server; run alone (or after a -k
+    # selection), this test provokes the failures they would have.
+    metrics = await relay_failures(stack)
+    for reason, provoke in FAILURES.items():
+        if f'reason="{reason}"' not in metrics:
+            await provoke(stack)
     bot = stack.bot("answer")
     lines = caller_stream("connect_inbound", call=7)
     try:
@@ -651,9 +679,8 @@ async def test_the_server_is_healthy_and_proxies_after_every_failure(stack: Stac
         bot.kill()
     assert records[-1]["reason"] == "stop"
     assert [r for r in records if r["type"] == "turn" and r["speaker"] == "agent"]
-    async with httpx.AsyncClient() as client:
-        metrics = (await client.get(stack.server.http_url + "/metrics", timeout=5)).text
-    for reason in ("unreachable", "dropped", "backlog"):
+    metrics = await relay_failures(stack)
+    for reason in FAILURES:
         assert f'reason="{reason}"' in metrics
     assert await stack.healthy()
 
