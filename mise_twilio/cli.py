@@ -425,7 +425,10 @@ def _print_table(records: Iterable[AnyRecord], out: Any) -> None:
                 if a.mean is not None and a.peak is not None
             )
             if peaks or s.escalation is not None:
-                out.write(f"arousal: {peaks or '-'}; escalation {_fmt(s.escalation, 0)}\n")
+                out.write(
+                    f"arousal (backchannels aside): {peaks or '-'}; "
+                    f"escalation {_fmt(s.escalation, 0)}\n"
+                )
 
 
 # -- consume ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import FIXTURES, REAL_CAPTURE
 
-from mise_twilio.core.records import TurnRecord, from_json
+from mise_twilio.core.records import StreamStopped, TurnRecord, from_json
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -130,7 +130,20 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         rel = "-" if t.arousal_rel is None else f"{t.arousal_rel:.1f}"  # none on a first turn
         assert rows[t.index][-3:] == [t.prosody.contour or "-", f"{t.arousal:.2f}", rel]
     assert sum(t.arousal_rel is not None for t in turns) == len(turns) - 2
-    assert "escalation 0" in result.stdout
+    # the call's arousal per speaker as its summary has it: a backchannel (the caller's
+    # "yes" at 30.45 s, the loudest-sounding turn) is not its peak
+    summary = next(r for r in map(from_json, lines) if isinstance(r, StreamStopped)).summary
+    line = next(r for r in result.stdout.splitlines() if r.startswith("arousal"))
+    peak = {}
+    for speaker in SPEAKERS:
+        a = summary.arousal[speaker]
+        assert a.mean is not None and a.peak is not None
+        assert f"{speaker} mean {a.mean:.2f} peak {a.peak:.2f} (turn {a.peak_turn_index})" in line
+        assert not next(t for t in turns if t.index == a.peak_turn_index).backchannel
+        peak[speaker] = a.peak
+    assert any(t.backchannel and (t.arousal or 0.0) > peak[t.speaker] for t in turns)
+    assert line.startswith("arousal (backchannels aside): ")
+    assert line.endswith("; escalation 0")
 
 
 def test_twiml_proxy_streams_to_the_named_upstream() -> None:
