@@ -115,11 +115,17 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import structlog
+
+    from mise_twilio.server.config import unknown_environment
     from mise_twilio.server.logs import configure_logging
     from mise_twilio.server.serve import serve
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("mise_twilio.server")
+    for line in unknown_environment(os.environ):
+        log.warning("unknown_setting", detail=line)
     serve(settings)
     return 0
 
@@ -438,9 +444,11 @@ def cmd_consume(args: argparse.Namespace) -> int:
     import redis
 
     from mise_twilio.consume import Output, run_cli
-    from mise_twilio.server.config import Settings
+    from mise_twilio.server.config import Settings, unknown_environment
 
     settings = Settings()
+    for line in unknown_environment(os.environ):
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
     url = args.redis_url or settings.redis_url
     if not url:
         raise UsageError("give --redis-url or set MISE_REDIS_URL")

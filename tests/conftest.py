@@ -50,7 +50,7 @@ def server_settings(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
-# Skips CI accepts (``MISE_CI_NO_SKIPS=1``, set by .ci/run): (test id prefix, reason text).
+# Skips CI accepts (``PYTEST_FAIL_ON_SKIP=1``, set by .ci/run): (test id prefix, reason text).
 # Anything else skipped in CI fails the run, so a missing service or data set cannot pass as
 # green. Keep this list short and say why each entry may skip.
 CI_ALLOWED_SKIPS: tuple[tuple[str, str], ...] = (
@@ -61,7 +61,7 @@ CI_ALLOWED_SKIPS: tuple[tuple[str, str], ...] = (
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("MISE_CI_NO_SKIPS") != "1":
+    if os.environ.get("PYTEST_FAIL_ON_SKIP") != "1":
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:

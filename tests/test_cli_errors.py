@@ -4,6 +4,7 @@ process, the way a user meets it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -72,6 +73,15 @@ def data_dir(tmp_path: Path) -> Path:
         ({"MISE_LOG_LEVEL": "bogus"}, ["MISE_LOG_LEVEL='bogus'", "'debug'"]),
         ({"MISE_LOG_FORMAT": "xml"}, ["MISE_LOG_FORMAT='xml'"]),
         ({"MISE_VAD__HANGOVER_MS": "soon"}, ["MISE_VAD__HANGOVER_MS='soon'"]),
+        # a misspelt knob of the core's is refused, as the lifecycle's always was (pydantic
+        # ignores a dataclass's unknown keys: it ran with the default, unannounced)
+        (
+            {"MISE_VAD__HANGOVR_MS": "300"},
+            ["MISE_VAD__HANGOVR_MS is not a setting (did you mean MISE_VAD__HANGOVER_MS?)"],
+        ),
+        ({"MISE_FEATURES__F0_MIN": "50"}, ["did you mean MISE_FEATURES__F0_MIN_HZ?"]),
+        ({"MISE_TURNS": '{"bogus": 1}'}, ["MISE_TURNS__BOGUS is not a setting"]),
+        ({"MISE_LIFECYCLE__BOGUS": "1"}, ["MISE_LIFECYCLE__BOGUS='1'", "Extra inputs"]),
         ({"MISE_TWILIO_AUTH_TOKEN": "tok"}, ["MISE_TWILIO_AUTH_TOKEN needs MISE_PUBLIC_URL"]),
         ({"MISE_PUBLIC_URL": "ingest.example.com"}, ["MISE_PUBLIC_URL", "valid URL"]),
         ({"MISE_PUBLIC_URL": "ftp://ingest.example.com"}, ["MISE_PUBLIC_URL", "'http' or 'https'"]),
@@ -86,6 +96,23 @@ def test_bad_setting_is_one_line_exit_2(
 ) -> None:
     result = run("serve", env={"MISE_DATA_DIR": str(data_dir), **env})
     assert_one_line(result, *expected)
+
+
+def test_a_variable_that_names_no_setting_is_a_warning_with_the_likely_one(
+    tmp_path: Path,
+) -> None:
+    """A misspelt top-level name is ignored (other tools share the prefix) but said, with the
+    setting it was likely meant for, and the server starts."""
+    env = {"MISE_API_KY": "secret", "MISE_SHELL": "bash"}
+    lines = serve_until_listening(tmp_path, env)
+    warned = [line for line in lines if line["event"] == "unknown_setting"]
+    assert {w["level"] for w in warned} == {"warning"}
+    assert [w["detail"] for w in warned] == [
+        "MISE_API_KY is not a mise_twilio setting, ignored (did you mean MISE_API_KEY?)",
+        "MISE_SHELL is not a mise_twilio setting, ignored",
+    ]
+    assert "secret" not in json.dumps(lines)
+    assert not [line for line in serve_until_listening(tmp_path) if "unknown" in str(line["event"])]
 
 
 def test_a_secret_is_never_echoed() -> None:
@@ -388,13 +415,16 @@ def test_progress_line_and_bar(capsys: pytest.CaptureFixture[str]) -> None:
     assert "replay: 100%" in err and "10.0/10.0 s of audio" in err
 
 
-def test_listening_is_a_json_line_once_the_port_is_bound(tmp_path: Path) -> None:
-    """``MISE_PORT=0``: the line names the port actually bound, and it answers at once."""
-    import json
+def serve_until_listening(
+    tmp_path: Path, env: dict[str, str] | None = None, check: bool = False
+) -> list[dict[str, object]]:
+    """``mise-twilio serve`` on a free port (``MISE_PORT=0``) with ``env`` and no other
+    ``MISE_*``: its log lines up to ``listening``, then it is stopped; with ``check``, the
+    health endpoint must answer first."""
     import urllib.request
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("MISE_")}
-    env = base | {"MISE_PORT": "0", "MISE_DATA_DIR": str(tmp_path / "data")}
+    env = base | {"MISE_PORT": "0", "MISE_DATA_DIR": str(tmp_path / "data")} | (env or {})
     server = subprocess.Popen(
         [sys.executable, "-m", "mise_twilio.cli", "serve"],
         env=env,
@@ -411,12 +441,19 @@ def test_listening_is_a_json_line_once_the_port_is_bound(tmp_path: Path) -> None
             lines.append(json.loads(line))  # every line JSON, the banner included
             if lines[-1]["event"] == "listening":
                 break
-        url = str(lines[-1]["url"])
-        assert not url.endswith(":0") and lines[-1]["stream_path"] == STREAM_PATH
-        with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
-            assert response.status == 200
-        assert [e["event"] for e in lines].index("sinks") < len(lines) - 1  # sinks first
+        if check:
+            url = str(lines[-1]["url"])
+            assert not url.endswith(":0") and lines[-1]["stream_path"] == STREAM_PATH
+            with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
+                assert response.status == 200
     finally:
         server.terminate()
         server.wait(30)
     assert server.returncode == 0
+    return lines
+
+
+def test_listening_is_a_json_line_once_the_port_is_bound(tmp_path: Path) -> None:
+    """``MISE_PORT=0``: the line names the port actually bound, and it answers at once."""
+    lines = serve_until_listening(tmp_path, check=True)
+    assert [e["event"] for e in lines].index("sinks") < len(lines) - 1  # sinks first

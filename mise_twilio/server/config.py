@@ -5,7 +5,9 @@ reachable from here: the core's own parameter classes are nested fields (``vad``
 ``features``, ``lifecycle``; dataclasses validated by pydantic) set with ``__`` between the
 levels, e.g. ``MISE_VAD__HANGOVER_MS=300`` or ``MISE_LIFECYCLE__REORDER_WINDOW_S=3``. The edge
 builds ``SessionParams`` and the lifecycle objects from them (``session_params``).
-``mise-twilio config`` prints every setting with its variable, type, default and unit.
+``mise-twilio config`` prints every setting with its variable, type, default and unit. An
+unknown name under a nested setting is refused (``MISE_VAD__HANGOVR_MS``); an unknown top-level
+``MISE_*`` variable is only reported (``unknown_environment``): other tools share the prefix.
 
 Proxy mode's bots are named here and only here (never taken from a request, so a caller cannot
 point the relay anywhere else):
@@ -21,7 +23,9 @@ digits, ``-`` and ``_``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,6 +41,7 @@ from pydantic import (
     TypeAdapter,
     UrlConstraints,
     ValidationError,
+    ValidationInfo,
     WebsocketUrl,
     field_validator,
     model_validator,
@@ -259,6 +264,25 @@ class Settings(BaseSettings):
     features: FeatureParams = Field(default_factory=FeatureParams)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
+    @field_validator("vad", "turns", "features", mode="before")
+    @classmethod
+    def _known_params(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic ignores unknown keys of a dataclass (a BaseModel here forbids them): a typo
+        # such as MISE_VAD__HANGOVR_MS would run with the default, unannounced.
+        if isinstance(value, dict) and info.field_name is not None:
+            fields = cls.model_fields[info.field_name].annotation
+            assert dataclasses.is_dataclass(fields)
+            known = {f.name for f in dataclasses.fields(fields)}
+            prefix = f"MISE_{info.field_name.upper()}__"
+            for key in value:
+                if key not in known:
+                    env = prefix + str(key).upper()
+                    raise ValueError(
+                        f"{env} is not a setting"
+                        + _did_you_mean(env, [prefix + k.upper() for k in known])
+                    )
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
@@ -462,6 +486,27 @@ def _bullet_docs(doc: str) -> dict[str, str]:
     return found
 
 
+def _did_you_mean(env: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(env, names, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """Each ``MISE_*`` variable of ``environ`` that names no setting, as one line saying so
+    (with the closest setting's name when one is close: a typo). These are ignored, not
+    refused: other tools use the prefix too (jdx's ``mise`` sets ``MISE_SHELL``). Unknown
+    names under a nested setting (``MISE_VAD__...``) are refused by ``Settings`` itself."""
+    names = [info.env for info in describe_settings()]
+    tops = {f"MISE_{name.upper()}" for name in Settings.model_fields}
+    lines = []
+    for key in sorted(environ):
+        env = key.upper()  # pydantic-settings reads the environment case-insensitively
+        if not env.startswith("MISE_") or env in tops or env.split("__", 1)[0] in tops:
+            continue
+        lines.append(f"{key} is not a mise_twilio setting, ignored" + _did_you_mean(env, names))
+    return lines
+
+
 def validation_error_lines(exc: ValidationError) -> list[str]:
     """A ``Settings`` ``ValidationError`` as one line per bad setting, named by its
     environment variable: ``MISE_PORT='abc': Input should be a valid integer, …``. Secret
@@ -474,5 +519,8 @@ def validation_error_lines(exc: ValidationError) -> list[str]:
         secret = bool(names) and names[0] in _SECRET
         value = "" if secret or not isinstance(shown, str | int | float) else f"={shown!r}"
         message = error["msg"].removeprefix("Value error, ")
+        if message.startswith("MISE_"):  # names its own variable (``_known_params``)
+            lines.append(message)
+            continue
         lines.append(f"{env}{value}: {message}")
     return lines
