@@ -629,9 +629,15 @@ def cmd_config(args: argparse.Namespace) -> int:
             kind = r.type.replace("|", "\\|")
             print(f"| `{r.env}` | {kind} | `{default}` | {r.unit} | {r.description} |")
         return 0
-    width = max(len(r.env) for r in rows)
+    env_w = max(len(r.env) for r in rows)
+    type_w = max(len(r.type) for r in rows)
+    default_w = max(len(r.default) for r in rows)
+    unit_w = max(len(r.unit) for r in rows)
     for r in rows:
-        print(f"{r.env:<{width}}  {r.type:<20}  {r.default:>14} {r.unit:<9} {r.description}")
+        print(
+            f"{r.env:<{env_w}}  {r.type:<{type_w}}  {r.default:>{default_w}}  "
+            f"{r.unit:<{unit_w}}  {r.description}"
+        )
     return 0
 
 

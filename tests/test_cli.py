@@ -181,3 +181,26 @@ def test_replay_table_shows_a_voicemail_beep(tmp_path: Path) -> None:
     # tone: 1000 Hz for 400 ms at 3.22 s (caller, turn 0)
     assert tone[1:3] == ["1000", "Hz"] and abs(int(tone[4]) - 400) <= 40
     assert abs(float(tone[7]) * 1000 - beep_ms) <= 20 and tone[9:] == ["(caller,", "turn", "0)"]
+
+
+def test_config_prints_each_type_in_words_in_aligned_columns() -> None:
+    result = cli("config")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert len(rows) == len(result.stdout.splitlines())  # one row per variable
+    assert "0x" not in result.stdout and "Annotated" not in result.stdout  # no validator repr
+    kinds = {
+        "MISE_PUBLIC_URL": "http(s) URL | None",
+        "MISE_REDIS_URL": "redis URL | None",
+        "MISE_API_KEY": "secret | None",
+        "MISE_LOG_LEVEL": "debug|info|warning|error|critical",
+        "MISE_TURN_AUDIO": "none|wav",
+        "MISE_UPSTREAMS": "dict[str, ws(s) URL]",
+        "MISE_VAD__HANGOVER_MS": "int",
+    }
+    type_column = {rows[env].index(kind) for env, kind in kinds.items()}
+    assert len(type_column) == 1  # every type starts in one column
+    markdown = cli("config", "--format", "markdown").stdout.splitlines()
+    assert "| `MISE_PUBLIC_URL` | http(s) URL \\| None | `-` |  | Public base URL" in "\n".join(
+        markdown
+    )

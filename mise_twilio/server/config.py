@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +134,9 @@ class Settings(BaseSettings):
         description="Public base URL Twilio uses, e.g. https://ingest.example.com. Signatures "
         "are checked against it (wss:// for the stream, https:// for webhooks), never Host.",
     )
-    log_level: LogLevel = Field(default="info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field(
+        default="info", description="debug, info, warning, error or critical."
+    )
     log_format: Literal["json", "console"] = Field(
         default="json", description="structlog output on stderr."
     )
@@ -464,17 +468,33 @@ def _unit(name: str) -> str:
 
 
 def _type_name(annotation: object) -> str:
+    """A setting's type as ``mise-twilio config`` shows it: ``int``, ``http(s) URL | None``,
+    ``none|wav`` (one of), ``dict[str, secret]`` (never a validator's repr)."""
+    for alias, name in _TYPE_NAMES:
+        if annotation == alias:
+            return name
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin is typing.Union or origin is types.UnionType:
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " | ".join(names + ["None"] * (type(None) in args))
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
     if isinstance(annotation, type):
         return annotation.__name__
-    text = str(annotation)
-    for noise, short in (
-        ("typing.", ""),
-        ("pathlib.", ""),
-        ("pydantic.types.SecretStr", "secret"),
-        ("pydantic.networks.", ""),
-    ):
-        text = text.replace(noise, short)
-    return text
+    return str(annotation)
+
+
+_TYPE_NAMES: tuple[tuple[object, str], ...] = (
+    (HttpUrlText, "http(s) URL"),
+    (RedisUrlText, "redis URL"),
+    (WebsocketUrl, "ws(s) URL"),
+    (SecretStr, "secret"),
+)
 
 
 def _bullet_docs(doc: str) -> dict[str, str]:
