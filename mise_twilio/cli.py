@@ -225,10 +225,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- replay -----------------------------------------------------------------------------------
 
 
-def _open_capture(path: Path) -> Iterator[str]:
+def _open_capture(path: Path, *, records_hint: str = "") -> Iterator[str]:
     """The capture's lines, read as they are consumed; ``UsageError`` when it cannot be read
     or holds no Twilio ``start`` message in its first 1000 lines (not a Media Streams
-    capture: a record file, a binary, …)."""
+    capture: a binary, …); a file of this project's records is named as such, followed by
+    ``records_hint`` (what the command takes them as)."""
     from mise_twilio.core.errors import ProtocolError
     from mise_twilio.core.messages import StartMessage, parse_message
     from mise_twilio.replay import iter_fixture
@@ -244,10 +245,26 @@ def _open_capture(path: Path) -> Iterator[str]:
         with contextlib.suppress(ProtocolError):
             if isinstance(parse_message(line), StartMessage):
                 return itertools.chain(head, lines)
+    if any(_is_record(line) for line in head):
+        raise UsageError(
+            f"{path} holds mise_twilio records (a sink's JSONL), not a capture of "
+            f"Twilio's messages{records_hint}"
+        )
     raise UsageError(
         f"{path}: no Twilio Media Streams 'start' message in its first {len(head)} "
         "lines; a capture has one JSON message per line, as Twilio sent it (fixtures/README.md)"
     )
+
+
+def _is_record(line: str) -> bool:
+    """Whether ``line`` is one of this project's records (``core.records.from_json``)."""
+    from mise_twilio.core.records import from_json
+
+    try:
+        from_json(line)
+    except ValueError:
+        return False
+    return True
 
 
 async def _replay_to(
@@ -353,7 +370,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from mise_twilio.replay import iter_replay
     from mise_twilio.server.replay_client import sign_websocket
 
-    lines = _open_capture(args.path)
+    hint = ": replay takes a capture (mise-twilio report --events draws records)"
+    lines = _open_capture(args.path, records_hint=hint)
     if args.to:
         headers: dict[str, str] = {}
         if args.auth_token:
@@ -509,7 +527,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError("give a capture file or --events EVENTS.jsonl (one of them)")
     levels = None
     if args.capture is not None:
-        lines = list(_open_capture(args.capture))
+        lines = list(_open_capture(args.capture, records_hint=": give it with --events"))
         records: list[dict[str, Any]] = records_from_capture(lines)
         levels = levels_from_capture(lines)
     else:

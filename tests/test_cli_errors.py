@@ -226,6 +226,27 @@ def test_replay_of_a_file_that_is_not_twilio_json(tmp_path: Path, content: bytes
     assert_one_line(run(*args), "no Twilio Media Streams 'start' message")
 
 
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [
+        (["replay"], ": replay takes a capture (mise-twilio report --events draws records)"),
+        (["report", "-o", "call.html"], ": give it with --events"),
+        (["demo", "--fixture"], ""),
+    ],
+)
+def test_a_file_of_records_given_as_a_capture_is_named_as_such(
+    tmp_path: Path, command: list[str], hint: str
+) -> None:
+    records = run("replay", FIXTURE, "--format", "jsonl")
+    assert records.returncode == 0 and records.stdout.count("\n") > 5
+    (tmp_path / "events.jsonl").write_text(records.stdout)
+    result = run(*command, "events.jsonl", cwd=tmp_path)
+    message = "events.jsonl holds mise_twilio records (a sink's JSONL), not a capture of "
+    assert_one_line(result, message + "Twilio's messages" + hint)
+    assert result.stderr.rstrip().endswith("Twilio's messages" + hint)
+    assert not (tmp_path / "call.html").exists()
+
+
 def test_replay_to_a_closed_port() -> None:
     url = f"ws://127.0.0.1:{free_port()}{STREAM_PATH}"
     assert_one_line(run("replay", FIXTURE, "--to", url), f"cannot connect to {url}", "refused")
