@@ -81,6 +81,7 @@ def data_dir(tmp_path: Path) -> Path:
         ),
         ({"MISE_FEATURES__F0_MIN": "50"}, ["did you mean MISE_FEATURES__F0_MIN_HZ?"]),
         ({"MISE_TURNS": '{"bogus": 1}'}, ["MISE_TURNS__BOGUS is not a setting"]),
+        ({"MISE_VAD": '{"HANGOVER_MS": 300}'}, ["MISE_VAD: write 'HANGOVER_MS' as 'hangover_ms'"]),
         ({"MISE_LIFECYCLE__BOGUS": "1"}, ["MISE_LIFECYCLE__BOGUS='1'", "Extra inputs"]),
         ({"MISE_TWILIO_AUTH_TOKEN": "tok"}, ["MISE_TWILIO_AUTH_TOKEN needs MISE_PUBLIC_URL"]),
         ({"MISE_PUBLIC_URL": "ingest.example.com"}, ["MISE_PUBLIC_URL", "valid URL"]),

@@ -273,18 +273,19 @@ class Settings(BaseSettings):
     def _known_params(cls, value: object, info: ValidationInfo) -> object:
         # pydantic ignores unknown keys of a dataclass (a BaseModel here forbids them): a typo
         # such as MISE_VAD__HANGOVR_MS would run with the default, unannounced.
-        if isinstance(value, dict) and info.field_name is not None:
-            fields = cls.model_fields[info.field_name].annotation
-            assert dataclasses.is_dataclass(fields)
-            known = {f.name for f in dataclasses.fields(fields)}
-            prefix = f"MISE_{info.field_name.upper()}__"
-            for key in value:
-                if key not in known:
-                    env = prefix + str(key).upper()
-                    raise ValueError(
-                        f"{env} is not a setting"
-                        + _did_you_mean(env, [prefix + k.upper() for k in known])
-                    )
+        params = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if not isinstance(value, dict) or not dataclasses.is_dataclass(params):
+            return value
+        known = {f.name for f in dataclasses.fields(params)}
+        prefix = f"MISE_{str(info.field_name).upper()}__"
+        for key in value:
+            if key in known:
+                continue
+            if str(key).lower() in known:  # only JSON keeps case (MISE_VAD='{"HANGOVER_MS": 1}')
+                raise ValueError(f"{prefix[:-2]}: write {key!r} as {str(key).lower()!r}")
+            env = prefix + str(key).upper()
+            names = [prefix + k.upper() for k in known]
+            raise ValueError(f"{env} is not a setting" + _did_you_mean(env, names))
         return value
 
     @field_validator("public_url")
