@@ -116,6 +116,20 @@ def test_a_variable_that_names_no_setting_is_a_warning_with_the_likely_one(
     assert not [line for line in serve_until_listening(tmp_path) if "unknown" in str(line["event"])]
 
 
+def test_a_misspelt_keyword_in_code_is_refused() -> None:
+    """Embedding (``create_app(Settings(...))``): a keyword that names no setting is an error,
+    as a misspelt environment variable under a nested setting is."""
+    from pydantic import ValidationError
+
+    from mise_twilio.server.config import validation_error_lines
+
+    misspelt: dict[str, int] = {"prot": 8081}  # as untyped code would pass it
+    with pytest.raises(ValidationError) as info:
+        Settings(**misspelt)  # type: ignore[arg-type]
+    assert validation_error_lines(info.value) == ["MISE_PROT=8081: Extra inputs are not permitted"]
+    assert Settings(port=8081).port == 8081
+
+
 def test_a_secret_is_never_echoed() -> None:
     from pydantic import ValidationError
 

@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     """Every knob of a running server; env names are ``MISE_`` + the field name upper-cased,
     nested ones joined with ``__`` (``MISE_VAD__START_MARGIN_DB``)."""
 
-    model_config = SettingsConfigDict(env_prefix="MISE_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MISE_", env_nested_delimiter="__", extra="forbid")
 
     # --- listening -----------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Bind address.")
