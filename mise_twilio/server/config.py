@@ -122,7 +122,7 @@ _RESERVED_HEADERS = frozenset(
 
 class Settings(BaseSettings):
     """Every knob of a running server; env names are ``MISE_`` + the field name upper-cased,
-    nested ones joined with ``__`` (``MISE_VAD__START_MARGIN_DB``)."""
+    nested ones joined with ``__`` (``MISE_VAD__HANGOVER_MS``)."""
 
     model_config = SettingsConfigDict(env_prefix="MISE_", env_nested_delimiter="__", extra="forbid")
 
