@@ -700,10 +700,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     replay = sub.add_parser("replay", help="replay a fixture offline or to a live server")
-    replay.add_argument("path", type=Path)
-    replay.add_argument("--format", choices=["table", "jsonl"], default="table")
+    replay.add_argument(
+        "path", type=Path, help="a capture: one Twilio Media Streams message per line"
+    )
+    replay.add_argument(
+        "--format",
+        choices=["table", "jsonl"],
+        default="table",
+        help="offline: a table of turns (default) or the records, one JSON object per line",
+    )
     replay.add_argument("--to", help="ws://HOST:PORT/v1/stream/twilio: act as Twilio")
-    replay.add_argument("--speed", type=_speed, default=1.0, help="× real time; 0 = flat out")
+    replay.add_argument(
+        "--speed", type=_speed, default=1.0, help="with --to: × real time; 0 = flat out"
+    )
     replay.add_argument("--auth-token", help="sign the upgrade with this Twilio auth token")
     replay.add_argument("--sign-url", help="URL to sign (the public wss:// URL); default --to")
     replay.add_argument(
