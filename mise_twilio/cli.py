@@ -124,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("mise_twilio.server")
-    for line in unknown_environment(os.environ):
+    for line in unknown_environment():
         log.warning("unknown_setting", detail=line)
     serve(settings)
     return 0
@@ -465,7 +465,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from mise_twilio.server.config import Settings, unknown_environment
 
     settings = Settings()
-    for line in unknown_environment(os.environ):
+    for line in unknown_environment():
         print(f"{PROG}: warning: {line}", file=sys.stderr)
     url = args.redis_url or settings.redis_url
     if not url:

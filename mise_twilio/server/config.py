@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -512,11 +513,14 @@ def _did_you_mean(env: str, names: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def unknown_environment(environ: Mapping[str, str]) -> list[str]:
-    """Each ``MISE_*`` variable of ``environ`` that names no setting, as one line saying so
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Each ``MISE_*`` variable of ``environ`` (default: this process's environment) that names
+    no setting, as one line saying so
     (with the closest setting's name when one is close: a typo). These are ignored, not
     refused: other tools use the prefix too (jdx's ``mise`` sets ``MISE_SHELL``). Unknown
     names under a nested setting (``MISE_VAD__...``) are refused by ``Settings`` itself."""
+    if environ is None:
+        environ = os.environ
     names = [info.env for info in describe_settings()]
     tops = {f"MISE_{name.upper()}" for name in Settings.model_fields}
     lines = []
