@@ -290,7 +290,8 @@ async def _replay_to(
     except InvalidStatus as exc:
         status = exc.response.status_code
         hint = {
-            403: " (a missing or wrong --auth-token, or --sign-url not the URL Twilio signs?)",
+            403: " (a missing or wrong --auth-token or MISE_TWILIO_AUTH_TOKEN, or --sign-url "
+            "not the URL Twilio signs?)",
             404: " (the stream is at /v1/stream/twilio)",
         }.get(status, "")
         message = f"{args.to} refused the WebSocket handshake: HTTP {status}{hint}"
@@ -368,15 +369,17 @@ class _Progress:
 def cmd_replay(args: argparse.Namespace) -> int:
     from mise_twilio.core.records import to_json
     from mise_twilio.replay import iter_replay
+    from mise_twilio.server.config import twilio_auth_token_from_environment
     from mise_twilio.server.replay_client import sign_websocket
 
     hint = ": replay takes a capture (mise-twilio report --events draws records)"
     lines = _open_capture(args.path, records_hint=hint)
     if args.to:
         headers: dict[str, str] = {}
-        if args.auth_token:
+        token = args.auth_token or twilio_auth_token_from_environment()
+        if token:
             signed_url = args.sign_url or args.to
-            headers = sign_websocket(signed_url, args.auth_token)
+            headers = sign_websocket(signed_url, token)
         summary = asyncio.run(_replay_to(list(lines), args, headers))
         print(json.dumps(summary))
         return 0
@@ -713,7 +716,11 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--speed", type=_speed, default=1.0, help="with --to: × real time; 0 = flat out"
     )
-    replay.add_argument("--auth-token", help="sign the upgrade with this Twilio auth token")
+    replay.add_argument(
+        "--auth-token",
+        help="sign the upgrade with this Twilio auth token (default: MISE_TWILIO_AUTH_TOKEN, "
+        "which keeps it out of the process list)",
+    )
     replay.add_argument("--sign-url", help="URL to sign (the public wss:// URL); default --to")
     replay.add_argument(
         "--quiet", "-q", action="store_true", help="no progress on stderr while sending (--to)"

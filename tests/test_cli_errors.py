@@ -415,6 +415,20 @@ def test_replay_progress_lines_when_stderr_is_not_a_terminal(signed_server: str)
     assert "Traceback" not in result.stderr
 
 
+def test_replay_signs_with_the_token_in_the_environment(signed_server: str) -> None:
+    """The token need not be on the command line, where ``ps`` shows it."""
+    sign_url = ["--sign-url", "wss://ingest.example.com" + STREAM_PATH]
+    args = ["replay", FIXTURE, "--to", signed_server, "--speed", "0", "-q", *sign_url]
+    result = run(*args, env={"MISE_TWILIO_AUTH_TOKEN": AUTH_TOKEN})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["messages_sent"] > 0
+    assert AUTH_TOKEN not in result.stdout + result.stderr
+    wrong = run(*args, env={"MISE_TWILIO_AUTH_TOKEN": AUTH_TOKEN[::-1]})
+    assert_one_line(wrong, "HTTP 403", "MISE_TWILIO_AUTH_TOKEN")
+    flag = run(*args, "--auth-token", AUTH_TOKEN, env={"MISE_TWILIO_AUTH_TOKEN": "stale"})
+    assert flag.returncode == 0, flag.stderr  # the flag wins
+
+
 def test_broken_pipe_is_quiet() -> None:
     # ``mise-twilio config | head -n 0``: the reader is gone before the first write.
     reader = subprocess.Popen(["head", "-n", "0"], stdin=subprocess.PIPE)

@@ -513,6 +513,13 @@ def _did_you_mean(env: str, names: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def twilio_auth_token_from_environment() -> str | None:
+    """``MISE_TWILIO_AUTH_TOKEN`` as set (``None`` when unset or empty), without the rest of
+    ``Settings``: for ``mise-twilio replay --to``, which signs as Twilio does and should not
+    need the token on its command line, where the process list shows it."""
+    return os.environ.get("MISE_TWILIO_AUTH_TOKEN") or None
+
+
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
     """Each ``MISE_*`` variable of ``environ`` (default: this process's environment) that names
     no setting, as one line saying so
