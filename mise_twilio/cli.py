@@ -771,7 +771,14 @@ def _parser() -> argparse.ArgumentParser:
     twiml.add_argument(
         "--url", required=True, help="wss://HOST/v1/stream/twilio (proxy: /proxy/NAME is added)"
     )
-    twiml.add_argument("--mode", choices=["fork", "connect", "proxy"], default="fork")
+    twiml.add_argument(
+        "--mode",
+        choices=["fork", "connect", "proxy"],
+        default="fork",
+        help="fork (default): <Start><Stream>, both tracks, your call flow goes on; connect: "
+        "<Connect><Stream>, the caller's track only; proxy: <Connect><Stream> through "
+        "mise_twilio to your bot (--upstream)",
+    )
     twiml.add_argument("--upstream", help="--mode proxy: the bot's name in MISE_UPSTREAMS")
     twiml.add_argument("--status-callback", help="https://HOST/v1/webhook/twilio")
     twiml.add_argument("--api-key", help="shared secret sent as <Parameter name='api_key'>")
