@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mise_twilio import __version__
 
@@ -572,15 +572,15 @@ def _read_record_file(path: Path) -> list[dict[str, Any]]:
 # -- twiml ------------------------------------------------------------------------------------
 
 
-def _check_url(flag: str, value: str, kind: str) -> None:
-    """``UsageError`` unless ``value`` is an absolute URL of ``kind`` (``"websocket"``: ws or
-    wss; ``"http"``: http or https), by pydantic's URL types; the value itself is used as
-    given (pydantic's normal form adds a trailing slash)."""
-    from pydantic import AnyHttpUrl, TypeAdapter, ValidationError, WebsocketUrl
+def _check_url(flag: str, value: str, kind: Literal["http", "websocket"]) -> None:
+    """``UsageError`` unless ``value`` is an absolute URL of ``kind`` (``config.check_url``,
+    the rule the server's own URL settings follow)."""
+    from pydantic import ValidationError
 
-    adapter: TypeAdapter[Any] = TypeAdapter(WebsocketUrl if kind == "websocket" else AnyHttpUrl)
+    from mise_twilio.server.config import check_url
+
     try:
-        adapter.validate_python(value)
+        check_url(value, kind)
     except ValidationError as exc:
         raise UsageError(f"{flag} {value!r}: {exc.errors()[0]['msg']}") from None
 

@@ -472,8 +472,8 @@ def create_app(
             *proxy_routes(bridge),
             *(
                 Route(path, needs_websocket, methods=["GET", "HEAD", "POST"])
-                for path in (STREAM_PATH, PROXY_PATH + "/{name}")
-                for path in (path, path + "/")
+                for stream_path in (STREAM_PATH, PROXY_PATH + "/{name}")
+                for path in (stream_path, stream_path + "/")
             ),
             Route(WEBHOOK_PATH, webhook, methods=["GET", "POST"]),
             Route("/healthz", healthz),

@@ -57,15 +57,22 @@ from mise_twilio.core.turns import TurnParams
 from mise_twilio.core.vad import VadParams
 
 _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
+_WEBSOCKET_URL: TypeAdapter[WebsocketUrl] = TypeAdapter(WebsocketUrl)
 _REDIS_URL: TypeAdapter[AnyUrl] = TypeAdapter(
     Annotated[AnyUrl, UrlConstraints(allowed_schemes=["redis", "rediss", "unix"])]
 )
 
 
+def check_url(value: str, kind: Literal["http", "websocket"]) -> None:
+    """Raises ``pydantic.ValidationError`` unless ``value`` is an absolute URL with a host:
+    ``http``/``https`` for ``"http"``, ``ws``/``wss`` for ``"websocket"`` (pydantic's URL
+    types). Callers keep the string as given: pydantic's normal form adds a trailing slash to
+    a bare host, and signatures are computed over the exact text."""
+    (_HTTP_URL if kind == "http" else _WEBSOCKET_URL).validate_python(value)
+
+
 def _http_url(value: str) -> str:
-    # pydantic's URL types check it; the string is kept as given (``AnyHttpUrl`` would add a
-    # trailing slash to a bare host, and signatures are computed over the exact text).
-    _HTTP_URL.validate_python(value)
+    check_url(value, "http")
     return value
 
 
@@ -522,10 +529,10 @@ def twilio_auth_token_from_environment() -> str | None:
 
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
     """Each ``MISE_*`` variable of ``environ`` (default: this process's environment) that names
-    no setting, as one line saying so
-    (with the closest setting's name when one is close: a typo). These are ignored, not
-    refused: other tools use the prefix too (jdx's ``mise`` sets ``MISE_SHELL``). Unknown
-    names under a nested setting (``MISE_VAD__...``) are refused by ``Settings`` itself."""
+    no setting, as one line saying so (with the closest setting's name when one is close: a
+    typo). These are ignored, not refused: other tools use the prefix too (jdx's ``mise`` sets
+    ``MISE_SHELL``). Unknown names under a nested setting (``MISE_VAD__...``) are refused by
+    ``Settings`` itself."""
     if environ is None:
         environ = os.environ
     names = [info.env for info in describe_settings()]

@@ -658,7 +658,8 @@ FAILURES = {"unreachable": upstream_down, "dropped": upstream_crash, "backlog": 
 provokes it."""
 
 
-async def relay_failures(stack: Stack) -> str:
+async def metrics_text(stack: Stack) -> str:
+    """The server's ``/metrics`` page."""
     async with httpx.AsyncClient() as client:
         return (await client.get(stack.server.http_url + "/metrics", timeout=5)).text
 
@@ -666,7 +667,7 @@ async def relay_failures(stack: Stack) -> str:
 async def test_the_server_is_healthy_and_proxies_after_every_failure(stack: Stack) -> None:
     # The failure tests above have usually run on this server; run alone (or after a -k
     # selection), this test provokes the failures they would have.
-    metrics = await relay_failures(stack)
+    metrics = await metrics_text(stack)
     for reason, provoke in FAILURES.items():
         if f'reason="{reason}"' not in metrics:
             await provoke(stack)
@@ -679,7 +680,7 @@ async def test_the_server_is_healthy_and_proxies_after_every_failure(stack: Stac
         bot.kill()
     assert records[-1]["reason"] == "stop"
     assert [r for r in records if r["type"] == "turn" and r["speaker"] == "agent"]
-    metrics = await relay_failures(stack)
+    metrics = await metrics_text(stack)
     for reason in FAILURES:
         assert f'reason="{reason}"' in metrics
     assert await stack.healthy()
